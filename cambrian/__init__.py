@@ -1,0 +1,1 @@
+"""Cambrian: evolve a small host LLM through small, gated, reversible generations."""

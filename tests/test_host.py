@@ -1,0 +1,56 @@
+import json
+import shutil
+
+import pytest
+
+from cambrian.checkpoint import CheckpointError, read_manifest
+from cambrian.config import HostConfig
+from cambrian.host import load_host, materialize
+
+
+def test_tiny_host_has_smollm2_tokenizer_and_architecture(tiny_host):
+    model, tok = tiny_host
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.vocab_size == len(tok) == 49152
+    assert tok.eos_token == "<|im_end|>" and tok.padding_side == "left"
+    assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "hi"}],
+                                                              tokenize=False, add_generation_prompt=True)
+
+
+def test_materialize_is_deterministic(tiny_host_dir, tmp_path):
+    again = tmp_path / "again"
+    assert materialize(HostConfig(source="tiny-random"), again) == read_manifest(tiny_host_dir)["sha256"]
+    other = materialize(HostConfig(source="tiny-random", tiny_seed=1), tmp_path / "seed1")
+    assert other != read_manifest(tiny_host_dir)["sha256"]
+
+
+def test_local_folder_source_roundtrips(tiny_host_dir, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_host_dir, plain)
+    (plain / "cambrian.json").unlink()
+    with pytest.raises(CheckpointError, match="no cambrian.json"):
+        load_host(plain)  # a bare HF folder is not a verified checkpoint...
+    materialize(HostConfig(source=str(plain)), tmp_path / "host")  # ...but is a valid source
+    assert read_manifest(tmp_path / "host")["sha256"] == read_manifest(tiny_host_dir)["sha256"]
+
+
+def test_corrupt_and_wrong_models_are_refused(tiny_host_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_host_dir, bad)
+    with open(bad / "model.safetensors", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_host(bad)
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(tiny_host_dir, wrong)
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    from cambrian.checkpoint import write_manifest
+    write_manifest(wrong)
+    with pytest.raises(CheckpointError, match="unsupported model architecture"):
+        load_host(wrong)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_host(tmp_path / "nothing")
