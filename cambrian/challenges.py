@@ -95,9 +95,9 @@ def _sorting(rng: random.Random, level: int) -> tuple[str, str]:
 
 
 def _sequence(rng: random.Random, level: int) -> tuple[str, str]:
-    start = rng.randint(1, 20)
+    start = rng.randint(1, 40)
     if level == 1:
-        step = rng.randint(1, 9)
+        step = rng.randint(1, 12)
         terms = [start + step * i for i in range(6)]
     elif level == 2:
         if rng.random() < 0.5:
@@ -204,7 +204,8 @@ def sample(family: str, level: int, split: str, n: int, seed: int, exclude: set[
         cid = hashlib.sha256(prompt.encode()).hexdigest()[:12]
         out[prompt] = Challenge(cid, family, level, split, prompt, answer)
     if len(out) < n:
-        raise ValueError(f"could only draw {len(out)} of {n} distinct {family} level-{level} {split} challenges")
+        raise ValueError(f"could only draw {len(out)} of {n} distinct {family} level-{level} {split} challenges: "
+                         f"lower challenges.{split}_per_cell in params.yaml")
     return list(out.values())
 
 

@@ -20,12 +20,8 @@ PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml t
 
 
 def _params(path: Path):
-    from cambrian.config import ParamsError, load_params
-    try:
-        return load_params(path)
-    except ParamsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2)
+    from cambrian.config import load_params
+    return load_params(path)
 
 
 @app.command()
@@ -78,5 +74,17 @@ def baseline(params: Path = PARAMS,
     typer.echo(f"{'overall':12s} {report['overall']:.3f}  ({out})")
 
 
+def main() -> None:
+    """Entry point: known failures (bad params, missing or corrupt checkpoint, wrong model) print
+    one clear line and exit 2 instead of a traceback."""
+    from cambrian.checkpoint import CheckpointError
+    from cambrian.config import ParamsError
+    try:
+        app()
+    except (ParamsError, CheckpointError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()
