@@ -189,7 +189,7 @@ def score(family: str, reply: str, answer: str) -> bool:
 
 # --- sampling and datasets -------------------------------------------------------------------
 
-def sample(family: str, level: int, split: str, n: int, seed: int, exclude: set[str] = frozenset()) -> list[Challenge]:
+def sample(family: str, level: int, split: str, n: int, seed: int | str, exclude: set[str] = frozenset()) -> list[Challenge]:
     """`n` distinct challenges of one cell, all in `split`, none whose prompt is in `exclude`."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")

@@ -74,6 +74,19 @@ def baseline(params: Path = PARAMS,
     typer.echo(f"{'overall':12s} {report['overall']:.3f}  ({out})")
 
 
+@app.command()
+def evolve(params: Path = PARAMS,
+           generations: int = typer.Option(5, min=1, help="Number of generations to run (resumes after the last complete one)."),
+           host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
+           data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),
+           run_dir: Path = typer.Option(Path("runs/ecology"), "--run", help="Where generations and telemetry go.")):
+    """Run the organelle ecology (spawn, learn, evaluate, settle energy) as a Prefect flow, then
+    score the colony on the holdout split (per family, the organelle best on the probe split)."""
+    _params(params)  # fail fast on bad params, before Prefect starts
+    from flows.ecology import evolve as evolve_flow
+    evolve_flow(str(params), generations, str(host_dir), str(data), str(run_dir))
+
+
 def main() -> None:
     """Entry point: known failures (bad params, missing or corrupt checkpoint, wrong model) print
     one clear line and exit 2 instead of a traceback."""

@@ -50,11 +50,74 @@ class EvalConfig(Strict):
     slack_tokens: int = Field(4, ge=0, le=512)
 
 
+class MutationConfig(Strict):
+    noise_std: float = Field(0.002, ge=0.0, le=1.0)  # Gaussian noise added to a clone's LoRA weights
+    rank_choices: list[int] = Field(default_factory=lambda: [4, 8, 16], min_length=1)
+    rank_change_prob: float = Field(0.2, ge=0.0, le=1.0)
+    lr_jitter: float = Field(0.3, ge=0.0, le=0.9)  # clone lr = parent lr * exp(U(-j, j))
+    crossover_prob: float = Field(0.3, ge=0.0, le=1.0)
+
+
+class ESConfig(Strict):
+    pairs: int = Field(4, ge=1, le=64)  # antithetic pairs per update
+    sigma: float = Field(0.01, gt=0.0, le=1.0)
+    lr: float = Field(0.01, gt=0.0, le=10.0)  # step = lr * mean of z-weighted noise (weight units)
+    batch: int = Field(8, ge=1, le=512)  # challenges per fitness evaluation
+
+
+class ColonyConfig(Strict):
+    population: int = Field(8, ge=1, le=256)
+    lora_rank: int = Field(8, ge=1, le=256)
+    lora_alpha: float = Field(16.0, gt=0.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1)
+    learner: Literal["gradient", "es"] = "gradient"
+    train_steps: int = Field(12, ge=0, le=100_000)  # learner updates per organelle per generation
+    train_batch: int = Field(8, ge=1, le=1024)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    replay_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of training rows from earlier deltas
+    delta_size: int = Field(48, ge=1, le=100_000)  # new train challenges per organelle per generation
+    episodes: int = Field(16, ge=1, le=10_000)  # challenges each organelle answers per generation
+    pull_size: int = Field(2, ge=1, le=1_000)  # challenges per bandit pull
+    mutation: MutationConfig = MutationConfig()
+    es: ESConfig = ESConfig()
+
+    @model_validator(mode="after")
+    def _pulls(self) -> "ColonyConfig":
+        if self.episodes % self.pull_size:
+            raise ValueError("colony.episodes must be a multiple of colony.pull_size")
+        return self
+
+
+class BanditConfig(Strict):
+    exploration: float = Field(1.0, ge=0.0, le=100.0)  # UCB1 bonus weight c in mean + c*sqrt(2 ln N / n)
+
+
+class EnergyConfig(Strict):
+    initial: float = Field(4.0, gt=0.0)
+    ticket: float = Field(1.0, ge=0.0)  # debited from every organelle each generation
+    reward: float = Field(0.5, ge=0.0)  # per correct answer, times the level weight
+    level_weights: list[float] = Field(default_factory=lambda: [1.0, 1.5, 2.0], min_length=3, max_length=3)
+    success_bonus: float = Field(1.0, ge=0.0)  # once per generation when accuracy >= bonus_accuracy
+    bonus_accuracy: float = Field(0.5, ge=0.0, le=1.0)
+    token_cost: float = Field(0.002, ge=0.0)  # per generated token
+    step_cost: float = Field(0.02, ge=0.0)  # per learner update
+    cost_scale: float = Field(1.0, ge=0.0)
+    topup_roi: float = Field(1.5, ge=0.0)  # organelles at or above this ROI get a top-up...
+    topup_cap: float = Field(2.0, ge=0.0)  # ...of at most this much energy
+    gini_cap: float = Field(0.6, gt=0.0, le=1.0)  # above it, the richest are taxed toward the mean
+    species_share_cap: float = Field(0.5, gt=0.0, le=1.0)  # max share of the population per species
+
+
 class Params(Strict):
     seed: int = Field(0, ge=0)
     host: HostConfig = HostConfig()
     challenges: ChallengeConfig = ChallengeConfig()
     eval: EvalConfig = EvalConfig()
+    colony: ColonyConfig = ColonyConfig()
+    bandit: BanditConfig = BanditConfig()
+    energy: EnergyConfig = EnergyConfig()
 
 
 class ParamsError(ValueError):

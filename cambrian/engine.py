@@ -30,6 +30,7 @@ class Engine:
         self.tok.padding_side = "left"
         self.stop_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)})
         self.new_tokens = 0  # tokens decoded up to and including each row's end-of-turn
+        self.last_tokens: list[int] = []  # per row, of the last generate call
         self.seconds = 0.0
 
     def chat(self, prompt: str) -> str:
@@ -104,6 +105,7 @@ class Engine:
             raise ValueError("prompts, adapters and max_new_tokens must have the same length")
         ids = self.tok([self.chat(p) for p in prompts], add_special_tokens=False)["input_ids"]
         replies: list[str] = [""] * len(ids)
+        self.last_tokens = [0] * len(ids)
         start = time.perf_counter()
         keys = [(max_new_tokens[i], adapters[i] or "", len(ids[i])) for i in range(len(ids))]
         for batch in tqdm(self._batches(keys), desc=desc, unit="batch", disable=None, leave=False):
@@ -111,6 +113,7 @@ class Engine:
                                 [max_new_tokens[i] for i in batch])
             for i, row in zip(batch, outs):
                 self.new_tokens += len(row)
+                self.last_tokens[i] = len(row)
                 replies[i] = self.tok.decode(row, skip_special_tokens=True).strip()
         self.seconds += time.perf_counter() - start
         return replies

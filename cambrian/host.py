@@ -35,7 +35,7 @@ def smollm2_gguf() -> Path:
 
 def _load_smollm2():
     gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = _smollm2_tokenizer(gguf)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF loader marks the model as quantized, which blocks save_pretrained; the weights are
     # already dequantized to fp32, so dropping the marker saves a plain checkpoint.
@@ -57,12 +57,18 @@ def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def _smollm2_tokenizer(gguf: Path):
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tok.pad_token is None:  # some transformers releases drop it from the GGUF metadata
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def _load_source(cfg: HostConfig):
     if cfg.source == SMOLLM2:
         return _load_smollm2()
     if cfg.source == TINY:
-        gguf = smollm2_gguf()
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tok = _smollm2_tokenizer(smollm2_gguf())
         return tiny_model(tok, cfg.tiny_seed), tok
     return AutoModelForCausalLM.from_pretrained(cfg.source, dtype=torch.float32), AutoTokenizer.from_pretrained(cfg.source)
 

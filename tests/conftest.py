@@ -1,9 +1,15 @@
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cambrian-prefect-"))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # its exit-time INFO lines hit closed pytest streams
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +28,13 @@ def tiny_host(tiny_host_dir):
     from cambrian.host import load_host
 
     return load_host(tiny_host_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    from cambrian.challenges import write_dataset
+    from cambrian.config import ChallengeConfig
+
+    out = tmp_path_factory.mktemp("data") / "challenges"
+    write_dataset(ChallengeConfig(train_per_cell=12, probe_per_cell=3, holdout_per_cell=3), 0, out)
+    return out

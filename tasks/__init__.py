@@ -1,0 +1,1 @@
+"""Pipeline steps: plain functions, each with a thin Prefect task as its entry point."""

@@ -1,0 +1,68 @@
+"""evaluate: each living organelle answers fresh train-split challenges routed by its UCB1 bandit.
+
+Rounds: in each, every organelle pulls one (family, level) arm and answers `pull_size` fresh
+challenges from it; all organelles' challenges share one mixed-adapter batch. The pull's reward
+(its accuracy) updates that organelle's bandit before the next round. Returns episode records.
+"""
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from cambrian.bandit import arm, parse_arm, ucb1, update
+from cambrian.challenges import sample, score
+from cambrian.config import Params
+from cambrian.engine import Engine
+from cambrian.organelle import Organelle
+
+
+def run_episodes(engine: Engine, organelles: list[Organelle], params: Params, gen: int) -> list[dict]:
+    cfg = params.colony
+    families, levels = params.challenges.families, params.challenges.levels
+    living = [o for o in organelles if o.alive]
+    # Each organelle's untried arms are explored own-species first.
+    arms = {o.id: [arm(f, lv) for f in sorted(families, key=lambda f: f != o.species) for lv in levels]
+            for o in living}
+    episodes: list[dict] = []
+    for rnd in range(cfg.episodes // cfg.pull_size):
+        picks = {o.id: ucb1(o.arms, arms[o.id], params.bandit.exploration) for o in living}
+        jobs = []
+        for o in living:
+            family, level = parse_arm(picks[o.id])
+            for c in sample(family, level, "train", cfg.pull_size, f"{params.seed}/episode/{gen}/{o.id}/{rnd}"):
+                jobs.append((o, c))
+        replies = engine.answer([c for _, c in jobs], [o.id for o, _ in jobs], desc=f"episodes round {rnd}")
+        for (o, c), reply, tokens in zip(jobs, replies, engine.last_tokens):
+            episodes.append({"gen": gen, "round": rnd, "organelle": o.id, "species": o.species, "family": c.family,
+                             "level": c.level, "prompt": c.prompt, "answer": c.answer, "reply": reply,
+                             "correct": score(c.family, reply, c.answer), "tokens": tokens})
+        for o in living:
+            mine = [e["correct"] for e in episodes[-len(jobs):] if e["organelle"] == o.id]
+            update(o.arms, picks[o.id], sum(mine) / len(mine))
+    return episodes
+
+
+evaluate_task = task(run_episodes, name="evaluate", cache_policy=NO_CACHE)
+
+
+def colony_holdout(engine: Engine, organelles: list[Organelle], probe: list, holdout: list) -> dict:
+    """Per family: the living organelle with the best probe accuracy on it (ties: more energy)
+    answers the family's holdout challenges. Selection never looks at the holdout."""
+    living = [o for o in organelles if o.alive]
+    report = {}
+    for family in sorted({c.family for c in holdout}):
+        fam_probe = [c for c in probe if c.family == family]
+        fam_hold = [c for c in holdout if c.family == family]
+        if not living:
+            report[family] = {"organelle": None, "probe_accuracy": 0.0, "accuracy": 0.0, "n": len(fam_hold)}
+            continue
+        jobs = [(o, c) for o in living for c in fam_probe]
+        ok = [score(c.family, r, c.answer) for (o, c), r in
+              zip(jobs, engine.answer([c for _, c in jobs], [o.id for o, _ in jobs], desc=f"probe {family}"))]
+        acc = {o.id: sum(k for (p, _), k in zip(jobs, ok) if p is o) / len(fam_probe) for o in living}
+        best = max(living, key=lambda o: (acc[o.id], o.energy))
+        replies = engine.answer(fam_hold, [best.id] * len(fam_hold), desc=f"holdout {family}")
+        correct = sum(score(c.family, r, c.answer) for c, r in zip(fam_hold, replies))
+        report[family] = {"organelle": best.id, "probe_accuracy": acc[best.id], "accuracy": correct / len(fam_hold),
+                          "correct": correct, "n": len(fam_hold)}
+    return report

@@ -1,0 +1,137 @@
+"""learn: a few updates of each organelle's LoRA weights on its data delta plus replay.
+
+The data delta of an organelle in a generation: its own verified-correct answers from the last
+generation's episodes (rejection sampling) plus gold answers of fresh train-split challenges of
+its species; replay mixes in rows of earlier deltas of its lineage at `replay_ratio`. Only
+train-split prompts are ever used: the split is a function of the prompt text.
+
+Two learners, chosen by `colony.learner`, with the same budget of `train_steps` updates:
+- gradient: LoRA SFT with trl's SFTTrainer (completion-only loss), unsloth when CUDA is present;
+- es: gradient-free evolution strategies on the LoRA weights — antithetic Gaussian noise,
+  fitness = mean answer log-likelihood on a minibatch, z-scored, no backprop. All 2 x pairs
+  perturbed copies are scored in one mixed-adapter batch by the evaluation engine.
+"""
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from cambrian.challenges import SYSTEM_PROMPT, Challenge
+from cambrian.checkpoint import atomic_dir, write_manifest
+from cambrian.config import ColonyConfig
+from cambrian.engine import Engine
+from cambrian.organelle import Organelle, load_colony, read_adapter, write_adapter
+
+
+def data_delta(o: Organelle, train: list[Challenge], own_correct: list[dict], size: int,
+               rng: random.Random) -> list[dict]:
+    """New training rows: own verified-correct answers first, then gold rows of its species."""
+    rows = [{"prompt": e["prompt"], "answer": e["reply"], "source": "own"} for e in own_correct][:size]
+    pool = [c for c in train if c.family == o.species]
+    rows += [{"prompt": c.prompt, "answer": c.answer, "source": "gold"}
+             for c in rng.sample(pool, min(size - len(rows), len(pool)))]
+    return rows
+
+
+def with_replay(delta: list[dict], earlier: list[dict], ratio: float, rng: random.Random) -> list[dict]:
+    k = min(len(earlier), round(len(delta) * ratio / (1 - ratio)))
+    rows = delta + rng.sample(earlier, k)
+    rng.shuffle(rows)
+    return rows
+
+
+def _messages(row: dict) -> dict:
+    return {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["prompt"]}],
+            "completion": [{"role": "assistant", "content": row["answer"]}]}
+
+
+def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int) -> list[float]:
+    """SFT steps on the adapter at `adapter` (rewritten atomically); returns the loss per step."""
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import SFTConfig, SFTTrainer
+
+    if steps == 0 or not rows:
+        return []
+    model = PeftModel.from_pretrained(host, adapter, is_trainable=True)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            args = SFTConfig(output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch,
+                             learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
+                             save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True,
+                             use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
+            tok.padding_side = "right"
+            trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([_messages(r) for r in rows]),
+                                 processing_class=tok)
+            trainer.train()
+            tok.padding_side = "left"
+            losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        with atomic_dir(adapter) as tmp:
+            model.save_pretrained(tmp)
+            write_manifest(tmp, kind="organelle")
+    finally:
+        tok.padding_side = "left"
+        model.unload()
+    return losses
+
+
+def learn_es(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, seed: int) -> list[float]:
+    """Antithetic ES on the LoRA weights; returns the unperturbed minibatch fitness before each step."""
+    if cfg.train_steps == 0 or not rows:
+        return []
+    config, theta = read_adapter(adapter)
+    es, keys = cfg.es, sorted(theta)
+    names = [f"es{i}" for i in range(2 * es.pairs)] + ["es_center"]
+    model = load_colony(host, {n: adapter for n in names})
+    engine = Engine(model, tok, batch_size=64)
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    curve = []
+    try:
+        for _ in range(cfg.train_steps):
+            noise = [{k: torch.randn(theta[k].shape, generator=gen) for k in keys} for _ in range(es.pairs)]
+            for i, eps in enumerate(noise):
+                for sign, name in ((1, names[2 * i]), (-1, names[2 * i + 1])):
+                    _set_weights(model, name, {k: theta[k] + sign * es.sigma * eps[k] for k in keys})
+            _set_weights(model, "es_center", theta)
+            batch = rng.sample(rows, min(es.batch, len(rows)))
+            jobs = [(n, r) for n in names for r in batch]
+            fit = engine.loglik([r["prompt"] for _, r in jobs], [r["answer"] for _, r in jobs], [n for n, _ in jobs])
+            per = [sum(fit[j * len(batch):(j + 1) * len(batch)]) / len(batch) for j in range(len(names))]
+            curve.append(per[-1])
+            f = torch.tensor(per[:-1])
+            z = (f - f.mean()) / (f.std() + 1e-8)
+            for k in keys:
+                grad = sum((z[2 * i] - z[2 * i + 1]) * noise[i][k] for i in range(es.pairs))
+                theta[k] = theta[k] + es.lr / (2 * es.pairs) * grad  # lr in weight units, like sigma
+    finally:
+        model.unload()
+    write_adapter(adapter, config, theta)
+    return curve
+
+
+def _set_weights(model, name: str, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+    set_peft_model_state_dict(model, state, adapter_name=name)
+
+
+def learn(host, tok, organelles: list[Organelle], rows: dict[str, list[dict]], cfg: ColonyConfig, adapters: Path,
+          seed: int) -> dict[str, list[float]]:
+    """Train every living organelle in place; returns its learning curve (loss or fitness)."""
+    curves = {}
+    for k, o in enumerate([o for o in organelles if o.alive]):
+        s = seed * 1009 + k
+        if cfg.learner == "gradient":
+            curves[o.id] = learn_gradient(host, tok, adapters / o.id, rows[o.id], cfg.train_steps, cfg.train_batch,
+                                          o.lr, s)
+        else:
+            curves[o.id] = learn_es(host, tok, adapters / o.id, rows[o.id], cfg, s)
+    return curves
+
+
+learn_task = task(learn, name="learn", cache_policy=NO_CACHE)
