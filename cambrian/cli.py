@@ -76,15 +76,18 @@ def baseline(params: Path = PARAMS,
 
 @app.command()
 def evolve(params: Path = PARAMS,
-           generations: int = typer.Option(5, min=1, help="Number of generations to run (resumes after the last complete one)."),
+           generations: int = typer.Option(None, min=1, help="Generations to run (default: params colony.generations); "
+                                                             "resumes after the last complete one."),
            host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
            data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),
-           run_dir: Path = typer.Option(Path("runs/ecology"), "--run", help="Where generations and telemetry go.")):
+           run_dir: Path = typer.Option(Path("runs/ecology"), "--run", help="Where generations and telemetry go."),
+           holdout: Path = typer.Option(None, help="Holdout report to write (default RUN/holdout.json).")):
     """Run the organelle ecology (spawn, learn, evaluate, settle energy) as a Prefect flow, then
     score the colony on the holdout split (per family, the organelle best on the probe split)."""
-    _params(params)  # fail fast on bad params, before Prefect starts
+    p = _params(params)  # fail fast on bad params, before Prefect starts
     from flows.ecology import evolve as evolve_flow
-    evolve_flow(str(params), generations, str(host_dir), str(data), str(run_dir))
+    evolve_flow(str(params), generations or p.colony.generations, str(host_dir), str(data), str(run_dir),
+                str(holdout or ""))
 
 
 def main() -> None:

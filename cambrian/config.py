@@ -66,6 +66,7 @@ class ESConfig(Strict):
 
 
 class ColonyConfig(Strict):
+    generations: int = Field(5, ge=1, le=10_000)  # `cambrian evolve` / the ecology DVC stage
     population: int = Field(8, ge=1, le=256)
     lora_rank: int = Field(8, ge=1, le=256)
     lora_alpha: float = Field(16.0, gt=0.0)

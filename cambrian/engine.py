@@ -28,6 +28,7 @@ class Engine:
         self.model, self.tok = model, tokenizer
         self.batch_size, self.slack = batch_size, slack_tokens
         self.tok.padding_side = "left"
+        self.device = next(model.parameters()).device
         self.stop_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)})
         self.new_tokens = 0  # tokens decoded up to and including each row's end-of-turn
         self.last_tokens: list[int] = []  # per row, of the last generate call
@@ -65,12 +66,13 @@ class Engine:
         for r, row in enumerate(rows):
             ids[r, :n], mask[r, :n] = torch.tensor(row[:n]), 1
             ids[r, width - len(row) + n:], mask[r, width - len(row) + n:] = torch.tensor(row[n:]), 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         distinct = list(dict.fromkeys(names))
         cache = DynamicCache()
         if n:
             self.model(input_ids=ids[:1, :n].expand(len(distinct), n), past_key_values=cache,
                        use_cache=True, logits_to_keep=1, **self._adapter_kwargs(distinct))
-            cache.batch_select_indices(torch.tensor([distinct.index(a) for a in names]))
+            cache.batch_select_indices(torch.tensor([distinct.index(a) for a in names], device=self.device))
         return ids[:, n:], mask, cache
 
     def _greedy(self, rows: list[list[int]], names: list[str | None], budgets: list[int]) -> list[list[int]]:
@@ -92,11 +94,11 @@ class Engine:
             if not keep:
                 return outs
             if len(keep) < len(alive):
-                cache.batch_select_indices(torch.tensor(keep))
+                cache.batch_select_indices(torch.tensor(keep, device=self.device))
                 mask = mask[keep]
             alive = [alive[k] for k in keep]
-            inputs = torch.tensor([[outs[i][-1]] for i in alive])
-            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype)], dim=1)
+            inputs = torch.tensor([[outs[i][-1]] for i in alive], device=self.device)
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], adapters: Sequence[str | None], max_new_tokens: Sequence[int],
@@ -141,12 +143,12 @@ class Engine:
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
             for r, s in enumerate(seqs):  # right padding keeps default position ids correct
                 ids[r, :len(s)], mask[r, :len(s)] = torch.tensor(s), 1
-            logits = self.model(input_ids=ids, attention_mask=mask,
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                 **self._adapter_kwargs([adapters[i] for i in batch])).logits
             for r, i in enumerate(batch):
                 lo, hi = len(pids[i]), len(pids[i]) + len(aids[i])
                 logp = torch.log_softmax(logits[r, lo - 1:hi - 1].float(), dim=-1)
-                out[i] = logp.gather(1, torch.tensor(aids[i])[:, None]).mean().item()
+                out[i] = logp.gather(1, torch.tensor(aids[i], device=self.device)[:, None]).mean().item()
         return out
 
 

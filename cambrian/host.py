@@ -88,13 +88,18 @@ def _check_architecture(archs: list[str], where) -> None:
         raise CheckpointError(f"{where}: unsupported model architecture {archs}; Cambrian hosts are {sorted(SUPPORTED)}")
 
 
-def load_host(path: str | Path, expected_sha: str | None = None):
-    """Load a materialised host (verified against its manifest); returns (model, tokenizer)."""
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_host(path: str | Path, expected_sha: str | None = None, device: str | None = None):
+    """Load a materialised host (verified against its manifest) on `device` (default: CUDA when
+    present, else CPU); returns (model, tokenizer)."""
     path = Path(path)
     verify(path, expected_sha)
     config = json.loads((path / "config.json").read_text())
     _check_architecture(config.get("architectures") or [], path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device or default_device()).eval()
     tok = AutoTokenizer.from_pretrained(path)
     if tok.chat_template is None:
         raise CheckpointError(f"{path}: tokenizer has no chat template")

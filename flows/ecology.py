@@ -10,7 +10,8 @@ import json
 import random
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from cambrian.challenges import read_jsonl
 from cambrian.checkpoint import atomic_dir, atomic_write_text
@@ -18,10 +19,17 @@ from cambrian.config import Params, load_params
 from cambrian.engine import Engine
 from cambrian.host import load_host
 from cambrian.organelle import load_colony, load_population, save_population
-from tasks.evaluate import colony_holdout, evaluate_task
-from tasks.learn import data_delta, learn_task, with_replay
-from tasks.settle import settle_task
-from tasks.spawn import spawn_task
+from tasks.evaluate import colony_holdout, run_episodes
+from tasks.learn import data_delta, learn, with_replay
+from tasks.settle import settle
+from tasks.spawn import spawn
+
+# The steps as Prefect tasks. Their inputs include live models, which must never be hashed or
+# pickled, so nothing here is cached; resumption works per generation (see `evolve`).
+spawn_task = task(spawn, name="spawn", cache_policy=NO_CACHE)
+learn_task = task(learn, name="learn", cache_policy=NO_CACHE)
+evaluate_task = task(run_episodes, name="evaluate", cache_policy=NO_CACHE)
+settle_task = task(settle, name="settle-energy", cache_policy=NO_CACHE)
 
 
 def gen_dir(run: Path, gen: int) -> Path:
@@ -76,9 +84,10 @@ def generation(params: Params, gen: int, host_dir: str, data_dir: str, run_dir: 
 
 @flow(name="evolve")
 def evolve(params_path: str = "params.yaml", generations: int = 5, host_dir: str = "models/base",
-           data_dir: str = "data/challenges", run_dir: str = "runs/ecology") -> dict:
+           data_dir: str = "data/challenges", run_dir: str = "runs/ecology", holdout_path: str = "") -> dict:
     """Run generations 0..N-1 (resuming after the last complete one), then score the colony on
-    the holdout split: per family, the organelle best on the probe split answers."""
+    the holdout split: per family, the organelle best on the probe split answers. The report
+    goes to `holdout_path` (default RUN/holdout.json)."""
     params, run = load_params(params_path), Path(run_dir)
     for gen in range(generations):
         if not (gen_dir(run, gen) / "summary.json").is_file():
@@ -101,7 +110,8 @@ def evolve(params_path: str = "params.yaml", generations: int = 5, host_dir: str
     finally:
         if alive:
             model.unload()
-    atomic_write_text(run / "holdout.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(holdout_path or run / "holdout.json", json.dumps(report, indent=1) + "\n")
     for fam, row in report["families"].items():
-        get_run_logger().info(f"holdout {fam:12s} {row['accuracy']:.3f} ({row['organelle']})")
+        get_run_logger().info(f"holdout {fam:12s} colony {row['accuracy']:.3f} ({row['organelle']}), "
+                              f"host {row['host_accuracy']:.3f}")
     return report

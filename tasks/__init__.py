@@ -1,1 +1,2 @@
-"""Pipeline steps: plain functions, each with a thin Prefect task as its entry point."""
+"""Pipeline steps as plain functions (no Prefect needed to run or test them); flows/ wraps
+them as Prefect tasks."""

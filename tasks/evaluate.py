@@ -6,8 +6,6 @@ challenges from it; all organelles' challenges share one mixed-adapter batch. Th
 """
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from cambrian.bandit import arm, parse_arm, ucb1, update
 from cambrian.challenges import sample, score
@@ -42,19 +40,20 @@ def run_episodes(engine: Engine, organelles: list[Organelle], params: Params, ge
     return episodes
 
 
-evaluate_task = task(run_episodes, name="evaluate", cache_policy=NO_CACHE)
-
-
 def colony_holdout(engine: Engine, organelles: list[Organelle], probe: list, holdout: list) -> dict:
     """Per family: the living organelle with the best probe accuracy on it (ties: more energy)
-    answers the family's holdout challenges. Selection never looks at the holdout."""
+    answers the family's holdout challenges, beside the bare host on the same challenges.
+    Selection never looks at the holdout."""
     living = [o for o in organelles if o.alive]
+    host_ok = [score(c.family, r, c.answer) for c, r in zip(holdout, engine.answer(holdout, desc="holdout host"))]
     report = {}
     for family in sorted({c.family for c in holdout}):
         fam_probe = [c for c in probe if c.family == family]
         fam_hold = [c for c in holdout if c.family == family]
+        host_acc = sum(k for c, k in zip(holdout, host_ok) if c.family == family) / len(fam_hold)
         if not living:
-            report[family] = {"organelle": None, "probe_accuracy": 0.0, "accuracy": 0.0, "n": len(fam_hold)}
+            report[family] = {"organelle": None, "probe_accuracy": 0.0, "accuracy": 0.0, "correct": 0,
+                              "n": len(fam_hold), "host_accuracy": host_acc}
             continue
         jobs = [(o, c) for o in living for c in fam_probe]
         ok = [score(c.family, r, c.answer) for (o, c), r in
@@ -64,5 +63,5 @@ def colony_holdout(engine: Engine, organelles: list[Organelle], probe: list, hol
         replies = engine.answer(fam_hold, [best.id] * len(fam_hold), desc=f"holdout {family}")
         correct = sum(score(c.family, r, c.answer) for c, r in zip(fam_hold, replies))
         report[family] = {"organelle": best.id, "probe_accuracy": acc[best.id], "accuracy": correct / len(fam_hold),
-                          "correct": correct, "n": len(fam_hold)}
+                          "correct": correct, "n": len(fam_hold), "host_accuracy": host_acc}
     return report

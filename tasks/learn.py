@@ -13,13 +13,14 @@ Two learners, chosen by `colony.learner`, with the same budget of `train_steps` 
 """
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing
 import random
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from cambrian.challenges import SYSTEM_PROMPT, Challenge
 from cambrian.checkpoint import atomic_dir, write_manifest
@@ -50,34 +51,62 @@ def _messages(row: dict) -> dict:
             "completion": [{"role": "assistant", "content": row["answer"]}]}
 
 
-def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int) -> list[float]:
-    """SFT steps on the adapter at `adapter` (rewritten atomically); returns the loss per step."""
+def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
+         backend: str) -> list[float]:
+    """Train the active LoRA of `model` with trl's SFTTrainer, save it to `adapter` atomically."""
     from datasets import Dataset
-    from peft import PeftModel
     from trl import SFTConfig, SFTTrainer
 
+    with tempfile.TemporaryDirectory() as scratch:
+        args = SFTConfig(output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch,
+                         gradient_accumulation_steps=1, learning_rate=lr, lr_scheduler_type="constant",
+                         warmup_steps=0, logging_steps=1,
+                         save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True,
+                         use_cpu=model.device.type != "cuda", dataloader_num_workers=0)
+        tok.padding_side = "right"
+        try:
+            trainer = SFTTrainer(model=model, args=args, processing_class=tok,
+                                 train_dataset=Dataset.from_list([_messages(r) for r in rows]))
+            trainer.train()
+        finally:
+            tok.padding_side = "left"
+    with atomic_dir(adapter) as tmp:
+        model.save_pretrained(tmp)
+        write_manifest(tmp, kind="organelle", trained_with=backend)
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def _sft_unsloth(host_dir: str, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float,
+                 seed: int) -> list[float]:
+    """The same training through unsloth's FastLanguageModel. Runs in a fresh process: unsloth
+    patches transformers' Llama classes globally, which breaks models built without it."""
+    from unsloth import FastLanguageModel  # noqa: I001 (must come before trl / peft use)
+    from peft import set_peft_model_state_dict
+
+    config, state = read_adapter(adapter)
+    model, tok = FastLanguageModel.from_pretrained(host_dir, dtype=torch.float32, load_in_4bit=False,
+                                                   max_seq_length=1024)
+    model = FastLanguageModel.get_peft_model(
+        model, r=config["r"], lora_alpha=config["lora_alpha"], target_modules=config["target_modules"],
+        lora_dropout=0.0, bias="none", use_gradient_checkpointing=False)
+    set_peft_model_state_dict(model, state)
+    return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "unsloth")
+
+
+def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int) -> list[float]:
+    """SFT steps on the adapter at `adapter` (rewritten atomically); returns the loss per step.
+    A host on CUDA trains through unsloth when it is installed (`pip install .[gpu]`)."""
     if steps == 0 or not rows:
         return []
+    if host.device.type == "cuda" and importlib.util.find_spec("unsloth") is not None:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_sft_unsloth, host.config._name_or_path, adapter, rows, steps, batch, lr, seed).result()
+    from peft import PeftModel
     model = PeftModel.from_pretrained(host, adapter, is_trainable=True)
     try:
-        with tempfile.TemporaryDirectory() as scratch:
-            args = SFTConfig(output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch,
-                             learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
-                             save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True,
-                             use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
-            tok.padding_side = "right"
-            trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([_messages(r) for r in rows]),
-                                 processing_class=tok)
-            trainer.train()
-            tok.padding_side = "left"
-            losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        with atomic_dir(adapter) as tmp:
-            model.save_pretrained(tmp)
-            write_manifest(tmp, kind="organelle")
+        return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft")
     finally:
-        tok.padding_side = "left"
         model.unload()
-    return losses
 
 
 def learn_es(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, seed: int) -> list[float]:
@@ -133,5 +162,3 @@ def learn(host, tok, organelles: list[Organelle], rows: dict[str, list[dict]], c
             curves[o.id] = learn_es(host, tok, adapters / o.id, rows[o.id], cfg, s)
     return curves
 
-
-learn_task = task(learn, name="learn", cache_policy=NO_CACHE)

@@ -10,8 +10,6 @@ import math
 import statistics
 from collections import Counter
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from cambrian.config import EnergyConfig
 from cambrian.organelle import Organelle
@@ -117,5 +115,3 @@ def check_conservation(summary: dict, tol: float = 1e-6) -> bool:
                 - summary.get("tickets", 0) + summary.get("topups", 0) - summary["taxes"])
     return abs(summary["energy_after"] - expected) <= tol * max(1.0, abs(expected))
 
-
-settle_task = task(settle, name="settle-energy", cache_policy=NO_CACHE)

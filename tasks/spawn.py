@@ -17,8 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from cambrian.config import Params
 from cambrian.organelle import Organelle, deltas, factor, lora_config, new_adapter, read_adapter, write_adapter
@@ -79,5 +77,3 @@ def spawn(host, organelles: list[Organelle], params: Params, gen: int, parent_ad
         colony.append(_child(params, parents, parent_adapters, oid, gen, out, rng))
     return colony
 
-
-spawn_task = task(spawn, name="spawn", cache_policy=NO_CACHE)

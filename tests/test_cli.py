@@ -13,6 +13,8 @@ TINY_PARAMS = {
     "host": {"source": "tiny-random"},
     "challenges": {"train_per_cell": 4, "probe_per_cell": 2, "holdout_per_cell": 2},
     "eval": {"batch_size": 16, "slack_tokens": 2},
+    "colony": {"generations": 1, "population": 2, "train_steps": 1, "train_batch": 2, "delta_size": 4,
+               "episodes": 2, "pull_size": 1, "lora_rank": 2, "target_modules": ["q_proj", "v_proj"]},
 }
 
 
@@ -45,7 +47,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_dvc_repro_runs_the_stages_and_is_then_a_noop(tmp_path):
     """The README's main job (`dvc repro`) on a fresh repo, with the tiny host."""
-    for name in ("dvc.yaml", "cambrian"):
+    for name in ("dvc.yaml", "cambrian", "tasks", "flows"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
@@ -64,5 +66,10 @@ def test_dvc_repro_runs_the_stages_and_is_then_a_noop(tmp_path):
     assert all(f["n"] == 2 * 3 for f in report["families"].values())
     assert 0.0 <= report["overall"] <= 1.0 and report["new_tokens"] > 0
     assert report["host_sha256"] == json.loads((tmp_path / "models/base/cambrian.json").read_text())["sha256"]
-    assert "didn't change" in run("dvc", "repro") or "up to date" in run("dvc", "status")
-    assert "baseline.json" in run("dvc", "metrics", "show")
+    holdout = json.loads((tmp_path / "reports" / "ecology_holdout.json").read_text())
+    assert set(holdout["families"]) == set(report["families"]) and holdout["generations"] == 1
+    assert (tmp_path / "runs" / "ecology" / "gen_000" / "population.json").is_file()
+    assert "up to date" in run("dvc", "status")
+    assert "didn't change" in run("dvc", "repro")
+    metrics = run("dvc", "metrics", "show")
+    assert "baseline.json" in metrics and "ecology_holdout.json" in metrics
