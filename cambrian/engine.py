@@ -105,6 +105,9 @@ class Engine:
                  desc: str = "generate") -> list[str]:
         if not len(prompts) == len(adapters) == len(max_new_tokens):
             raise ValueError("prompts, adapters and max_new_tokens must have the same length")
+        self.last_tokens = []
+        if not prompts:
+            return []
         ids = self.tok([self.chat(p) for p in prompts], add_special_tokens=False)["input_ids"]
         replies: list[str] = [""] * len(ids)
         self.last_tokens = [0] * len(ids)

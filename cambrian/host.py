@@ -42,6 +42,8 @@ def _load_smollm2():
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    for config in (model.config, model.generation_config):
+        config.eos_token_id = config.pad_token_id = tok.eos_token_id
     return model, tok
 
 
@@ -59,8 +61,9 @@ def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
 
 def _smollm2_tokenizer(gguf: Path):
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if tok.pad_token is None:  # some transformers releases drop it from the GGUF metadata
-        tok.pad_token = tok.eos_token
+    # SmolLM2-Instruct ends a turn, and pads, with <|im_end|>; transformers 5.17's GGUF conversion
+    # reads eos as <|im_start|> and drops the pad token, so both are set as the model card has them.
+    tok.eos_token = tok.pad_token = "<|im_end|>"
     return tok
 
 

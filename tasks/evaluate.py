@@ -45,23 +45,27 @@ def colony_holdout(engine: Engine, organelles: list[Organelle], probe: list, hol
     answers the family's holdout challenges, beside the bare host on the same challenges.
     Selection never looks at the holdout."""
     living = [o for o in organelles if o.alive]
-    host_ok = [score(c.family, r, c.answer) for c, r in zip(holdout, engine.answer(holdout, desc="holdout host"))]
+    families = sorted({c.family for c in holdout})
+    jobs = [(o, c) for o in living for c in probe if c.family in families]
+    probe_ok = [score(c.family, r, c.answer) for (_, c), r in
+                zip(jobs, engine.answer([c for _, c in jobs], [o.id for o, _ in jobs], desc="probe"))]
+    best = {}
+    for family in families:
+        n = sum(c.family == family for c in probe)
+        acc = {o.id: sum(k for (p, c), k in zip(jobs, probe_ok) if p is o and c.family == family) / n for o in living}
+        if living:
+            top = max(living, key=lambda o: (acc[o.id], o.energy))
+            best[family] = (top.id, acc[top.id])
+    # The host (None) and each family's chosen organelle answer the holdout in one batched call.
+    final = [(None, c) for c in holdout] + [(best[c.family][0], c) for c in holdout if c.family in best]
+    final_ok = [score(c.family, r, c.answer) for (_, c), r in
+                zip(final, engine.answer([c for _, c in final], [a for a, _ in final], desc="holdout"))]
     report = {}
-    for family in sorted({c.family for c in holdout}):
-        fam_probe = [c for c in probe if c.family == family]
-        fam_hold = [c for c in holdout if c.family == family]
-        host_acc = sum(k for c, k in zip(holdout, host_ok) if c.family == family) / len(fam_hold)
-        if not living:
-            report[family] = {"organelle": None, "probe_accuracy": 0.0, "accuracy": 0.0, "correct": 0,
-                              "n": len(fam_hold), "host_accuracy": host_acc}
-            continue
-        jobs = [(o, c) for o in living for c in fam_probe]
-        ok = [score(c.family, r, c.answer) for (o, c), r in
-              zip(jobs, engine.answer([c for _, c in jobs], [o.id for o, _ in jobs], desc=f"probe {family}"))]
-        acc = {o.id: sum(k for (p, _), k in zip(jobs, ok) if p is o) / len(fam_probe) for o in living}
-        best = max(living, key=lambda o: (acc[o.id], o.energy))
-        replies = engine.answer(fam_hold, [best.id] * len(fam_hold), desc=f"holdout {family}")
-        correct = sum(score(c.family, r, c.answer) for c, r in zip(fam_hold, replies))
-        report[family] = {"organelle": best.id, "probe_accuracy": acc[best.id], "accuracy": correct / len(fam_hold),
-                          "correct": correct, "n": len(fam_hold), "host_accuracy": host_acc}
+    for family in families:
+        n = sum(c.family == family for c in holdout)
+        host = sum(k for (a, c), k in zip(final, final_ok) if a is None and c.family == family)
+        mine = sum(k for (a, c), k in zip(final, final_ok) if a is not None and c.family == family)
+        organelle, probe_acc = best.get(family, (None, 0.0))
+        report[family] = {"organelle": organelle, "probe_accuracy": probe_acc, "accuracy": mine / n,
+                          "correct": mine, "n": n, "host_accuracy": host / n}
     return report

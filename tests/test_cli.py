@@ -50,7 +50,9 @@ def test_dvc_repro_runs_the_stages_and_is_then_a_noop(tmp_path):
     for name in ("dvc.yaml", "cambrian", "tasks", "flows"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    from cambrian.config import parse_params
+    # DVC tracks params by key, so the file spells out every section (defaults filled in).
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(parse_params(TINY_PARAMS).model_dump()))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
     def run(*cmd):
