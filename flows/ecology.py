@@ -20,7 +20,7 @@ from cambrian.engine import Engine
 from cambrian.host import load_host
 from cambrian.organelle import load_colony, load_population, save_population
 from tasks.evaluate import colony_holdout, run_episodes
-from tasks.learn import data_delta, learn, with_replay
+from tasks.learn import learn, training_data
 from tasks.settle import settle
 from tasks.spawn import spawn
 
@@ -58,11 +58,9 @@ def generation(params: Params, gen: int, host_dir: str, data_dir: str, run_dir: 
         living = [o for o in colony if o.alive]
         rows = {}
         for o in living:
-            kin = [o.id, *o.parents]
-            own = [e for e in last_episodes if e["organelle"] in kin and e["correct"]]
-            delta = data_delta(o, train, own, params.colony.delta_size, rng)
+            earlier = _lineage_rows(run, gen, [o.id, *o.parents])
+            delta, rows[o.id] = training_data(o, train, last_episodes, earlier, params.colony, rng)
             atomic_write_text(out / "deltas" / f"{o.id}.jsonl", "".join(json.dumps(r) + "\n" for r in delta))
-            rows[o.id] = with_replay(delta, _lineage_rows(run, gen, kin), params.colony.replay_ratio, rng)
         curves = learn_task(host, tok, colony, rows, params.colony, out / "adapters", params.seed * 7919 + gen)
         model = load_colony(host, {o.id: out / "adapters" / o.id for o in living})
         try:

@@ -46,6 +46,16 @@ def with_replay(delta: list[dict], earlier: list[dict], ratio: float, rng: rando
     return rows
 
 
+def training_data(o: Organelle, train: list[Challenge], last_episodes: list[dict], earlier: list[dict],
+                  cfg: ColonyConfig, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """(delta, rows): the organelle's new data delta (own correct answers of it or its parents in
+    the last generation, then gold rows) and its training rows with replay of `earlier` rows."""
+    kin = {o.id, *o.parents}
+    own = [e for e in last_episodes if e["organelle"] in kin and e["correct"]]
+    delta = data_delta(o, train, own, cfg.delta_size, rng)
+    return delta, with_replay(delta, earlier, cfg.replay_ratio, rng)
+
+
 def _messages(row: dict) -> dict:
     return {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["prompt"]}],
             "completion": [{"role": "assistant", "content": row["answer"]}]}
