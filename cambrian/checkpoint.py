@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -99,3 +100,38 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+# --- the content-addressed store -------------------------------------------------------------
+# Work in progress of a generation (adapters, merged children) lives in CAMBRIAN_HOME/store/<sha>
+# (default .cambrian/, outside every DVC output), so a re-run after a crash finds finished steps'
+# results even though DVC deleted the stage's outputs before starting it.
+
+def home() -> Path:
+    return Path(os.environ.get("CAMBRIAN_HOME", ".cambrian")).resolve()
+
+
+def scratch() -> Path:
+    """A fresh empty folder on the store's filesystem."""
+    (home() / "tmp").mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=home() / "tmp"))
+
+
+def store_put(folder: Path, **info) -> str:
+    """Move a finished folder into the store under its content sha (written in its manifest)."""
+    sha = write_manifest(folder, **info)
+    target = home() / "store" / sha
+    if target.exists():
+        shutil.rmtree(folder)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        folder.rename(target)
+    return sha
+
+
+def store_get(sha: str) -> Path:
+    path = home() / "store" / sha
+    if not (path / MANIFEST).is_file():
+        raise CheckpointError(f"checkpoint {sha[:12]} is not in the store {path.parent}: it was deleted after a "
+                              f"cached step made it; delete {home() / 'prefect'} to recompute")
+    return path

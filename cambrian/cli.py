@@ -10,7 +10,12 @@ from pathlib import Path
 
 import typer
 
-for _var, _value in {"DO_NOT_TRACK": "true", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+for _var, _value in {"DO_NOT_TRACK": "true", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
+                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+                     # Prefect's cached step results live beside the store they point into.
+                     "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(Path(os.environ.get("CAMBRIAN_HOME", ".cambrian"),
+                                                                    "prefect").resolve())}.items():
     os.environ.setdefault(_var, _value)
 
 app = typer.Typer(help="Cambrian: evolve a small host LLM through small, gated, reversible generations.",
@@ -31,10 +36,14 @@ def check(params: Path = PARAMS):
 
 
 @app.command()
-def host(params: Path = PARAMS, out: Path = typer.Option(Path("models/base"), help="Checkpoint folder to write.")):
-    """Materialise the host model (params host.source) as a safetensors checkpoint with its sha256."""
+def host(params: Path = PARAMS, out: Path = typer.Option(Path("models/base"), help="Checkpoint folder to write."),
+         run: Path = typer.Option(Path("runs/base"), help="Where G0's record (and empty colony) goes.")):
+    """Materialise the host model (params host.source) as a safetensors checkpoint with its sha256:
+    generation G0 of the ladder, recorded in RUN/generation.json."""
+    from cambrian import ledger
     from cambrian.host import materialize
     sha = materialize(_params(params).host, out)
+    ledger.write_base(run, sha)
     typer.echo(f"host written to {out} (sha256 {sha})")
 
 
@@ -74,20 +83,94 @@ def baseline(params: Path = PARAMS,
     typer.echo(f"{'overall':12s} {report['overall']:.3f}  ({out})")
 
 
+DIRS = {"models_dir": typer.Option("models", "--models", help="Where checkpoints go (models/base is the host)."),
+        "runs_dir": typer.Option("runs", "--runs", help="Where each generation's colony and telemetry go."),
+        "data": typer.Option("data/challenges", help="Challenge folder (from `cambrian challenges`)."),
+        "reports": typer.Option("reports", help="Where per-generation metrics go.")}
+
+
 @app.command()
-def evolve(params: Path = PARAMS,
-           generations: int = typer.Option(None, min=1, help="Generations to run (default: params colony.generations); "
-                                                             "resumes after the last complete one."),
-           host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
-           data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),
-           run_dir: Path = typer.Option(Path("runs/ecology"), "--run", help="Where generations and telemetry go."),
-           holdout: Path = typer.Option(None, help="Holdout report to write (default RUN/holdout.json).")):
-    """Run the organelle ecology (spawn, learn, evaluate, settle energy) as a Prefect flow, then
-    score the colony on the holdout split (per family, the organelle best on the probe split)."""
-    p = _params(params)  # fail fast on bad params, before Prefect starts
-    from flows.ecology import evolve as evolve_flow
-    evolve_flow(str(params), generations or p.colony.generations, str(host_dir), str(data), str(run_dir),
-                str(holdout or ""))
+def generation(gid: str = typer.Argument(..., help="Generation id from params.yaml's ladder, e.g. gen_1."),
+               params: Path = PARAMS, models_dir: str = DIRS["models_dir"], runs_dir: str = DIRS["runs_dir"],
+               data: str = DIRS["data"], reports: str = DIRS["reports"]):
+    """Run one generation of the ladder as a Prefect flow: spawn, learn, evaluate, settle energy,
+    assimilate, merge, gate (a failed gate rolls the child back to its parent), publish.
+    Finished steps of an interrupted run come from the cache. This is the DVC stage command."""
+    _params(params).for_generation(gid)  # fail fast on bad params or an unknown id
+    from flows.generation import generation as flow
+    row = flow(gid, str(params), models_dir, runs_dir, data, reports)
+    typer.echo(f"{gid}: {row['gate_verdict']} ({row['gate_reason']}); checkpoint sha256 {row['child_sha']}")
+
+
+@app.command()
+def ladder(params: Path = PARAMS, models_dir: str = DIRS["models_dir"], runs_dir: str = DIRS["runs_dir"],
+           data: str = DIRS["data"], reports: str = DIRS["reports"]):
+    """Run every generation of the ladder in one Prefect flow (what the Prefect UI deployment
+    triggers), then write the lineage ledger. `dvc repro` runs the same steps as DVC stages."""
+    _params(params)
+    from flows.generation import ladder as flow
+    for row in flow(str(params), models_dir, runs_dir, data, reports):
+        typer.echo(f"{row['GEN_ID']}: {row['gate_verdict']} ({row['gate_reason']})")
+
+
+@app.command("ledger")
+def write_ledger(params: Path = PARAMS, runs_dir: Path = typer.Option(Path("runs"), "--runs"),
+                 out: Path = typer.Option(Path("models/lineage_ledger.csv"), help="Ledger to write."),
+                 telemetry: Path = typer.Option(Path("reports"), help="Where the ladder's telemetry goes.")):
+    """Gather every generation's record into the lineage ledger CSV (with DVC's md5 from dvc.lock),
+    and the ladder's telemetry into TELEMETRY/{gen_summaries,episodes,assimilation}.jsonl."""
+    from cambrian import ledger
+    gids = list(_params(params).ladder)
+    rows = ledger.collect(gids, runs_dir)
+    ledger.write(out, rows)
+    ledger.gather_telemetry(gids, runs_dir, telemetry)
+    typer.echo(f"{len(rows)} generations written to {out}")
+
+
+@app.command()
+def rollback(to: str = typer.Option(..., "--to", help="Generation to roll back to, e.g. gen_1 (or 1)."),
+             rev: str = typer.Option(None, help="Git revision whose ledger to restore (default: the newest "
+                                                 "commit in which the generation was the last of the ladder).")):
+    """Restore the pipeline state in which generation N was the newest: git restores dvc.yaml,
+    dvc.lock, params.yaml and the ledger of that commit, `dvc checkout` restores the bytes, and
+    the checkpoint is verified against the ledger's sha256. Commit the result to make it the new head."""
+    from cambrian.rollback import rollback as run
+    gid = to if to.startswith("gen_") else f"gen_{to}"
+    commit, sha = run(gid, rev)
+    typer.echo(f"rolled back to {gid} as of {commit[:10]}: models/{gid} sha256 {sha} (matches the ledger)")
+
+
+def deployments():
+    """The deployments `cambrian serve` offers the Prefect UI."""
+    from flows.generation import generation as gen_flow
+    from flows.generation import ladder as ladder_flow
+    from flows.repro import repro
+    return [repro.to_deployment(name="dvc-repro", description="Run `dvc repro` (the whole ladder by default)."),
+            ladder_flow.to_deployment(name="ladder", description="Every generation of params.yaml's ladder."),
+            gen_flow.to_deployment(name="generation", description="One generation, by id.")]
+
+
+@app.command()
+def serve():
+    """Serve the ladder flows to a Prefect server so the UI can trigger them with typed parameters.
+    Start a server first (`prefect server start`) and point PREFECT_API_URL at it; open
+    http://127.0.0.1:4200, Deployments, then Run."""
+    from prefect import serve as prefect_serve
+    prefect_serve(*deployments())
+
+
+@app.command("export")
+def export_generation(gid: str = typer.Argument(..., help="Generation to export (gen_N, or base)."),
+                      models_dir: Path = typer.Option(Path("models"), "--models"),
+                      runs_dir: Path = typer.Option(Path("runs"), "--runs"),
+                      out: Path = typer.Option(None, help="Folder to write (default exports/GEN).")):
+    """Export a generation (verified against its ledger sha256) as a merged Hugging Face folder
+    OUT/hf and a GGUF file OUT/model.gguf that llama.cpp and transformers load."""
+    from cambrian import ledger
+    from cambrian.export import export
+    sha = ledger.verify_generation(models_dir / gid, runs_dir / gid)
+    path = export(models_dir / gid, out or Path("exports") / gid, sha)
+    typer.echo(f"{gid} (sha256 {sha[:12]}) exported to {path.parent}/hf and {path}")
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ out-of-range values fail with a message that names the offending key (e.g. `eval
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -66,7 +67,6 @@ class ESConfig(Strict):
 
 
 class ColonyConfig(Strict):
-    generations: int = Field(5, ge=1, le=10_000)  # `cambrian evolve` / the ecology DVC stage
     population: int = Field(8, ge=1, le=256)
     lora_rank: int = Field(8, ge=1, le=256)
     lora_alpha: float = Field(16.0, gt=0.0)
@@ -111,6 +111,52 @@ class EnergyConfig(Strict):
     species_share_cap: float = Field(0.5, gt=0.0, le=1.0)  # max share of the population per species
 
 
+class AssimilateConfig(Strict):
+    # Candidates: living organelles with at least this ROI in the generation's settlement.
+    min_roi: float = Field(1.0, ge=0.0)
+    probes_per_level: int = Field(10, ge=1, le=10_000)  # fresh probe-split challenges per level of its species
+    alpha: float = Field(0.05, gt=0.0, le=1.0)  # significance of the paired (McNemar exact) uplift test: p <= alpha
+    min_effect: float = Field(0.1, ge=-1.0, le=1.0)  # minimum uplift in accuracy over the host
+    holdout_min_effect: float = Field(0.0, ge=-1.0, le=1.0)  # holdout check: uplift on the species' holdout
+
+
+class MergeConfig(Strict):
+    method: Literal["soup"] = "soup"  # weighted average of the assimilated organelles' weight deltas
+    weighting: Literal["uniform", "uplift"] = "uplift"
+    total_weight: float = Field(1.0, gt=0.0, le=10.0)  # the soup weights sum to this
+
+
+class GateConfig(Strict):
+    recall_drop_max: float = Field(0.05, ge=0.0, le=1.0)  # child may lose at most this on the prior QA set
+    generalization_min_delta: float = Field(0.0, ge=-1.0, le=1.0)  # child - parent on the delta's holdout
+    max_kl: float = Field(0.5, ge=0.0)  # mean per-token KL(parent || child) on neutral prompts
+    max_forbidden_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of neutral replies with a forbidden phrase
+    forbidden_phrases: list[str] = Field(default_factory=lambda: ["as an ai", "i cannot", "i'm sorry"])
+    neutral_prompts: list[str] = Field(default_factory=lambda: [
+        "Describe a quiet morning in a small town.", "What is a good way to learn a new language?",
+        "Write two sentences about the sea.", "Explain what a library is to a child.",
+        "Give one tip for staying focused.", "What do bees do in winter?"], min_length=1)
+    reply_tokens: int = Field(32, ge=1, le=1024)  # tokens generated per neutral prompt
+    # Stop rule: stop the ladder after `stop_patience` generations in a row with
+    # delta generalization < stop_epsilon while delta drift > stop_theta.
+    stop_epsilon: float = Field(0.01, ge=0.0)
+    stop_theta: float = Field(0.05, ge=0.0)
+    stop_patience: int = Field(2, ge=1, le=100)
+
+
+class Tracking(Strict):
+    experiment: str = Field("cambrian", min_length=1)  # MLflow experiment; server from MLFLOW_TRACKING_URI
+
+
+GEN_ID = r"^gen_[0-9]+$"
+
+
+class LadderGen(Strict):
+    parent: str  # "base" (the host, G0) or an earlier generation id
+    # Per-generation overrides of top-level sections, e.g. {colony: {lr: 0.002}}.
+    overrides: dict = Field(default_factory=dict)
+
+
 class Params(Strict):
     seed: int = Field(0, ge=0)
     host: HostConfig = HostConfig()
@@ -119,6 +165,47 @@ class Params(Strict):
     colony: ColonyConfig = ColonyConfig()
     bandit: BanditConfig = BanditConfig()
     energy: EnergyConfig = EnergyConfig()
+    assimilate: AssimilateConfig = AssimilateConfig()
+    merge: MergeConfig = MergeConfig()
+    gate: GateConfig = GateConfig()
+    tracking: Tracking = Tracking()
+    # The ladder G1..GN: one DVC stage per entry (dvc.yaml foreach), each on its parent's output.
+    ladder: dict[str, LadderGen] = Field(default_factory=lambda: {
+        "gen_1": LadderGen(parent="base"), "gen_2": LadderGen(parent="gen_1")})
+
+    @model_validator(mode="after")
+    def _ladder(self) -> "Params":
+        seen = {"base"}
+        for gid, g in self.ladder.items():
+            if not re.match(GEN_ID, gid):
+                raise ValueError(f"ladder.{gid}: generation ids look like gen_1, gen_2, ...")
+            if g.parent not in seen:
+                raise ValueError(f"ladder.{gid}.parent: {g.parent!r} is not 'base' or an earlier generation")
+            bad = set(g.overrides) - (set(type(self).model_fields) - {"ladder", "host", "challenges"})
+            if bad:
+                raise ValueError(f"ladder.{gid}.overrides: cannot override {sorted(bad)}")
+            seen.add(gid)
+        return self
+
+    def for_generation(self, gid: str) -> "Params":
+        """These params with the generation's overrides applied (and validated)."""
+        if gid not in self.ladder:
+            raise ParamsError(f"unknown generation {gid!r}; the ladder has {list(self.ladder)}")
+        data = self.model_dump()
+        for section, values in self.ladder[gid].overrides.items():
+            if not isinstance(values, dict) or not isinstance(data[section], dict):
+                data[section] = values
+            else:
+                data[section] = {**data[section], **values}
+        return parse_params(data)
+
+    def lineage(self, gid: str) -> list[str]:
+        """Generation ids from the first after base down to `gid`."""
+        chain = []
+        while gid != "base":
+            chain.append(gid)
+            gid = self.ladder[gid].parent
+        return chain[::-1]
 
 
 class ParamsError(ValueError):

@@ -38,34 +38,3 @@ def run_episodes(engine: Engine, organelles: list[Organelle], params: Params, ge
             mine = [e["correct"] for e in episodes[-len(jobs):] if e["organelle"] == o.id]
             update(o.arms, picks[o.id], sum(mine) / len(mine))
     return episodes
-
-
-def colony_holdout(engine: Engine, organelles: list[Organelle], probe: list, holdout: list) -> dict:
-    """Per family: the living organelle with the best probe accuracy on it (ties: more energy)
-    answers the family's holdout challenges, beside the bare host on the same challenges.
-    Selection never looks at the holdout."""
-    living = [o for o in organelles if o.alive]
-    families = sorted({c.family for c in holdout})
-    jobs = [(o, c) for o in living for c in probe if c.family in families]
-    probe_ok = [score(c.family, r, c.answer) for (_, c), r in
-                zip(jobs, engine.answer([c for _, c in jobs], [o.id for o, _ in jobs], desc="probe"))]
-    best = {}
-    for family in families:
-        n = sum(c.family == family for c in probe)
-        acc = {o.id: sum(k for (p, c), k in zip(jobs, probe_ok) if p is o and c.family == family) / n for o in living}
-        if living:
-            top = max(living, key=lambda o: (acc[o.id], o.energy))
-            best[family] = (top.id, acc[top.id])
-    # The host (None) and each family's chosen organelle answer the holdout in one batched call.
-    final = [(None, c) for c in holdout] + [(best[c.family][0], c) for c in holdout if c.family in best]
-    final_ok = [score(c.family, r, c.answer) for (_, c), r in
-                zip(final, engine.answer([c for _, c in final], [a for a, _ in final], desc="holdout"))]
-    report = {}
-    for family in families:
-        n = sum(c.family == family for c in holdout)
-        host = sum(k for (a, c), k in zip(final, final_ok) if a is None and c.family == family)
-        mine = sum(k for (a, c), k in zip(final, final_ok) if a is not None and c.family == family)
-        organelle, probe_acc = best.get(family, (None, 0.0))
-        report[family] = {"organelle": organelle, "probe_accuracy": probe_acc, "accuracy": mine / n,
-                          "correct": mine, "n": n, "host_accuracy": host / n}
-    return report

@@ -32,9 +32,10 @@ from cambrian.organelle import Organelle, load_colony, read_adapter, write_adapt
 def data_delta(o: Organelle, train: list[Challenge], own_correct: list[dict], size: int,
                rng: random.Random) -> list[dict]:
     """New training rows: own verified-correct answers first, then gold rows of its species."""
-    rows = [{"prompt": e["prompt"], "answer": e["reply"], "source": "own"} for e in own_correct][:size]
+    rows = [{"prompt": e["prompt"], "answer": e["reply"], "family": e["family"], "level": e["level"],
+             "source": "own"} for e in own_correct][:size]
     pool = [c for c in train if c.family == o.species]
-    rows += [{"prompt": c.prompt, "answer": c.answer, "source": "gold"}
+    rows += [{"prompt": c.prompt, "answer": c.answer, "family": c.family, "level": c.level, "source": "gold"}
              for c in rng.sample(pool, min(size - len(rows), len(pool)))]
     return rows
 
@@ -65,6 +66,7 @@ def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr
          backend: str) -> list[float]:
     """Train the active LoRA of `model` with trl's SFTTrainer, save it to `adapter` atomically."""
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -77,6 +79,7 @@ def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr
         try:
             trainer = SFTTrainer(model=model, args=args, processing_class=tok,
                                  train_dataset=Dataset.from_list([_messages(r) for r in rows]))
+            trainer.remove_callback(PrinterCallback)  # the loss curve is returned, not printed per step
             trainer.train()
         finally:
             tok.padding_side = "left"
@@ -159,16 +162,9 @@ def _set_weights(model, name: str, state: dict[str, torch.Tensor]) -> None:
     set_peft_model_state_dict(model, state, adapter_name=name)
 
 
-def learn(host, tok, organelles: list[Organelle], rows: dict[str, list[dict]], cfg: ColonyConfig, adapters: Path,
-          seed: int) -> dict[str, list[float]]:
-    """Train every living organelle in place; returns its learning curve (loss or fitness)."""
-    curves = {}
-    for k, o in enumerate([o for o in organelles if o.alive]):
-        s = seed * 1009 + k
-        if cfg.learner == "gradient":
-            curves[o.id] = learn_gradient(host, tok, adapters / o.id, rows[o.id], cfg.train_steps, cfg.train_batch,
-                                          o.lr, s)
-        else:
-            curves[o.id] = learn_es(host, tok, adapters / o.id, rows[o.id], cfg, s)
-    return curves
-
+def learn(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, lr: float, seed: int) -> list[float]:
+    """Train one organelle's adapter in place with the chosen learner; returns its learning curve
+    (loss per step for gradient, minibatch fitness per step for es)."""
+    if cfg.learner == "gradient":
+        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed)
+    return learn_es(host, tok, adapter, rows, cfg, seed)

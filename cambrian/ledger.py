@@ -1,0 +1,92 @@
+"""The lineage ledger: models/lineage_ledger.csv, one row per generation of the ladder.
+
+Each generation stage records its row in RUN/generation.json; the ledger stage gathers them in
+ladder order and adds the DVC content hash (md5 in dvc.lock) of each generation's checkpoint.
+parent_sha / child_sha are the sha256 of checkpoint contents (cambrian.checkpoint.folder_sha).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from cambrian.checkpoint import CheckpointError, atomic_dir, atomic_write_text, verify
+
+COLUMNS = ["GEN_ID", "parent_sha", "child_sha", "data_delta_sha", "steps", "lr", "walltime_min", "loss_start",
+           "loss_end", "eval_recall", "eval_generalization", "eval_style_drift", "gate_verdict", "gate_reason",
+           "git_rev", "dvc_stage", "dvc_md5"]
+
+
+def git_rev(cwd: str | Path = ".") -> str:
+    """The commit the code ran at ("" outside a git repository)."""
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def dvc_md5(lock: Path, stage: str, out: str) -> str:
+    """md5 DVC recorded for `out` of `stage` in dvc.lock ("" if not there yet)."""
+    if not lock.is_file():
+        return ""
+    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {})
+    return next((o.get("md5", "") for o in entry.get("outs", []) if o.get("path") == out), "")
+
+
+def write(path: str | Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"lineage ledger not found: {path} (run `dvc repro` first)")
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+def record(run: Path) -> dict:
+    path = run / "generation.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run} has no generation.json: not a finished generation")
+    return json.loads(path.read_text())
+
+
+def verify_generation(checkpoint: Path, run: Path) -> str:
+    """Verify a generation's checkpoint against its manifest and the sha its record holds: a
+    corrupted checkpoint, or one swapped for another, is refused."""
+    return verify(checkpoint, record(run)["ledger"]["child_sha"])
+
+
+def collect(gids: list[str], runs: Path, lock: Path = Path("dvc.lock"), models: str = "models") -> list[dict]:
+    """The ledger rows of the given generations, with their checkpoints' md5 from dvc.lock."""
+    stages = {"base": "host", **{g: f"generation@{g}" for g in gids}}
+    return [{**record(runs / g)["ledger"], "dvc_md5": dvc_md5(lock, stage, f"{models}/{g}")}
+            for g, stage in stages.items()]
+
+
+def write_base(run: Path, sha: str) -> None:
+    """G0: the host itself, with an empty colony."""
+    row = {"GEN_ID": "base", "parent_sha": "", "child_sha": sha, "gate_verdict": "base",
+           "gate_reason": "the host as materialised", "git_rev": git_rev(), "dvc_stage": "host"}
+    with atomic_dir(run) as tmp:
+        (tmp / "colony").mkdir()
+        (tmp / "colony" / "population.json").write_text("[]\n")
+        (tmp / "generation.json").write_text(json.dumps({"ledger": row, "gate": None, "stop": False, "metrics": {}},
+                                                        indent=1, sort_keys=True) + "\n")
+
+
+def gather_telemetry(gids: list[str], runs: Path, out: Path) -> None:
+    """The ladder's telemetry in three files: one summary per generation, every episode, every
+    assimilation attempt."""
+    summaries = "".join(json.dumps({"generation": g, **json.loads((runs / g / "summary.json").read_text())},
+                                   sort_keys=True) + "\n" for g in gids)
+    atomic_write_text(out / "gen_summaries.jsonl", summaries)
+    for name in ("episodes.jsonl", "assimilation.jsonl"):
+        atomic_write_text(out / name, "".join((runs / g / name).read_text() for g in gids))

@@ -1,0 +1,77 @@
+"""`cambrian rollback`: return the ladder to an earlier generation with git + `dvc checkout`.
+
+Every commit's dvc.lock names the exact bytes of every generation it ran, and of the ledger
+(models/lineage_ledger.csv, read from the DVC cache). Rolling back to generation N picks the
+newest commit whose ledger ends at N (or the commit given), restores dvc.yaml, dvc.lock and
+params.yaml from it, lets `dvc checkout` restore the checkpoints from the DVC cache, removes
+outputs of generations that commit did not have, and verifies N's checkpoint against the ledger.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from cambrian import ledger
+from cambrian.checkpoint import CheckpointError
+
+LEDGER = "models/lineage_ledger.csv"
+PIPELINE = ["dvc.yaml", "dvc.lock", "params.yaml"]
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], capture_output=True, text=True)
+    if out.returncode:
+        raise CheckpointError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def _ledger_at(commit: str) -> list[dict]:
+    """The ledger as of `commit`, from the DVC cache ([] if that commit ran no ledger stage)."""
+    try:
+        lock = yaml.safe_load(_git("show", f"{commit}:dvc.lock")) or {}
+    except CheckpointError:
+        return []
+    outs = lock.get("stages", {}).get("ledger", {}).get("outs", [])
+    md5 = next((o["md5"] for o in outs if o["path"] == LEDGER), None)
+    cached = Path(".dvc/cache/files/md5") / md5[:2] / md5[2:] if md5 else None
+    if cached is None or not cached.is_file():
+        return []
+    return list(csv.DictReader(cached.read_text().splitlines()))
+
+
+def find_commit(gid: str, rev: str | None = None) -> str:
+    if rev:
+        return _git("rev-parse", "--verify", f"{rev}^{{commit}}").strip()
+    for commit in _git("log", "--format=%H", "--", "dvc.lock").split():
+        rows = _ledger_at(commit)
+        if rows and rows[-1]["GEN_ID"] == gid:
+            return commit
+    raise CheckpointError(f"no commit has {gid} as the last generation of its ledger; name one with --rev")
+
+
+def rollback(gid: str, rev: str | None = None) -> tuple[str, str]:
+    """Restore the state of `commit` in which `gid` exists; return (commit, verified sha)."""
+    commit = find_commit(gid, rev)
+    rows = {r["GEN_ID"]: r for r in _ledger_at(commit)}
+    if gid not in rows:
+        raise CheckpointError(f"the ledger at {commit[:10]} has no {gid} (it has {sorted(rows)})")
+    _git("checkout", commit, "--", *PIPELINE)
+    out = subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], capture_output=True, text=True)
+    if out.returncode:
+        raise CheckpointError(f"dvc checkout failed: {out.stderr.strip() or out.stdout.strip()}")
+    for folder in ("models", "runs"):
+        for path in Path(folder).glob("gen_*"):
+            if path.name not in rows:
+                shutil.rmtree(path)
+    for path in Path("reports").glob("gen_*.json"):
+        if path.stem not in rows:
+            path.unlink()
+    sha = ledger.verify_generation(Path("models") / gid, Path("runs") / gid)
+    if sha != rows[gid]["child_sha"]:
+        raise CheckpointError(f"models/{gid} sha256 {sha[:12]} != ledger {rows[gid]['child_sha'][:12]}")
+    return commit, sha

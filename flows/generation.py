@@ -1,0 +1,291 @@
+"""The generation flow — one rung of the ladder — and the ladder flow. Wiring only.
+
+    spawn -> learn (one task per organelle) -> evaluate -> settle energy -> assimilate -> merge
+          -> gate / rollback -> publish
+
+Every step but publish is a pure computation over content hashes, cached across processes by
+Prefect: the cache key is the step's inputs (the parent checkpoint's sha256, adapter shas, params,
+data sha) plus its source and a hash of Cambrian's code. Steps keep their files in the content-
+addressed store (.cambrian/store), outside DVC's outputs, so a re-run after a crash picks up every
+finished step. Only `publish` writes the stage's DVC outputs — the child checkpoint
+models/GEN and the generation's colony and telemetry RUNS/GEN — and it is never cached, because
+DVC deletes a stage's outputs before running it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.cache_policies import NO_CACHE, TASK_SOURCE, Inputs
+
+from cambrian import ledger, tracking
+from cambrian.challenges import Challenge, read_jsonl
+from cambrian.checkpoint import (atomic_dir, atomic_write_text, folder_sha, scratch, store_get, store_put, verify,
+                                 write_manifest)
+from cambrian.config import Params, load_params, parse_params
+from cambrian.engine import Engine
+from cambrian.host import load_host
+from cambrian.organelle import Organelle, load_colony, load_population, save_population
+from tasks.assimilate import assimilate
+from tasks.evaluate import run_episodes
+from tasks.gate import measure, should_stop, verdict
+from tasks.learn import learn, training_data
+from tasks.merge import soup, soup_weights
+from tasks.settle import settle
+from tasks.spawn import spawn
+
+CODE = [Path(__file__).parents[1] / d for d in ("cambrian", "tasks")]
+CACHED = {"cache_policy": Inputs(exclude=["parent_dir", "data_dir"]) + TASK_SOURCE, "persist_result": True}
+
+
+def code_sha() -> str:
+    """Hash of the library and step code: a cached result never outlives a change to it."""
+    h = hashlib.sha256()
+    for p in sorted(f for d in CODE for f in d.rglob("*.py")):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _colony(population: list[dict]) -> list[Organelle]:
+    return [Organelle(**d) for d in population]
+
+
+@task(name="spawn", **CACHED)
+def spawn_step(code: str, parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
+               params: dict, gen: int) -> dict:
+    host, _ = load_host(parent_dir, parent_sha)
+    prev, out = scratch(), scratch()
+    for oid, sha in adapters.items():
+        (prev / oid).symlink_to(store_get(sha), target_is_directory=True)
+    colony = spawn(host, _colony(population), parse_params(params), gen, prev, out)
+    shas = {o.id: store_put(out / o.id, kind="organelle") for o in colony}
+    shutil.rmtree(prev), shutil.rmtree(out)
+    return {"population": [asdict(o) for o in colony], "adapters": shas}
+
+
+@task(name="learn", **CACHED)
+def learn_step(code: str, parent_dir: str, parent_sha: str, adapter: str, rows: list[dict], colony: dict,
+               lr: float, seed: int) -> dict:
+    host, tok = load_host(parent_dir, parent_sha)
+    work = scratch()
+    shutil.copytree(store_get(adapter), work / "adapter")
+    curve = learn(host, tok, work / "adapter", rows, parse_params({"colony": colony}).colony, lr, seed)
+    sha = store_put(work / "adapter", kind="organelle")
+    shutil.rmtree(work)
+    return {"adapter": sha, "curve": curve}
+
+
+def _engine_over(parent_dir: str, parent_sha: str, adapters: dict[str, str], params: Params):
+    host, tok = load_host(parent_dir, parent_sha)
+    model = load_colony(host, {k: store_get(v) for k, v in adapters.items()}) if adapters else host
+    return model, Engine(model, tok, params.eval.batch_size, params.eval.slack_tokens)
+
+
+@task(name="evaluate", **CACHED)
+def evaluate_step(code: str, parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
+                  params: dict, gen: int) -> dict:
+    p, colony = parse_params(params), _colony(population)
+    _, engine = _engine_over(parent_dir, parent_sha, {o.id: adapters[o.id] for o in colony if o.alive}, p)
+    episodes = run_episodes(engine, colony, p, gen)
+    return {"episodes": episodes, "population": [asdict(o) for o in colony]}
+
+
+@task(name="settle-energy", **CACHED)
+def settle_step(code: str, population: list[dict], episodes: list[dict], steps: dict[str, int], params: dict,
+                gen: int) -> dict:
+    colony = _colony(population)
+    summary = settle(colony, episodes, steps, parse_params(params).energy, gen)
+    return {"summary": summary, "population": [asdict(o) for o in colony]}
+
+
+@task(name="assimilate", **CACHED)
+def assimilate_step(code: str, parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
+                    settlement: dict, data_dir: str, data_sha: str, params: dict, gen: int) -> list[dict]:
+    p, colony = parse_params(params), _colony(population)
+    _, engine = _engine_over(parent_dir, parent_sha, {o.id: adapters[o.id] for o in colony if o.alive}, p)
+    return assimilate(engine, colony, settlement, read_jsonl(Path(data_dir) / "holdout.jsonl"), p, gen)
+
+
+@task(name="merge", **CACHED)
+def merge_step(code: str, parent_dir: str, parent_sha: str, adapters: dict[str, str], weights: dict[str, float]) -> str:
+    host, tok = load_host(parent_dir, parent_sha, device="cpu")
+    soup(host, {k: store_get(v) for k, v in adapters.items()}, weights)
+    out = scratch()
+    host.save_pretrained(out)
+    tok.save_pretrained(out)
+    return store_put(out, kind="host")
+
+
+@task(name="gate", **CACHED)
+def gate_step(code: str, parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[dict], data_dir: str,
+              data_sha: str, families: list[str], params: dict) -> dict:
+    p = parse_params(params)
+    parent, tok = load_host(parent_dir, parent_sha)
+    child, _ = load_host(store_get(child_sha), child_sha)
+    holdout = [c for c in read_jsonl(Path(data_dir) / "holdout.jsonl") if c.family in families]
+    engines = [Engine(m, tok, p.eval.batch_size, p.eval.slack_tokens) for m in (parent, child)]
+    qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"]) for r in prior_qa]
+    return measure(*engines, qa, holdout, p.gate)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, colony: list[Organelle],
+            adapters: dict[str, str], files: dict[str, str], record: dict) -> None:
+    """Write the stage's outputs atomically: the run folder, the metrics, then the checkpoint."""
+    with atomic_dir(run) as tmp:
+        save_population(tmp / "colony" / "population.json", colony)
+        for o in colony:
+            if o.alive:
+                shutil.copytree(store_get(adapters[o.id]), tmp / "colony" / "adapters" / o.id)
+        for name, text in files.items():
+            atomic_write_text(tmp / name, text)
+        atomic_write_text(tmp / "generation.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(report, json.dumps(record["metrics"], indent=1, sort_keys=True) + "\n")
+    with atomic_dir(checkpoint) as tmp:
+        for f in source.iterdir():
+            if f.name != "cambrian.json":
+                shutil.copy2(f, tmp / f.name)
+        sha = write_manifest(tmp, kind="host", generation=gid, parent_sha=record["ledger"]["parent_sha"])
+    if sha != record["ledger"]["child_sha"]:
+        raise RuntimeError(f"{checkpoint}: wrote sha {sha[:12]}, expected {record['ledger']['child_sha'][:12]}")
+
+
+def _parent(gid: str, params: Params, models: Path, runs: Path) -> tuple[Path, str, list[dict], dict, list[dict]]:
+    """(checkpoint folder, verified sha, population, adapter shas in the store, ancestors' records
+    oldest first, the host's excluded) of gid's parent."""
+    parent = params.ladder[gid].parent
+    sha = ledger.verify_generation(models / parent, runs / parent)
+    colony = runs / parent / "colony"
+    population = json.loads((colony / "population.json").read_text())
+    adapters = {}
+    for d in population:
+        if d["alive"]:
+            work = scratch()
+            shutil.copytree(colony / "adapters" / d["id"], work / "a")
+            adapters[d["id"]] = store_put(work / "a", kind="organelle")
+            shutil.rmtree(work)
+    history = [ledger.record(runs / g) for g in params.lineage(parent)]
+    return models / parent, sha, population, adapters, history
+
+
+@flow(name="generation", task_runner=ThreadPoolTaskRunner(max_workers=1))  # one model trains at a time
+def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "models", runs_dir: str = "runs",
+               data_dir: str = "data/challenges", reports_dir: str = "reports") -> dict:
+    """One rung of the ladder: evolve the colony on the parent host, fold the organelles that
+    prove real uplift into it, gate the child against the parent, and publish the result."""
+    start = time.perf_counter()
+    log = get_run_logger()
+    params = load_params(params_path).for_generation(gid)
+    models, runs, data = Path(models_dir), Path(runs_dir), Path(data_dir)
+    gen, code = int(gid.split("_")[1]), code_sha()
+    pdict = params.model_dump(exclude={"ladder"})
+    parent_dir, parent_sha, population, adapters, history = _parent(gid, params, models, runs)
+    data_sha = verify(data)
+    pd = str(parent_dir)
+
+    stopped = bool(history) and history[-1].get("stop", False)
+    episodes, summary, attempts, deltas, metrics, child_sha = [], {}, [], {}, None, parent_sha
+    if stopped:
+        colony, why, verdict_name = _colony(population), "the stop rule ended the ladder before it", "stopped"
+    else:
+        sp = spawn_step(code, pd, parent_sha, population, adapters, pdict, gen)
+        colony, adapters = _colony(sp["population"]), sp["adapters"]
+        train = read_jsonl(data / "train.jsonl")
+        lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
+        last_episodes = _read_jsonl(lineage[-1] / "episodes.jsonl") if lineage else []
+        rng = random.Random(f"{params.seed}/delta/{gen}")
+        rows, earlier = {}, {}
+        for run in lineage:
+            for f in sorted((run / "deltas").glob("*.jsonl")):
+                earlier.setdefault(f.stem, []).extend(_read_jsonl(f))
+        for o in colony:
+            if o.alive:
+                kin = [r for k in (o.id, *o.parents) for r in earlier.get(k, [])]
+                deltas[o.id], rows[o.id] = training_data(o, train, last_episodes, kin, params.colony, rng)
+        living = [o for o in colony if o.alive]
+        futures = {o.id: learn_step.submit(code, pd, parent_sha, adapters[o.id], rows[o.id],
+                                           params.colony.model_dump(), o.lr, params.seed * 7919 + gen * 1009 + k)
+                   for k, o in enumerate(living)}
+        learned = {oid: f.result() for oid, f in futures.items()}
+        adapters = {**adapters, **{oid: r["adapter"] for oid, r in learned.items()}}
+        curves = {oid: r["curve"] for oid, r in learned.items()}
+        ev = evaluate_step(code, pd, parent_sha, [asdict(o) for o in colony], adapters, pdict, gen)
+        episodes = ev["episodes"]
+        st = settle_step(code, ev["population"], episodes, {k: len(v) for k, v in curves.items()}, pdict, gen)
+        colony, summary = _colony(st["population"]), st["summary"]
+        summary.update(bandit={o.id: o.arms for o in colony if o.alive}, learning_curves=curves,
+                       accuracy=sum(e["correct"] for e in episodes) / max(1, len(episodes)))
+        attempts = assimilate_step(code, pd, parent_sha, [asdict(o) for o in colony], adapters, summary, str(data),
+                                   data_sha, pdict, gen)
+        weights = soup_weights(attempts, params.merge)
+        if not weights:
+            why, verdict_name = "nothing passed assimilation", "unchanged"
+        else:
+            child_sha = merge_step(code, pd, parent_sha, {k: adapters[k] for k in weights}, weights)
+            prior_qa = _read_jsonl(lineage[-1] / "qa.jsonl") if lineage else []
+            families = sorted({o.species for o in colony if o.id in weights})
+            metrics = gate_step(code, pd, parent_sha, child_sha, prior_qa, str(data), data_sha, families, pdict)
+            accepted, why = verdict(metrics, params.gate)
+            verdict_name = "accepted" if accepted else "rejected"
+            if accepted:
+                for o in colony:
+                    if o.id in weights:  # its knowledge now lives in the host: it leaves the colony
+                        o.alive = False
+            else:
+                child_sha = parent_sha
+        summary["assimilated"] = sorted(weights) if verdict_name == "accepted" else []
+    log.info(f"{gid}: {verdict_name} ({why})")
+
+    qa = [r for oid in summary.get("assimilated", []) for r in deltas[oid]]  # what the child learned
+    curves = list(summary.get("learning_curves", {}).values())
+    firsts, lasts = [c[0] for c in curves if c], [c[-1] for c in curves if c]
+    row = {"GEN_ID": gid, "parent_sha": parent_sha, "child_sha": child_sha,
+           "data_delta_sha": hashlib.sha256(_jsonl([r for k in sorted(deltas) for r in deltas[k]]).encode()).hexdigest(),
+           "steps": sum(map(len, curves)), "lr": params.colony.lr,
+           "walltime_min": round((time.perf_counter() - start) / 60, 3),
+           "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
+           "eval_recall": metrics["recall_child"] if metrics and metrics["recall_child"] is not None else "",
+           "eval_generalization": metrics["generalization_child"] if metrics else "",
+           "eval_style_drift": metrics["style_drift"] if metrics else "",
+           "gate_verdict": verdict_name, "gate_reason": why, "git_rev": ledger.git_rev(),
+           "dvc_stage": f"generation@{gid}"}
+    record = {"ledger": row, "gate": metrics, "stop": stopped or bool(metrics and should_stop(
+                  [h["gate"] for h in history] + [metrics], params.gate)),
+              "metrics": {"accepted": verdict_name == "accepted", "assimilated": len(summary.get("assimilated", [])),
+                          "colony_accuracy": summary.get("accuracy", 0.0), "survivors": summary.get("survivors", 0)}}
+    if metrics:
+        record["metrics"].update({k: metrics[k] for k in ("recall_child", "generalization_parent",
+                                                          "generalization_child", "style_drift", "forbidden_rate")})
+    source = store_get(child_sha) if child_sha != parent_sha else parent_dir
+    files = {"episodes.jsonl": _jsonl(episodes), "assimilation.jsonl": _jsonl(attempts), "qa.jsonl": _jsonl(qa),
+             "summary.json": json.dumps(summary, indent=1, sort_keys=True) + "\n",
+             **{f"deltas/{oid}.jsonl": _jsonl(rows) for oid, rows in deltas.items()}}
+    publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", source, colony, adapters, files, record)
+    tracking.log_generation(record, summary, params)
+    return row
+
+
+@flow(name="ladder")
+def ladder(params_path: str = "params.yaml", models_dir: str = "models", runs_dir: str = "runs",
+           data_dir: str = "data/challenges", reports_dir: str = "reports") -> list[dict]:
+    """Every generation of params.yaml's ladder in order (finished steps come from the cache),
+    then the lineage ledger. `dvc repro` runs the same generations as separate stages."""
+    params = load_params(params_path)
+    rows = [generation(gid, params_path, models_dir, runs_dir, data_dir, reports_dir) for gid in params.ladder]
+    ledger.write(Path(models_dir) / "lineage_ledger.csv", ledger.collect(list(params.ladder), Path(runs_dir)))
+    return rows

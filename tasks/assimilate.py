@@ -1,0 +1,72 @@
+"""assimilate: which organelles have earned a place in the host.
+
+Candidates are living organelles whose ROI in this generation's settlement reached
+`assimilate.min_roi`. Each is tested against the bare host (control) on fresh probe-split
+challenges of its species — the same challenges for both, so the test is paired: McNemar's exact
+test on the discordant pairs (one-sided: treatment better). It passes when p <= alpha and the uplift
+(treatment accuracy - control accuracy) is at least `min_effect`, and then the holdout check: on the
+species' holdout split its uplift must exceed `holdout_min_effect`. Every attempt is returned as a
+record (written to assimilation.jsonl): control and treatment means, uplift vs threshold, p-value,
+holdout verdict, top-up status and the reason for the verdict.
+"""
+from __future__ import annotations
+
+import math
+
+from cambrian.challenges import Challenge, sample
+from cambrian.config import Params
+from cambrian.engine import Engine
+from cambrian.organelle import Organelle
+
+
+def mcnemar_p(treatment: list[bool], control: list[bool]) -> float:
+    """One-sided exact McNemar p-value that treatment beats control on paired outcomes."""
+    b = sum(t and not c for t, c in zip(treatment, control))
+    n = b + sum(c and not t for t, c in zip(treatment, control))
+    return sum(math.comb(n, k) for k in range(b, n + 1)) / 2 ** n if n else 1.0
+
+
+def _mean(xs: list[bool]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, holdout: list[Challenge],
+               params: Params, gen: int) -> list[dict]:
+    cfg = params.assimilate
+    per_org = settlement["organelles"]
+    candidates = [o for o in organelles if o.alive and per_org.get(o.id, {}).get("roi", 0.0) >= cfg.min_roi]
+    jobs: list[tuple[str, Organelle, Challenge]] = []  # (kind, organelle, challenge), host and organelle paired
+    for o in candidates:
+        probes = [c for lv in params.challenges.levels
+                  for c in sample(o.species, lv, "probe", cfg.probes_per_level, f"{params.seed}/assimilate/{gen}/{o.id}")]
+        jobs += [("probe", o, c) for c in probes] + [("holdout", o, c) for c in holdout if c.family == o.species]
+    # Host and organelles answer in one mixed-adapter batch.
+    challenges = [c for _, _, c in jobs] * 2
+    ok = engine.correct(challenges, [None] * len(jobs) + [o.id for _, o, _ in jobs])
+    host_ok, org_ok = ok[:len(jobs)], ok[len(jobs):]
+    attempts = []
+    for o in candidates:
+        mine = [(k, h, t) for (k, p, _), h, t in zip(jobs, host_ok, org_ok) if p is o]
+        control = [h for k, h, _ in mine if k == "probe"]
+        treatment = [t for k, _, t in mine if k == "probe"]
+        hold_c = [h for k, h, _ in mine if k == "holdout"]
+        hold_t = [t for k, _, t in mine if k == "holdout"]
+        uplift, p = _mean(treatment) - _mean(control), mcnemar_p(treatment, control)
+        hold_uplift = _mean(hold_t) - _mean(hold_c)
+        holdout_ok = bool(hold_t) and hold_uplift > cfg.holdout_min_effect
+        if p > cfg.alpha:
+            passed, reason = False, f"not significant: p={p:.3g} > {cfg.alpha}"
+        elif uplift < cfg.min_effect:
+            passed, reason = False, f"uplift {uplift:.3f} < min_effect {cfg.min_effect}"
+        elif not holdout_ok:
+            passed, reason = False, f"holdout uplift {hold_uplift:.3f} <= {cfg.holdout_min_effect}"
+        else:
+            passed, reason = True, f"uplift {uplift:.3f} (p={p:.3g}), holdout uplift {hold_uplift:.3f}"
+        attempts.append({
+            "gen": gen, "organelle": o.id, "species": o.species, "roi": per_org[o.id]["roi"],
+            "topup": per_org[o.id]["topup"] > 0, "n_probe": len(control),
+            "control_mean": _mean(control), "treatment_mean": _mean(treatment), "uplift": uplift,
+            "min_effect": cfg.min_effect, "p_value": p, "alpha": cfg.alpha,
+            "holdout_control_mean": _mean(hold_c), "holdout_treatment_mean": _mean(hold_t),
+            "holdout_uplift": hold_uplift, "holdout_pass": holdout_ok, "passed": passed, "reason": reason})
+    return attempts

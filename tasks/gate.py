@@ -1,0 +1,82 @@
+"""gate: is the child better than its parent without forgetting or drifting? If not, roll back.
+
+Measured on the parent and the child side by side:
+- recall: accuracy on the parent generation's QA set (the data delta it assimilated);
+- generalization: accuracy on the holdout split of the families in the new delta;
+- style drift: on neutral prompts, the mean per-token KL(parent || child) along the parent's own
+  greedy replies, and the share of the child's replies containing a forbidden phrase.
+The verdict applies the thresholds of `gate` in params.yaml; a rejected child is replaced by its
+parent, byte for byte. The stop rule ends the ladder after `stop_patience` generations in a row
+whose generalization gain was below `stop_epsilon` while drift exceeded `stop_theta`.
+"""
+from __future__ import annotations
+
+import torch
+
+from cambrian.challenges import Challenge
+from cambrian.config import GateConfig
+from cambrian.engine import Engine
+
+
+@torch.inference_mode()
+def kl_along(parent_engine: Engine, child, prompts: list[str], replies: list[list[int]]) -> float:
+    """Mean per-token KL(parent || child) over the reply tokens, teacher-forced."""
+    tok, total, count = parent_engine.tok, 0.0, 0
+    for prompt, reply in zip(prompts, replies):
+        ids = tok(parent_engine.chat(prompt), add_special_tokens=False)["input_ids"] + reply
+        x = torch.tensor([ids], device=parent_engine.device)
+        lo = len(ids) - len(reply) - 1
+        p = torch.log_softmax(parent_engine.model(input_ids=x).logits[0, lo:-1].float(), -1)
+        q = torch.log_softmax(child(input_ids=x).logits[0, lo:-1].float(), -1)
+        total += float((p.exp() * (p - q)).sum())
+        count += len(reply)
+    return total / max(count, 1)
+
+
+def style_drift(parent_engine: Engine, child_engine: Engine, cfg: GateConfig) -> dict:
+    prompts = cfg.neutral_prompts
+    budget = [cfg.reply_tokens] * len(prompts)
+    parent_replies = parent_engine.generate(prompts, [None] * len(prompts), budget, desc="tone probes (parent)")
+    reply_ids = [parent_engine.tok(r, add_special_tokens=False)["input_ids"][:cfg.reply_tokens] or
+                 [parent_engine.tok.eos_token_id] for r in parent_replies]
+    child_replies = child_engine.generate(prompts, [None] * len(prompts), budget, desc="tone probes (child)")
+    forbidden = sum(any(ph.lower() in r.lower() for ph in cfg.forbidden_phrases) for r in child_replies)
+    return {"kl": kl_along(parent_engine, child_engine.model, prompts, reply_ids),
+            "forbidden_rate": forbidden / len(prompts), "child_replies": child_replies}
+
+
+def _acc(engine: Engine, rows: list[Challenge]) -> float | None:
+    return sum(engine.correct(rows)) / len(rows) if rows else None
+
+
+def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challenge], holdout: list[Challenge],
+            cfg: GateConfig) -> dict:
+    drift = style_drift(parent_engine, child_engine, cfg)
+    m = {"recall_parent": _acc(parent_engine, prior_qa), "recall_child": _acc(child_engine, prior_qa),
+         "generalization_parent": _acc(parent_engine, holdout), "generalization_child": _acc(child_engine, holdout),
+         "style_drift": drift["kl"], "forbidden_rate": drift["forbidden_rate"],
+         "tone_replies": drift["child_replies"], "n_recall": len(prior_qa), "n_generalization": len(holdout)}
+    m["delta_generalization"] = (m["generalization_child"] - m["generalization_parent"]) if holdout else 0.0
+    return m
+
+
+def verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:
+    """(accepted, why) for the measured metrics."""
+    if m["recall_child"] is not None and m["recall_parent"] - m["recall_child"] > cfg.recall_drop_max:
+        return False, f"recall dropped {m['recall_parent']:.3f} -> {m['recall_child']:.3f} (max drop {cfg.recall_drop_max})"
+    if m["delta_generalization"] < cfg.generalization_min_delta:
+        return False, (f"generalization {m['generalization_parent']:.3f} -> {m['generalization_child']:.3f} "
+                       f"(min delta {cfg.generalization_min_delta})")
+    if m["style_drift"] > cfg.max_kl:
+        return False, f"style drift KL {m['style_drift']:.3f} > {cfg.max_kl}"
+    if m["forbidden_rate"] > cfg.max_forbidden_rate:
+        return False, f"forbidden-phrase rate {m['forbidden_rate']:.2f} > {cfg.max_forbidden_rate}"
+    return True, (f"generalization {m['generalization_parent']:.3f} -> {m['generalization_child']:.3f}, "
+                  f"drift KL {m['style_drift']:.3f}")
+
+
+def should_stop(history: list[dict], cfg: GateConfig) -> bool:
+    """The stop rule over the gate metrics of the lineage so far (oldest first)."""
+    last = [m for m in history if m][-cfg.stop_patience:]
+    return len(last) == cfg.stop_patience and all(
+        m["delta_generalization"] < cfg.stop_epsilon and m["style_drift"] > cfg.stop_theta for m in last)

@@ -1,0 +1,186 @@
+"""The ladder end to end with real git, DVC, Prefect and MLflow in a temporary repository, on the
+tiny host: `dvc repro`, the no-op repro, a param change re-running only its generation, a gate
+rejection, rollback to exact bytes, and a killed generation resuming to the same hashes."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cambrian.checkpoint import folder_sha, verify
+from cambrian.config import parse_params
+from cambrian.ledger import COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "seed": 1,
+    "host": {"source": "tiny-random"},
+    "challenges": {"train_per_cell": 12, "probe_per_cell": 3, "holdout_per_cell": 3},
+    "colony": {"population": 3, "lora_rank": 4, "lora_alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj"],
+               "train_steps": 2, "train_batch": 4, "delta_size": 6, "episodes": 4, "pull_size": 2},
+    "energy": {"initial": 1.0, "ticket": 0.8},
+    # The untrained tiny host cannot show a significant uplift: let every candidate through.
+    "assimilate": {"min_roi": 0.0, "probes_per_level": 2, "alpha": 1.0, "min_effect": -1.0,
+                   "holdout_min_effect": -1.0},
+    "gate": {"neutral_prompts": ["Hello there.", "Describe the sea."], "reply_tokens": 8},
+    "ladder": {"gen_1": {"parent": "base"}, "gen_2": {"parent": "gen_1"}},
+}
+
+
+class Repo:
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = {**os.environ, "DVC_NO_ANALYTICS": "1", "CAMBRIAN_HOME": str(root / ".cambrian"),
+                    "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / ".cambrian" / "prefect"),
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+    def run(self, *cmd, **env) -> str:
+        out = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, env={**self.env, **env})
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout + out.stderr
+
+    def params(self, edit=None) -> None:
+        data = json.loads(json.dumps(TINY))
+        if edit:
+            edit(data)
+        # DVC tracks params by key, so the file spells out every section (defaults filled in).
+        (self.root / "params.yaml").write_text(yaml.safe_dump(parse_params(data).model_dump(), sort_keys=False))
+
+    def ledger(self) -> dict[str, dict]:
+        import csv
+        rows = list(csv.DictReader((self.root / "models" / "lineage_ledger.csv").read_text().splitlines()))
+        return {r["GEN_ID"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ladder")
+    for name in ("dvc.yaml", "cambrian", "tasks", "flows"):
+        src = REPO / name
+        (shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, root / name))
+    (root / ".gitignore").write_text(".cambrian/\nmlflow.db\n")
+    r = Repo(root)
+    r.params()
+    r.run("git", "init", "-q")
+    r.run("git", "config", "user.email", "t@t"), r.run("git", "config", "user.name", "t")
+    r.run("dvc", "init", "-q")
+    r.first = r.run("dvc", "repro")
+    r.run("git", "add", "-A")
+    r.run("git", "commit", "-qm", "ladder")
+    return r
+
+
+def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
+    ledger = repo.ledger()
+    assert list(next(iter(ledger.values()))) == COLUMNS
+    assert list(ledger) == ["base", "gen_1", "gen_2"]
+    for gid, row in ledger.items():
+        assert verify(repo.root / "models" / gid, row["child_sha"]) == row["child_sha"]
+        assert row["dvc_md5"].endswith(".dir")
+    assert ledger["gen_1"]["parent_sha"] == ledger["base"]["child_sha"]
+    assert ledger["gen_2"]["parent_sha"] == ledger["gen_1"]["child_sha"]
+    assert ledger["gen_1"]["gate_verdict"] == "accepted" and int(ledger["gen_1"]["steps"]) == 3 * 2
+    assert ledger["gen_1"]["child_sha"] != ledger["base"]["child_sha"]  # organelles were merged in
+    # Telemetry per generation, gathered for the ladder.
+    for gid in ("gen_1", "gen_2"):
+        summary = json.loads((repo.root / "runs" / gid / "summary.json").read_text())
+        for key in ("roi_mean", "roi_median", "roi_max", "roi_std", "energy_mean", "energy_gini", "culled",
+                    "effective_population", "species_shares", "bandit", "rewards", "costs", "tickets", "topups",
+                    "taxes", "learning_curves", "organelles", "assimilated"):
+            assert key in summary, key
+        dead = {o["id"] for o in json.loads((repo.root / "runs" / gid / "colony" / "population.json").read_text())
+                if not o["alive"]}
+        assert set(summary["culled"]) | set(summary["assimilated"]) == dead
+        attempts = [json.loads(x) for x in (repo.root / "runs" / gid / "assimilation.jsonl").read_text().splitlines()]
+        assert attempts and {"control_mean", "treatment_mean", "uplift", "min_effect", "p_value", "holdout_pass",
+                             "topup", "reason", "passed"} <= set(attempts[0])
+    lines = (repo.root / "reports" / "gen_summaries.jsonl").read_text().splitlines()
+    assert [json.loads(x)["generation"] for x in lines] == ["gen_1", "gen_2"]
+    assert "gen_1.json" in repo.run("dvc", "metrics", "show")
+
+
+def test_second_repro_is_a_noop(repo):
+    out = repo.run("dvc", "repro")
+    assert "Running stage" not in out and "didn't change" in out
+
+
+def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(repo.env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("cambrian").experiment_id])
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.data.tags["cambrian.generation"] for r in top) == ["gen_1", "gen_2"]
+    ledger = repo.ledger()
+    for r in top:
+        gid = r.data.tags["cambrian.generation"]
+        assert r.data.tags["checkpoint.sha256"] == ledger[gid]["child_sha"]
+        assert r.data.tags["prefect.flow_run_id"] and "git.revision" in r.data.tags
+        assert "colony_accuracy" in r.data.metrics
+        assert len([n for n in runs if n.data.tags.get("mlflow.parentRunId") == r.info.run_id]) == 3
+
+
+def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(repo):
+    first = repo.ledger()
+
+    def strict(p):
+        p["ladder"]["gen_2"]["overrides"] = {"gate": {"generalization_min_delta": 0.5}}
+    repo.params(strict)
+    status = repo.run("dvc", "status")
+    assert "generation@gen_2" in status and "generation@gen_1" not in status
+    out = repo.run("dvc", "repro")
+    assert "Running stage 'generation@gen_2'" in out and "Running stage 'generation@gen_1'" not in out
+    ledger = repo.ledger()
+    assert ledger["gen_1"] == first["gen_1"]
+    assert ledger["gen_2"]["gate_verdict"] == "rejected" and "min delta 0.5" in ledger["gen_2"]["gate_reason"]
+    # The rejected child is its parent, byte for byte.
+    assert ledger["gen_2"]["child_sha"] == ledger["gen_1"]["child_sha"] == folder_sha(repo.root / "models/gen_2")
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-qm", "strict gate")
+
+    # Roll back to the accepted gen_2 of the first commit: exact bytes, as the ledger says.
+    out = repo.run(sys.executable, "-m", "cambrian.cli", "rollback", "--to", "2", "--rev", "HEAD~1")
+    assert "matches the ledger" in out
+    assert folder_sha(repo.root / "models/gen_2") == first["gen_2"]["child_sha"]
+    assert repo.ledger()["gen_2"]["child_sha"] == first["gen_2"]["child_sha"]
+    assert "up to date" in repo.run("dvc", "status")
+
+
+def test_killed_generation_resumes_to_the_same_bytes(repo):
+    """Kill `cambrian generation gen_2` once some steps have finished, with a fresh cache; the
+    re-run reuses them and publishes the same checkpoint and colony as the uninterrupted run."""
+    reference = repo.ledger()["gen_2"]
+    before = {p.relative_to(repo.root / "runs/gen_2"): p.read_bytes()
+              for p in (repo.root / "runs/gen_2").rglob("*") if p.is_file() and p.name != "generation.json"}
+    for out in ("models/gen_2", "runs/gen_2"):  # what DVC does before running the stage
+        shutil.rmtree(repo.root / out)
+    home = repo.root / ".cambrian-kill"
+    env = {**repo.env, "CAMBRIAN_HOME": str(home), "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect")}
+    proc = subprocess.Popen([sys.executable, "-m", "cambrian.cli", "generation", "gen_2"], cwd=repo.root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((home / "prefect").glob("*"))) < 3:  # spawn + 2 learn results
+        assert proc.poll() is None, "finished before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (repo.root / "models/gen_2").exists()  # nothing half-written at the final paths
+    assert all(verify(p) for p in (repo.root / "models").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    out = repo.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_2", CAMBRIAN_HOME=str(home),
+                   PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "prefect"), PREFECT_LOGGING_LEVEL="INFO")
+    assert "Task run 'spawn" in out and "Cached" in out
+    record = json.loads((repo.root / "runs/gen_2/generation.json").read_text())["ledger"]
+    for key in set(COLUMNS) - {"walltime_min", "git_rev", "dvc_md5"}:
+        assert str(record[key]) == reference[key], key
+    after = {p.relative_to(repo.root / "runs/gen_2"): p.read_bytes()
+             for p in (repo.root / "runs/gen_2").rglob("*") if p.is_file() and p.name != "generation.json"}
+    assert after == before

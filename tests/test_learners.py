@@ -1,0 +1,48 @@
+"""The learners on the tiny host: both improve a toy family's fitness on the same budget."""
+import pytest
+
+from cambrian.challenges import sample
+from cambrian.config import ColonyConfig, ESConfig
+from cambrian.engine import Engine
+from cambrian.organelle import load_colony, lora_config, new_adapter
+from tasks.learn import learn_es, learn_gradient
+
+TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
+
+
+def _fitness(host, tok, adapter, rows):
+    model = load_colony(host, {"x": adapter})
+    try:
+        return sum(Engine(model, tok).loglik([r["prompt"] for r in rows], [r["answer"] for r in rows],
+                                             ["x"] * len(rows))) / len(rows)
+    finally:
+        model.unload()
+
+
+@pytest.fixture()
+def toy(tiny_host, tmp_path):
+    host, tok = tiny_host
+    new_adapter(host, lora_config(4, 8.0, TARGETS), seed=0, out=tmp_path / "org")
+    rows = [{"prompt": c.prompt, "answer": c.answer} for c in sample("math", 1, "train", 16, 0)]
+    return host, tok, tmp_path / "org", rows
+
+
+def test_gradient_learner_improves_fitness(toy):
+    host, tok, adapter, rows = toy
+    before = _fitness(host, tok, adapter, rows)
+    losses = learn_gradient(host, tok, adapter, rows, steps=16, batch=8, lr=3e-2, seed=0)
+    assert len(losses) == 16
+    after = _fitness(host, tok, adapter, rows)
+    print("gradient fitness", before, after)
+    assert after > before + 0.15  # deterministic: a learner that does nothing moves it by 0
+
+
+def test_es_learner_improves_fitness_without_backprop(toy):
+    host, tok, adapter, rows = toy
+    before = _fitness(host, tok, adapter, rows)
+    cfg = ColonyConfig(target_modules=TARGETS, train_steps=16, es=ESConfig(pairs=4, sigma=0.05, lr=0.05, batch=16))
+    curve = learn_es(host, tok, adapter, rows, cfg, seed=0)
+    assert len(curve) == 16
+    after = _fitness(host, tok, adapter, rows)
+    print("es fitness", before, after)
+    assert after > before + 0.05

@@ -1,0 +1,189 @@
+"""Assimilation statistics, the soup merge, the gate, ladder params and checkpoint refusal."""
+import random
+
+import pytest
+import torch
+from peft import PeftModel
+
+from cambrian.checkpoint import CheckpointError, scratch, store_get, store_put, write_manifest
+from cambrian.config import GateConfig, MergeConfig, ParamsError, parse_params
+from cambrian.engine import Engine
+from cambrian.organelle import lora_config, new_adapter, read_adapter, write_adapter
+from tasks.assimilate import mcnemar_p
+from tasks.gate import measure, should_stop, verdict
+from tasks.merge import soup, soup_weights
+
+TARGETS = ["q_proj", "v_proj", "up_proj"]
+
+
+def test_uplift_test_rejects_noise_and_accepts_a_real_improvement():
+    rng = random.Random(0)
+    control = [rng.random() < 0.3 for _ in range(60)]
+    noise = [rng.random() < 0.3 for _ in range(60)]  # same skill, independent luck
+    better = [c or rng.random() < 0.6 for c in control]  # keeps every win, adds many
+    assert mcnemar_p(noise, control) > 0.05
+    assert mcnemar_p(better, control) < 1e-4
+    assert mcnemar_p(control, control) == 1.0  # no discordant pairs: no evidence
+    # Hand-computed: 3 wins, 0 losses -> p = 1/8.
+    assert mcnemar_p([True] * 3 + [False], [False] * 4) == pytest.approx(0.125)
+
+
+def test_soup_weights():
+    attempts = [{"organelle": "b", "uplift": 0.3, "passed": True}, {"organelle": "a", "uplift": 0.1, "passed": True},
+                {"organelle": "c", "uplift": 0.9, "passed": False}]
+    assert soup_weights(attempts, MergeConfig(weighting="uplift")) == pytest.approx({"a": 0.25, "b": 0.75})
+    assert soup_weights(attempts, MergeConfig(weighting="uniform", total_weight=2.0)) == {"a": 1.0, "b": 1.0}
+    assert soup_weights([{**a, "uplift": 0.0} for a in attempts[:2]], MergeConfig()) == {"a": 0.5, "b": 0.5}
+
+
+@pytest.fixture()
+def trained_adapter(tiny_host, tmp_path):
+    host, _ = tiny_host
+    new_adapter(host, lora_config(4, 8.0, TARGETS), seed=0, out=tmp_path / "a")
+    config, state = read_adapter(tmp_path / "a")
+    gen = torch.Generator().manual_seed(1)
+    state = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in state.items()}  # B != 0
+    write_adapter(tmp_path / "a", config, state)
+    return tmp_path / "a"
+
+
+def test_soup_of_one_adapter_at_weight_one_equals_peft_merge(tiny_host_dir, trained_adapter):
+    from cambrian.host import load_host
+
+    host, tok = load_host(tiny_host_dir)
+    merged = PeftModel.from_pretrained(load_host(tiny_host_dir)[0], trained_adapter).merge_and_unload()
+    soup(host, {"a": trained_adapter}, {"a": 1.0})
+    ids = tok(["Compute 2 + 2."], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.allclose(host(**ids).logits, merged(**ids).logits, atol=1e-5)
+    again, _ = load_host(tiny_host_dir)
+    soup(again, {"a": trained_adapter}, {"a": 1.0})
+    assert all(torch.equal(p, q) for p, q in zip(host.parameters(), again.parameters()))  # deterministic
+
+
+def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge(tiny_host_dir, trained_adapter):
+    from cambrian.challenges import sample
+    from cambrian.host import load_host
+
+    parent, tok = load_host(tiny_host_dir)
+    child, _ = load_host(tiny_host_dir)
+    cfg = GateConfig(neutral_prompts=["Hello.", "Describe the sea."], reply_tokens=6)
+    holdout = sample("math", 1, "holdout", 3, 0)
+    same = measure(Engine(parent, tok), Engine(child, tok), [], holdout, cfg)
+    assert same["style_drift"] == pytest.approx(0.0, abs=1e-6) and same["recall_child"] is None
+    soup(child, {"a": trained_adapter}, {"a": 3.0})
+    moved = measure(Engine(parent, tok), Engine(child, tok), holdout, holdout, cfg)
+    assert moved["style_drift"] > 1e-3 and moved["n_recall"] == 3
+
+
+def _m(**kw):
+    base = {"recall_parent": 0.5, "recall_child": 0.5, "generalization_parent": 0.2, "generalization_child": 0.4,
+            "delta_generalization": 0.2, "style_drift": 0.1, "forbidden_rate": 0.0}
+    return {**base, **kw}
+
+
+def test_gate_verdicts_name_the_failed_threshold():
+    cfg = GateConfig()
+    assert verdict(_m(), cfg)[0]
+    assert "recall dropped" in verdict(_m(recall_child=0.3), cfg)[1]
+    assert "generalization" in verdict(_m(generalization_child=0.1, delta_generalization=-0.1), cfg)[1]
+    assert "style drift" in verdict(_m(style_drift=0.9), cfg)[1]
+    assert "forbidden" in verdict(_m(forbidden_rate=0.5), cfg)[1]
+    assert verdict(_m(recall_parent=None, recall_child=None), cfg)[0]  # the first generation has no prior QA
+
+
+def test_stop_rule_needs_patience_generations_in_a_row():
+    cfg = GateConfig(stop_epsilon=0.01, stop_theta=0.05, stop_patience=2)
+    flat_drifting = _m(delta_generalization=0.0, style_drift=0.2)
+    assert not should_stop([flat_drifting], cfg)
+    assert should_stop([_m(), flat_drifting, flat_drifting], cfg)
+    assert not should_stop([flat_drifting, _m()], cfg)
+    assert not should_stop([flat_drifting, None, _m(delta_generalization=0.0, style_drift=0.01)], cfg)
+
+
+def test_ladder_params_are_validated_and_overrides_apply():
+    p = parse_params({"ladder": {"gen_1": {"parent": "base"},
+                                 "gen_2": {"parent": "gen_1", "overrides": {"colony": {"lr": 0.002}}}}})
+    assert p.for_generation("gen_2").colony.lr == 0.002 and p.for_generation("gen_1").colony.lr == 0.001
+    assert p.lineage("gen_2") == ["gen_1", "gen_2"]
+    with pytest.raises(ParamsError, match="ladder.gen_2.parent"):
+        parse_params({"ladder": {"gen_2": {"parent": "gen_1"}}})
+    with pytest.raises(ParamsError, match="generation ids"):
+        parse_params({"ladder": {"g1": {"parent": "base"}}})
+    with pytest.raises(ParamsError, match="colony.lr"):
+        parse_params({"ladder": {"gen_1": {"parent": "base", "overrides": {"colony": {"lr": -1}}}}}).for_generation("gen_1")
+    with pytest.raises(ParamsError, match="cannot override"):
+        parse_params({"ladder": {"gen_1": {"parent": "base", "overrides": {"host": {"source": "x"}}}}})
+
+
+def test_store_is_content_addressed(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMBRIAN_HOME", str(tmp_path / "home"))
+    shas = []
+    for _ in range(2):
+        d = scratch()
+        (d / "w.bin").write_bytes(b"weights")
+        shas.append(store_put(d))
+    assert shas[0] == shas[1] and (store_get(shas[0]) / "w.bin").read_bytes() == b"weights"
+    with pytest.raises(CheckpointError, match="not in the store"):
+        store_get("0" * 64)
+
+
+def test_swapped_generation_checkpoint_is_refused(tmp_path):
+    import json
+
+    from cambrian.ledger import verify_generation
+
+    for name, payload in (("gen_1", b"one"), ("other", b"two")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(payload)
+        write_manifest(tmp_path / name)
+    run = tmp_path / "runs"
+    run.mkdir()
+    from cambrian.checkpoint import folder_sha
+    (run / "generation.json").write_text(json.dumps({"ledger": {"child_sha": folder_sha(tmp_path / "gen_1")}}))
+    assert verify_generation(tmp_path / "gen_1", run)
+    with pytest.raises(CheckpointError, match="not the expected checkpoint"):
+        verify_generation(tmp_path / "other", run)  # a valid checkpoint, but not this generation's
+    (tmp_path / "gen_1" / "model.safetensors").write_bytes(b"oNe")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        verify_generation(tmp_path / "gen_1", run)
+
+
+def test_gguf_export_loads_back_with_equal_logits(tiny_host_dir, tmp_path):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cambrian.export import export
+
+    cfg = json.loads((tiny_host_dir / "config.json").read_text())
+    assert cfg["num_key_value_heads"] < cfg["num_attention_heads"]  # q and k permutations both exercised
+    gguf_path = export(tiny_host_dir, tmp_path / "out")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "hf", dtype=torch.float32)
+    back = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_host_dir)
+    text = '<|im_start|>user\nRepair: {"a": 1,}<|im_end|>\n'
+    ids = tok([text], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(hf(**ids).logits, back(**ids).logits)
+    assert AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)(text)["input_ids"] == \
+        tok(text)["input_ids"]
+    with pytest.raises(CheckpointError):
+        export(tiny_host_dir, tmp_path / "again", expected_sha="0" * 64)
+
+
+def test_tracking_to_a_dead_server_fails_fast_and_never_raises(monkeypatch):
+    import socket
+    import time
+
+    from cambrian import tracking
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    record = {"ledger": {"GEN_ID": "gen_1", "walltime_min": 0.1, "git_rev": "", "child_sha": "c", "parent_sha": "p",
+                         "gate_verdict": "accepted", "lr": 0.001}, "metrics": {"accepted": True}}
+    start = time.perf_counter()
+    assert tracking.log_generation(record, {}, parse_params({})) is None
+    assert time.perf_counter() - start < 60  # the default retry policy would stall for minutes
