@@ -29,7 +29,10 @@ TINY = {
     "assimilate": {"min_roi": 0.0, "probes_per_level": 2, "alpha": 1.0, "min_effect": -1.0,
                    "holdout_min_effect": -1.0},
     "gate": {"neutral_prompts": ["Hello there.", "Describe the sea."], "reply_tokens": 8},
-    "ladder": {"gen_1": {"parent": "base"}, "gen_2": {"parent": "gen_1"}},
+    # gen_2 trips the stop rule on its own (any drift, no gain), so gen_3 must not evolve at all.
+    "ladder": {"gen_1": {"parent": "base"},
+               "gen_2": {"parent": "gen_1", "overrides": {"gate": {"stop_patience": 1, "stop_theta": 0.0}}},
+               "gen_3": {"parent": "gen_2"}},
 }
 
 
@@ -81,7 +84,7 @@ def repo(tmp_path_factory):
 def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     ledger = repo.ledger()
     assert list(next(iter(ledger.values()))) == COLUMNS
-    assert list(ledger) == ["base", "gen_1", "gen_2"]
+    assert list(ledger) == ["base", "gen_1", "gen_2", "gen_3"]
     for gid, row in ledger.items():
         assert verify(repo.root / "models" / gid, row["child_sha"]) == row["child_sha"]
         assert row["dvc_md5"].endswith(".dir")
@@ -89,8 +92,12 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     assert ledger["gen_2"]["parent_sha"] == ledger["gen_1"]["child_sha"]
     assert ledger["gen_1"]["gate_verdict"] == "accepted" and int(ledger["gen_1"]["steps"]) == 3 * 2
     assert ledger["gen_1"]["child_sha"] != ledger["base"]["child_sha"]  # organelles were merged in
+    # The stop rule: gen_2 gained nothing while drifting, so gen_3 is gen_2 unchanged.
+    assert ledger["gen_3"]["gate_verdict"] == "stopped" and ledger["gen_3"]["child_sha"] == ledger["gen_2"]["child_sha"]
+    assert (repo.root / "runs/gen_3/colony/population.json").read_bytes() == \
+        (repo.root / "runs/gen_2/colony/population.json").read_bytes()
     # Telemetry per generation, gathered for the ladder.
-    for gid in ("gen_1", "gen_2"):
+    for gid in ("gen_1", "gen_2"):  # the generations that evolved
         summary = json.loads((repo.root / "runs" / gid / "summary.json").read_text())
         for key in ("roi_mean", "roi_median", "roi_max", "roi_std", "energy_mean", "energy_gini", "culled",
                     "effective_population", "species_shares", "bandit", "rewards", "costs", "tickets", "topups",
@@ -103,7 +110,7 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
         assert attempts and {"control_mean", "treatment_mean", "uplift", "min_effect", "p_value", "holdout_pass",
                              "topup", "reason", "passed"} <= set(attempts[0])
     lines = (repo.root / "reports" / "gen_summaries.jsonl").read_text().splitlines()
-    assert [json.loads(x)["generation"] for x in lines] == ["gen_1", "gen_2"]
+    assert [json.loads(x)["generation"] for x in lines] == ["gen_1", "gen_2", "gen_3"]
     assert "gen_1.json" in repo.run("dvc", "metrics", "show")
 
 
@@ -118,26 +125,28 @@ def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo):
     client = MlflowClient(repo.env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("cambrian").experiment_id])
     top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert sorted(r.data.tags["cambrian.generation"] for r in top) == ["gen_1", "gen_2"]
+    assert sorted(r.data.tags["cambrian.generation"] for r in top) == ["gen_1", "gen_2", "gen_3"]
     ledger = repo.ledger()
     for r in top:
         gid = r.data.tags["cambrian.generation"]
         assert r.data.tags["checkpoint.sha256"] == ledger[gid]["child_sha"]
         assert r.data.tags["prefect.flow_run_id"] and "git.revision" in r.data.tags
         assert "colony_accuracy" in r.data.metrics
-        assert len([n for n in runs if n.data.tags.get("mlflow.parentRunId") == r.info.run_id]) == 3
+        nested = [n for n in runs if n.data.tags.get("mlflow.parentRunId") == r.info.run_id]
+        assert len(nested) == (0 if gid == "gen_3" else 3)
 
 
 def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(repo):
     first = repo.ledger()
 
     def strict(p):
-        p["ladder"]["gen_2"]["overrides"] = {"gate": {"generalization_min_delta": 0.5}}
+        p["ladder"]["gen_2"]["overrides"]["gate"]["generalization_min_delta"] = 0.5
     repo.params(strict)
     status = repo.run("dvc", "status")
     assert "generation@gen_2" in status and "generation@gen_1" not in status
     out = repo.run("dvc", "repro")
     assert "Running stage 'generation@gen_2'" in out and "Running stage 'generation@gen_1'" not in out
+    assert "Running stage 'generation@gen_3'" in out  # a descendant
     ledger = repo.ledger()
     assert ledger["gen_1"] == first["gen_1"]
     assert ledger["gen_2"]["gate_verdict"] == "rejected" and "min delta 0.5" in ledger["gen_2"]["gate_reason"]

@@ -33,3 +33,16 @@ def test_real_host_answers_challenges(real_host_dir):
     replies = engine.answer(challenges)
     assert all(isinstance(r, str) and r for r in replies)
     assert engine.new_tokens > len(challenges)
+
+
+def test_real_host_exports_to_gguf_with_equal_logits(real_host_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from cambrian.export import export
+
+    gguf_path = export(real_host_dir, tmp_path / "export")
+    model, tok = load_host(tmp_path / "export" / "hf")
+    back = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    ids = tok(["<|im_start|>user\nSort: 3, 1, 2<|im_end|>\n<|im_start|>assistant\n"], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(model(**ids).logits, back(**ids).logits)
