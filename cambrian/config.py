@@ -120,10 +120,18 @@ class AssimilateConfig(Strict):
     holdout_min_effect: float = Field(0.0, ge=-1.0, le=1.0)  # holdout check: uplift on the species' holdout
 
 
+MERGE_METHODS = Literal["soup", "linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
+                        "breadcrumbs", "della", "model_stock"]
+
+
 class MergeConfig(Strict):
-    method: Literal["soup"] = "soup"  # weighted average of the assimilated organelles' weight deltas
+    method: MERGE_METHODS = "soup"  # soup: host + weighted sum of deltas; the rest are mergekit's
     weighting: Literal["uniform", "uplift"] = "uplift"
-    total_weight: float = Field(1.0, gt=0.0, le=10.0)  # the soup weights sum to this
+    total_weight: float = Field(1.0, gt=0.0, le=10.0)  # the organelles' weights sum to this
+    rank: int = Field(0, ge=0, le=4096)  # soup: re-factor each summed delta to this rank by SVD (0: exact)
+    density: float = Field(0.5, gt=0.0, le=1.0)  # ties / dare / breadcrumbs / della: share of each delta kept
+    t: float = Field(0.5, ge=0.0, le=1.0)  # slerp / nuslerp: 0 is the host, 1 the soup model
+    seed: int = Field(0, ge=0)  # random methods (dare, della, breadcrumbs) draw from this
 
 
 class GateConfig(Strict):

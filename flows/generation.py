@@ -37,7 +37,7 @@ from tasks.assimilate import assimilate
 from tasks.evaluate import run_episodes
 from tasks.gate import measure, should_stop, verdict
 from tasks.learn import learn, training_data
-from tasks.merge import soup, soup_weights
+from tasks.merge import fold, soup_weights
 from tasks.settle import settle
 from tasks.spawn import spawn
 
@@ -122,13 +122,14 @@ def assimilate_step(code: str, parent_dir: str, parent_sha: str, population: lis
 
 
 @task(name="merge", **CACHED)
-def merge_step(code: str, parent_dir: str, parent_sha: str, adapters: dict[str, str], weights: dict[str, float]) -> str:
+def merge_step(code: str, parent_dir: str, parent_sha: str, adapters: dict[str, str], weights: dict[str, float],
+               params: dict) -> dict:
     host, tok = load_host(parent_dir, parent_sha, device="cpu")
-    soup(host, {k: store_get(v) for k, v in adapters.items()}, weights)
+    report = fold(host, {k: store_get(v) for k, v in adapters.items()}, weights, parse_params(params).merge)
     out = scratch()
     host.save_pretrained(out)
     tok.save_pretrained(out)
-    return store_put(out, kind="host")
+    return {"child": store_put(out, kind="host"), "report": report}
 
 
 @task(name="gate", **CACHED)
@@ -236,7 +237,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         if not weights:
             why, verdict_name = "nothing passed assimilation", "unchanged"
         else:
-            child_sha = merge_step(code, pd, parent_sha, {k: adapters[k] for k in weights}, weights)
+            merged = merge_step(code, pd, parent_sha, {k: adapters[k] for k in weights}, weights, pdict)
+            child_sha, summary["merge"] = merged["child"], merged["report"]
             prior_qa = _read_jsonl(lineage[-1] / "qa.jsonl") if lineage else []
             families = sorted({o.species for o in colony if o.id in weights})
             metrics = gate_step(code, pd, parent_sha, child_sha, prior_qa, str(data), data_sha, families, pdict)

@@ -11,7 +11,7 @@ from cambrian.engine import Engine
 from cambrian.organelle import lora_config, new_adapter, read_adapter, write_adapter
 from tasks.assimilate import mcnemar_p
 from tasks.gate import measure, should_stop, verdict
-from tasks.merge import soup, soup_weights
+from tasks.merge import fold, soup_weights
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
 
@@ -52,12 +52,12 @@ def test_soup_of_one_adapter_at_weight_one_equals_peft_merge(tiny_host_dir, trai
 
     host, tok = load_host(tiny_host_dir)
     merged = PeftModel.from_pretrained(load_host(tiny_host_dir)[0], trained_adapter).merge_and_unload()
-    soup(host, {"a": trained_adapter}, {"a": 1.0})
+    fold(host, {"a": trained_adapter}, {"a": 1.0}, MergeConfig())
     ids = tok(["Compute 2 + 2."], return_tensors="pt")
     with torch.inference_mode():
         assert torch.allclose(host(**ids).logits, merged(**ids).logits, atol=1e-5)
     again, _ = load_host(tiny_host_dir)
-    soup(again, {"a": trained_adapter}, {"a": 1.0})
+    fold(again, {"a": trained_adapter}, {"a": 1.0}, MergeConfig())
     assert all(torch.equal(p, q) for p, q in zip(host.parameters(), again.parameters()))  # deterministic
 
 
@@ -71,7 +71,7 @@ def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge
     holdout = sample("math", 1, "holdout", 3, 0)
     same = measure(Engine(parent, tok), Engine(child, tok), [], holdout, cfg)
     assert same["style_drift"] == pytest.approx(0.0, abs=1e-6) and same["recall_child"] is None
-    soup(child, {"a": trained_adapter}, {"a": 3.0})
+    fold(child, {"a": trained_adapter}, {"a": 3.0}, MergeConfig())
     moved = measure(Engine(parent, tok), Engine(child, tok), holdout, holdout, cfg)
     assert moved["style_drift"] > 1e-3 and moved["n_recall"] == 3
 
