@@ -140,6 +140,22 @@ def rollback(to: str = typer.Option(..., "--to", help="Generation to roll back t
     typer.echo(f"rolled back to {gid} as of {commit[:10]}: models/{gid} sha256 {sha} (matches the ledger)")
 
 
+@app.command()
+def evomerge(params: Path = PARAMS,
+             host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
+             data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),
+             out: Path = typer.Option(Path("runs/evomerge"), help="Rounds, and the best candidate in OUT/best."),
+             report: Path = typer.Option(Path("reports/evomerge.json"), help="Holdout report to write.")):
+    """Evolve merged candidates of three parents (params evomerge): 8 seed recipes, then rounds of
+    top-2 mutations and bottom-6 triple merges until a plateau; the best candidate and each parent
+    then answer the holdout split of every domain. Resumes from the last finished round."""
+    _params(params)
+    from flows.evomerge import evomerge as flow
+    result = flow(str(params), str(host_dir), str(data), str(out), str(report))
+    for name, score in result["combined"].items():
+        typer.echo(f"{name:28s} holdout {score:.3f}  " + "  ".join(f"{d} {v:.3f}" for d, v in result["holdout"][name].items()))
+
+
 def deployments():
     """The deployments `cambrian serve` offers the Prefect UI."""
     from flows.generation import generation as gen_flow

@@ -118,6 +118,7 @@ class AssimilateConfig(Strict):
     alpha: float = Field(0.05, gt=0.0, le=1.0)  # significance of the paired (McNemar exact) uplift test: p <= alpha
     min_effect: float = Field(0.1, ge=-1.0, le=1.0)  # minimum uplift in accuracy over the host
     holdout_min_effect: float = Field(0.0, ge=-1.0, le=1.0)  # holdout check: uplift on the species' holdout
+    snapshot_limit: int = Field(16, ge=0, le=10_000)  # recent attempts kept in each generation's summary
 
 
 MERGE_METHODS = Literal["soup", "linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
@@ -152,6 +153,35 @@ class GateConfig(Strict):
     stop_patience: int = Field(2, ge=1, le=100)
 
 
+class EvoMergeConfig(Strict):
+    # Three parents: "base" (the host), "specialist:FAMILY" (the host fine-tuned by Cambrian on one
+    # family's train split, LoRA folded in), or a local HF folder of the same architecture.
+    parents: list[str] = Field(default_factory=lambda: ["base", "specialist:json_repair", "specialist:sequence"],
+                               min_length=3, max_length=3)
+    specialist_steps: int = Field(40, ge=1, le=100_000)
+    specialist_rows: int = Field(200, ge=1, le=100_000)
+    specialist_lr: float = Field(1e-3, gt=0.0, le=1.0)
+    generations: int = Field(2, ge=0, le=1000)  # evolution rounds after the 8 seed candidates
+    patience: int = Field(2, ge=1, le=1000)  # plateau stop: this many rounds without...
+    threshold: float = Field(0.005, ge=0.0)  # ...a best-fitness gain above this
+    probes_per_domain: int = Field(16, ge=1, le=10_000)  # probe-split challenges scored per domain
+    mutation_std: float = Field(0.1, ge=0.0, le=1.0)
+    seed: int = Field(0, ge=0)
+    fitness: dict[str, float] = Field(default_factory=lambda: {
+        "math": 1.0, "structured": 1.0, "sort_seq": 1.0, "logic": 1.0, "perplexity": 0.5, "speed": 0.1,
+        "memory": 0.1})
+
+    @model_validator(mode="after")
+    def _weights(self) -> "EvoMergeConfig":
+        keys = {"math", "structured", "sort_seq", "logic", "perplexity", "speed", "memory"}
+        if set(self.fitness) != keys:
+            raise ValueError(f"evomerge.fitness needs exactly the weights {sorted(keys)}")
+        for parent in self.parents:
+            if parent.startswith("specialist:") and parent.split(":", 1)[1] not in FAMILIES:
+                raise ValueError(f"evomerge.parents: unknown family in {parent!r}")
+        return self
+
+
 class Tracking(Strict):
     experiment: str = Field("cambrian", min_length=1)  # MLflow experiment; server from MLFLOW_TRACKING_URI
 
@@ -177,6 +207,7 @@ class Params(Strict):
     merge: MergeConfig = MergeConfig()
     gate: GateConfig = GateConfig()
     tracking: Tracking = Tracking()
+    evomerge: EvoMergeConfig = EvoMergeConfig()
     # The ladder G1..GN: one DVC stage per entry (dvc.yaml foreach), each on its parent's output.
     ladder: dict[str, LadderGen] = Field(default_factory=lambda: {
         "gen_1": LadderGen(parent="base"), "gen_2": LadderGen(parent="gen_1")})
@@ -189,7 +220,7 @@ class Params(Strict):
                 raise ValueError(f"ladder.{gid}: generation ids look like gen_1, gen_2, ...")
             if g.parent not in seen:
                 raise ValueError(f"ladder.{gid}.parent: {g.parent!r} is not 'base' or an earlier generation")
-            bad = set(g.overrides) - (set(type(self).model_fields) - {"ladder", "host", "challenges"})
+            bad = set(g.overrides) - (set(type(self).model_fields) - {"ladder", "host", "challenges", "evomerge"})
             if bad:
                 raise ValueError(f"ladder.{gid}.overrides: cannot override {sorted(bad)}")
             seen.add(gid)

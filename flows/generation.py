@@ -27,13 +27,13 @@ from prefect.cache_policies import NO_CACHE, TASK_SOURCE, Inputs
 
 from cambrian import ledger, tracking
 from cambrian.challenges import Challenge, read_jsonl
-from cambrian.checkpoint import (atomic_dir, atomic_write_text, folder_sha, scratch, store_get, store_put, verify,
+from cambrian.checkpoint import (atomic_dir, atomic_write_text, scratch, store_get, store_put, verify,
                                  write_manifest)
 from cambrian.config import Params, load_params, parse_params
 from cambrian.engine import Engine
 from cambrian.host import load_host
-from cambrian.organelle import Organelle, load_colony, load_population, save_population
-from tasks.assimilate import assimilate
+from cambrian.organelle import Organelle, load_colony, save_population
+from tasks.assimilate import assimilate, gating
 from tasks.evaluate import run_episodes
 from tasks.gate import measure, should_stop, verdict
 from tasks.learn import learn, training_data
@@ -166,6 +166,46 @@ def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, c
         raise RuntimeError(f"{checkpoint}: wrote sha {sha[:12]}, expected {record['ledger']['child_sha'][:12]}")
 
 
+def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path], train: list[Challenge],
+                   gen: int) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Per living organelle: its new data delta, and its training rows (delta + replay of its
+    kin's deltas from earlier generations of the lineage)."""
+    last_episodes = _read_jsonl(lineage[-1] / "episodes.jsonl") if lineage else []
+    rng = random.Random(f"{params.seed}/delta/{gen}")
+    earlier: dict[str, list[dict]] = {}
+    for run in lineage:
+        for f in sorted((run / "deltas").glob("*.jsonl")):
+            earlier.setdefault(f.stem, []).extend(_read_jsonl(f))
+    deltas, rows = {}, {}
+    for o in colony:
+        if o.alive:
+            kin = [r for k in (o.id, *o.parents) for r in earlier.get(k, [])]
+            deltas[o.id], rows[o.id] = training_data(o, train, last_episodes, kin, params.colony, rng)
+    return deltas, rows
+
+
+def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_name: str, why: str, summary: dict,
+            deltas: dict, metrics: dict | None, history: list[dict], stopped: bool, minutes: float) -> dict:
+    """The generation's record: its ledger row, gate metrics, stop flag and DVC metrics."""
+    curves = list(summary.get("learning_curves", {}).values())
+    firsts, lasts = [c[0] for c in curves if c], [c[-1] for c in curves if c]
+    m = metrics or {}
+    row = {"GEN_ID": gid, "parent_sha": parent_sha, "child_sha": child_sha,
+           "data_delta_sha": hashlib.sha256(_jsonl([r for k in sorted(deltas) for r in deltas[k]]).encode()).hexdigest(),
+           "steps": sum(map(len, curves)), "lr": params.colony.lr, "walltime_min": round(minutes, 3),
+           "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
+           "eval_recall": "" if m.get("recall_child") is None else m["recall_child"],
+           "eval_generalization": m.get("generalization_child", ""), "eval_style_drift": m.get("style_drift", ""),
+           "gate_verdict": verdict_name, "gate_reason": why, "git_rev": ledger.git_rev(),
+           "dvc_stage": f"generation@{gid}"}
+    stop = stopped or bool(metrics and should_stop([h["gate"] for h in history] + [metrics], params.gate))
+    dvc_metrics = {"accepted": verdict_name == "accepted", "assimilated": len(summary.get("assimilated", [])),
+                   "colony_accuracy": summary.get("accuracy", 0.0), "survivors": summary.get("survivors", 0),
+                   **{k: m[k] for k in ("recall_child", "generalization_parent", "generalization_child",
+                                        "style_drift", "forbidden_rate") if k in m}}
+    return {"ledger": row, "gate": metrics, "stop": stop, "metrics": dvc_metrics}
+
+
 def _parent(gid: str, params: Params, models: Path, runs: Path) -> tuple[Path, str, list[dict], dict, list[dict]]:
     """(checkpoint folder, verified sha, population, adapter shas in the store, ancestors' records
     oldest first, the host's excluded) of gid's parent."""
@@ -206,18 +246,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     else:
         sp = spawn_step(code, pd, parent_sha, population, adapters, pdict, gen)
         colony, adapters = _colony(sp["population"]), sp["adapters"]
-        train = read_jsonl(data / "train.jsonl")
         lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
-        last_episodes = _read_jsonl(lineage[-1] / "episodes.jsonl") if lineage else []
-        rng = random.Random(f"{params.seed}/delta/{gen}")
-        rows, earlier = {}, {}
-        for run in lineage:
-            for f in sorted((run / "deltas").glob("*.jsonl")):
-                earlier.setdefault(f.stem, []).extend(_read_jsonl(f))
-        for o in colony:
-            if o.alive:
-                kin = [r for k in (o.id, *o.parents) for r in earlier.get(k, [])]
-                deltas[o.id], rows[o.id] = training_data(o, train, last_episodes, kin, params.colony, rng)
+        deltas, rows = _training_rows(colony, params, lineage, read_jsonl(data / "train.jsonl"), gen)
         living = [o for o in colony if o.alive]
         futures = {o.id: learn_step.submit(code, pd, parent_sha, adapters[o.id], rows[o.id],
                                            params.colony.model_dump(), o.lr, params.seed * 7919 + gen * 1009 + k)
@@ -233,6 +263,9 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
                        accuracy=sum(e["correct"] for e in episodes) / max(1, len(episodes)))
         attempts = assimilate_step(code, pd, parent_sha, [asdict(o) for o in colony], adapters, summary, str(data),
                                    data_sha, pdict, gen)
+        prior = json.loads((runs / params.ladder[gid].parent / "summary.json").read_text()).get("gating", {}) \
+            if lineage else {}
+        summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
         weights = soup_weights(attempts, params.merge)
         if not weights:
             why, verdict_name = "nothing passed assimilation", "unchanged"
@@ -254,32 +287,15 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     log.info(f"{gid}: {verdict_name} ({why})")
 
     qa = [r for oid in summary.get("assimilated", []) for r in deltas[oid]]  # what the child learned
-    curves = list(summary.get("learning_curves", {}).values())
-    firsts, lasts = [c[0] for c in curves if c], [c[-1] for c in curves if c]
-    row = {"GEN_ID": gid, "parent_sha": parent_sha, "child_sha": child_sha,
-           "data_delta_sha": hashlib.sha256(_jsonl([r for k in sorted(deltas) for r in deltas[k]]).encode()).hexdigest(),
-           "steps": sum(map(len, curves)), "lr": params.colony.lr,
-           "walltime_min": round((time.perf_counter() - start) / 60, 3),
-           "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
-           "eval_recall": metrics["recall_child"] if metrics and metrics["recall_child"] is not None else "",
-           "eval_generalization": metrics["generalization_child"] if metrics else "",
-           "eval_style_drift": metrics["style_drift"] if metrics else "",
-           "gate_verdict": verdict_name, "gate_reason": why, "git_rev": ledger.git_rev(),
-           "dvc_stage": f"generation@{gid}"}
-    record = {"ledger": row, "gate": metrics, "stop": stopped or bool(metrics and should_stop(
-                  [h["gate"] for h in history] + [metrics], params.gate)),
-              "metrics": {"accepted": verdict_name == "accepted", "assimilated": len(summary.get("assimilated", [])),
-                          "colony_accuracy": summary.get("accuracy", 0.0), "survivors": summary.get("survivors", 0)}}
-    if metrics:
-        record["metrics"].update({k: metrics[k] for k in ("recall_child", "generalization_parent",
-                                                          "generalization_child", "style_drift", "forbidden_rate")})
+    record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, deltas, metrics, history, stopped,
+                     (time.perf_counter() - start) / 60)
     source = store_get(child_sha) if child_sha != parent_sha else parent_dir
     files = {"episodes.jsonl": _jsonl(episodes), "assimilation.jsonl": _jsonl(attempts), "qa.jsonl": _jsonl(qa),
              "summary.json": json.dumps(summary, indent=1, sort_keys=True) + "\n",
              **{f"deltas/{oid}.jsonl": _jsonl(rows) for oid, rows in deltas.items()}}
     publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", source, colony, adapters, files, record)
     tracking.log_generation(record, summary, params)
-    return row
+    return record["ledger"]
 
 
 @flow(name="ladder")

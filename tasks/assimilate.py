@@ -12,6 +12,7 @@ holdout verdict, top-up status and the reason for the verdict.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from cambrian.challenges import Challenge, sample
 from cambrian.config import Params
@@ -70,3 +71,11 @@ def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, ho
             "holdout_control_mean": _mean(hold_c), "holdout_treatment_mean": _mean(hold_t),
             "holdout_uplift": hold_uplift, "holdout_pass": holdout_ok, "passed": passed, "reason": reason})
     return attempts
+
+
+def gating(attempts: list[dict], earlier_snapshots: list[dict], limit: int) -> dict:
+    """Gating totals of this generation and the `limit` most recent attempts of the lineage."""
+    reasons = Counter(a["reason"].split(":")[0].split(" ")[0] for a in attempts if not a["passed"])
+    return {"candidates": len(attempts), "passed": sum(a["passed"] for a in attempts),
+            "failed": dict(sorted(reasons.items())), "topups": sum(a["topup"] for a in attempts),
+            "snapshots": (earlier_snapshots + attempts)[-limit:] if limit else []}

@@ -9,6 +9,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cambrian-prefect-"))
+os.environ.setdefault("CAMBRIAN_HOME", tempfile.mkdtemp(prefix="cambrian-home-"))  # the step store
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # its exit-time INFO lines hit closed pytest streams
 
 

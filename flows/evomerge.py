@@ -1,0 +1,153 @@
+"""The EvoMerge flow (wiring only; the recipes and fitness are in tasks/evomerge.py).
+
+Parents are resolved to checkpoints (specialists are trained and cached), the 8 seed candidates
+are built and scored, then each round breeds the next population until `generations` rounds or a
+plateau. Every candidate is a cached task keyed on its genome and its parents' content hashes, its
+weights kept in the content-addressed store; each finished round is written to OUT/round_K.json,
+so a run resumes from its last finished round and ends exactly as an uninterrupted one. The best
+candidate is copied to OUT/best and, with each parent, answers the holdout split of every domain.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from safetensors.torch import load_file
+
+from cambrian.challenges import read_jsonl
+from cambrian.checkpoint import atomic_dir, atomic_write_text, scratch, store_get, store_put, verify, write_manifest
+from cambrian.config import MergeConfig, load_params, parse_params
+from cambrian.engine import Engine
+from cambrian.host import load_host
+from cambrian.organelle import lora_config, new_adapter
+from flows.generation import CACHED, code_sha
+from tasks.evomerge import DOMAINS, build, diversity, fitness, next_population, seed_genomes
+from tasks.learn import learn_gradient
+from tasks.merge import fold
+
+
+@task(name="specialist", **CACHED)
+def specialist_step(code: str, parent_dir: str, parent_sha: str, family: str, data_dir: str, data_sha: str,
+                    params: dict) -> str:
+    """The host fine-tuned on one family's train split (LoRA SFT, then folded in)."""
+    p = parse_params(params)
+    cfg = p.evomerge
+    host, tok = load_host(parent_dir, parent_sha, device="cpu")
+    rows = [{"prompt": c.prompt, "answer": c.answer} for c in read_jsonl(Path(data_dir) / "train.jsonl")
+            if c.family == family][:cfg.specialist_rows]
+    work = scratch()
+    new_adapter(host, lora_config(p.colony.lora_rank, p.colony.lora_alpha, p.colony.target_modules), cfg.seed,
+                work / "adapter")
+    learn_gradient(host, tok, work / "adapter", rows, cfg.specialist_steps, p.colony.train_batch,
+                   cfg.specialist_lr, cfg.seed)
+    fold(host, {"s": work / "adapter"}, {"s": 1.0}, MergeConfig())
+    host.save_pretrained(work / "model")
+    tok.save_pretrained(work / "model")
+    sha = store_put(work / "model", kind="host", specialist=family)
+    shutil.rmtree(work)
+    return sha
+
+
+def _state(folder: Path) -> dict:
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(f))
+    return state
+
+
+@task(name="candidate", **CACHED)
+def candidate_step(code: str, host_dir: str, parents: list[str], genome: dict, data_dir: str, data_sha: str,
+                   params: dict) -> dict:
+    """Build one candidate from its genome, keep it in the store, score it on the probe split."""
+    cfg = parse_params(params).evomerge
+    states = [_state(store_get(sha)) for sha in parents]
+    state = build(genome, states, lambda sha: _state(store_get(sha)), cfg.seed)
+    host, tok = load_host(host_dir, device="cpu")
+    host.load_state_dict(state, strict=False)  # lm_head is tied to the embeddings
+    out = scratch()
+    host.save_pretrained(out)
+    tok.save_pretrained(out)
+    sha = store_put(out, kind="candidate")
+    probe = read_jsonl(Path(data_dir) / "probe.jsonl")
+    probes = [c for fams in DOMAINS.values() for c in [c for c in probe if c.family in fams][:cfg.probes_per_domain]]
+    n = sum(p.numel() for p in host.parameters())
+    scores = fitness(Engine(host, tok), probes, probes, n, n, host.config.num_hidden_layers,
+                     host.config.num_hidden_layers, cfg)
+    return {"genome": genome, "sha": sha, **scores}
+
+
+def _parents(names: list[str], host_dir: Path, data_dir: Path, data_sha: str, params) -> list[str]:
+    """Each parent as a checkpoint in the store; returns their shas."""
+    code, host_sha = code_sha(), verify(host_dir)
+    shas = []
+    for name in names:
+        if name == "base":
+            folder = host_dir
+        elif name.startswith("specialist:"):
+            shas.append(specialist_step(code, str(host_dir), host_sha, name.split(":", 1)[1], str(data_dir), data_sha,
+                                        params.model_dump(exclude={"ladder"})))
+            continue
+        else:
+            folder = Path(name)
+        work = scratch()
+        shutil.copytree(folder, work / "m", ignore=shutil.ignore_patterns("cambrian.json"))
+        shas.append(store_put(work / "m", kind="host"))
+        shutil.rmtree(work)
+    return shas
+
+
+def _holdout(folder: Path, holdout: list) -> dict:
+    model, tok = load_host(folder, device="cpu")
+    ok = Engine(model, tok).correct(holdout)
+    return {d: sum(k for c, k in zip(holdout, ok) if c.family in fams) / max(1, sum(c.family in fams for c in holdout))
+            for d, fams in DOMAINS.items()}
+
+
+@flow(name="evomerge")
+def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", data_dir: str = "data/challenges",
+             out_dir: str = "runs/evomerge", report_path: str = "reports/evomerge.json") -> dict:
+    log = get_run_logger()
+    params = load_params(params_path)
+    cfg, out, data = params.evomerge, Path(out_dir), Path(data_dir)
+    data_sha, pdict, code = verify(data), params.model_dump(exclude={"ladder"}), code_sha()
+    parents = _parents(cfg.parents, Path(host_dir), data, data_sha, params)
+    n_layers = json.loads((Path(host_dir) / "config.json").read_text())["num_hidden_layers"]
+    rounds = []
+    for k in range(cfg.generations + 1):
+        path = out / f"round_{k}.json"
+        if path.is_file():  # resume: a finished round is read back, not recomputed
+            rounds.append(json.loads(path.read_text()))
+            continue
+        rng = random.Random(f"{cfg.seed}/evomerge/{k}")
+        genomes = seed_genomes(n_layers, rng) if k == 0 else next_population(rounds[-1]["ranked"], rng, cfg.mutation_std)
+        scored = [candidate_step(code, host_dir, parents, g, str(data), data_sha, pdict) for g in genomes]
+        ranked = sorted(scored, key=lambda c: (-c["fitness"], c["sha"]))
+        best = max([ranked[0], *(r["best"] for r in rounds)], key=lambda c: (c["fitness"], c["sha"]))
+        spread = diversity([_state(store_get(c["sha"])) for c in ranked])
+        rounds.append({"round": k, "ranked": ranked, "best": best, "diversity": spread})
+        atomic_write_text(path, json.dumps(rounds[-1], indent=1, sort_keys=True) + "\n")
+        log.info(f"round {k}: best fitness {ranked[0]['fitness']:.4f} (overall {best['fitness']:.4f}), "
+                 f"diversity {spread:.4f}")
+        gains = [b["best"]["fitness"] - a["best"]["fitness"] for a, b in zip(rounds, rounds[1:])]
+        if len(gains) >= cfg.patience and all(g <= cfg.threshold for g in gains[-cfg.patience:]):
+            log.info(f"plateau: no gain above {cfg.threshold} for {cfg.patience} rounds")
+            break
+    best = rounds[-1]["best"]
+    with atomic_dir(out / "best") as tmp:
+        shutil.copytree(store_get(best["sha"]), tmp, dirs_exist_ok=True)
+        write_manifest(tmp, kind="host", evomerge=best["genome"])
+    holdout = [c for c in read_jsonl(data / "holdout.jsonl") if any(c.family in f for f in DOMAINS.values())]
+    table = {"best": _holdout(out / "best", holdout),
+             **{name: _holdout(store_get(sha), holdout) for name, sha in zip(cfg.parents, parents)}}
+    combined = {name: sum(v.values()) / len(v) for name, v in table.items()}
+    report = {"holdout": table, "combined": combined,
+              "parents_mean": sum(combined[n] for n in cfg.parents) / len(cfg.parents),
+              "best_genome": best["genome"], "best_probe_fitness": best["fitness"], "rounds": len(rounds),
+              "fitness_by_round": [r["ranked"][0]["fitness"] for r in rounds],
+              "diversity_by_round": [r["diversity"] for r in rounds]}
+    report["beats_parents_mean"] = combined["best"] > report["parents_mean"]
+    atomic_write_text(report_path, json.dumps(report, indent=1, sort_keys=True) + "\n")
+    return report
