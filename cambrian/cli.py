@@ -144,7 +144,7 @@ def rollback(to: str = typer.Option(..., "--to", help="Generation to roll back t
 def evomerge(params: Path = PARAMS,
              host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
              data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),
-             out: Path = typer.Option(Path("runs/evomerge"), help="Rounds, and the best candidate in OUT/best."),
+             out: Path = typer.Option(Path("models/evomerge"), help="Rounds, and the best candidate in OUT/best."),
              report: Path = typer.Option(Path("reports/evomerge.json"), help="Holdout report to write.")):
     """Evolve merged candidates of three parents (params evomerge): 8 seed recipes, then rounds of
     top-2 mutations and bottom-6 triple merges until a plateau; the best candidate and each parent

@@ -108,7 +108,7 @@ def _holdout(folder: Path, holdout: list) -> dict:
 
 @flow(name="evomerge")
 def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", data_dir: str = "data/challenges",
-             out_dir: str = "runs/evomerge", report_path: str = "reports/evomerge.json") -> dict:
+             out_dir: str = "models/evomerge", report_path: str = "reports/evomerge.json") -> dict:
     log = get_run_logger()
     params = load_params(params_path)
     cfg, out, data = params.evomerge, Path(out_dir), Path(data_dir)

@@ -29,6 +29,8 @@ TINY = {
     "assimilate": {"min_roi": 0.0, "probes_per_level": 2, "alpha": 1.0, "min_effect": -1.0,
                    "holdout_min_effect": -1.0},
     "gate": {"neutral_prompts": ["Hello there.", "Describe the sea."], "reply_tokens": 8},
+    "evomerge": {"parents": ["base", "specialist:math", "specialist:logic"], "specialist_steps": 1,
+                 "specialist_rows": 4, "generations": 0, "probes_per_domain": 1},
     # gen_2 trips the stop rule on its own (any drift, no gain), so gen_3 must not evolve at all.
     "ladder": {"gen_1": {"parent": "base"},
                "gen_2": {"parent": "gen_1", "overrides": {"gate": {"stop_patience": 1, "stop_theta": 0.0}}},
@@ -111,7 +113,8 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
                              "topup", "reason", "passed"} <= set(attempts[0])
     lines = (repo.root / "reports" / "gen_summaries.jsonl").read_text().splitlines()
     assert [json.loads(x)["generation"] for x in lines] == ["gen_1", "gen_2", "gen_3"]
-    assert "gen_1.json" in repo.run("dvc", "metrics", "show")
+    metrics = repo.run("dvc", "metrics", "show")
+    assert "gen_1.json" in metrics and "evomerge.json" in metrics
 
 
 def test_second_repro_is_a_noop(repo):
@@ -182,7 +185,8 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (repo.root / "models/gen_2").exists()  # nothing half-written at the final paths
-    assert all(verify(p) for p in (repo.root / "models").iterdir() if p.is_dir() and not p.name.startswith("."))
+    checkpoints = [repo.root / "models/base", *(repo.root / "models").glob("gen_*")]
+    assert len(checkpoints) == 3 and all(verify(p) for p in checkpoints)  # every visible checkpoint is whole
 
     out = repo.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_2", CAMBRIAN_HOME=str(home),
                    PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "prefect"), PREFECT_LOGGING_LEVEL="INFO")
