@@ -44,13 +44,6 @@ def write(path: str | Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def read(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"lineage ledger not found: {path} (run `dvc repro` first)")
-    return list(csv.DictReader(path.read_text().splitlines()))
-
-
 def record(run: Path) -> dict:
     path = run / "generation.json"
     if not path.is_file():
