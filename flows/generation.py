@@ -286,7 +286,10 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         summary["assimilated"] = sorted(weights) if verdict_name == "accepted" else []
     log.info(f"{gid}: {verdict_name} ({why})")
 
-    qa = [r for oid in summary.get("assimilated", []) for r in deltas[oid]]  # what the child learned
+    # The child's QA set (the next gate's recall test): what it assimilated, or, when it is its
+    # parent unchanged, the parent's.
+    qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if verdict_name == "accepted" else \
+        _read_jsonl(runs / params.ladder[gid].parent / "qa.jsonl")
     record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, deltas, metrics, history, stopped,
                      (time.perf_counter() - start) / 60)
     source = store_get(child_sha) if child_sha != parent_sha else parent_dir
