@@ -182,6 +182,62 @@ class EvoMergeConfig(Strict):
         return self
 
 
+class SleepConfig(Strict):
+    """Complementary learning systems: a fast hippocampus (wake) consolidated into the host (sleep)."""
+    experts: int = Field(4, ge=1, le=64)  # K LoRA experts on every target layer of the host
+    top_k: int = Field(2, ge=1, le=64)  # experts mixed per token by each layer's router
+    rank: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16.0, gt=0.0)
+    wake_steps: int = Field(12, ge=0, le=100_000)  # hippocampus updates per task of the stream
+    wake_batch: int = Field(8, ge=1, le=1024)
+    wake_lr: float = Field(2e-3, gt=0.0, le=1.0)
+    balance: float = Field(0.01, ge=0.0)  # weight of the router's load-balancing loss
+    replay_capacity: int = Field(256, ge=1, le=1_000_000)  # episodic buffer (reservoir) size in rows
+    steps: int = Field(8, ge=0, le=100_000)  # distillation updates per sleep
+    batch: int = Field(8, ge=1, le=1024)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)  # the cortical adapter's lr (folded into the host after sleep)
+    cortex_rank: int = Field(16, ge=1, le=1024)
+    pseudo_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of each sleep batch that is pseudo-rehearsal
+    temperature: float = Field(1.0, gt=0.0, le=100.0)  # distillation softmax temperature
+    ewc_lambda: float = Field(1.0, ge=0.0)  # EWC weight on sum F (W - W*)^2, F normalised to mean 1
+    ewc_decay: float = Field(0.9, ge=0.0, le=1.0)  # online EWC: earlier sleeps' Fisher kept at this weight
+    fisher_samples: int = Field(8, ge=1, le=100_000)  # replay-mix rows for the diagonal Fisher
+    refresh_kl: float = Field(0.5, ge=0.0)  # experts are recycled if the host's KL to the teacher on replay is at most this...
+    refresh_min_share: float = Field(0.05, ge=0.0, le=1.0)  # ...for experts that carried this share of routed tokens
+    full_tokens: float = Field(20_000.0, gt=0.0)  # routed tokens at which an expert counts as saturated
+    probe_rows: int = Field(8, ge=1, le=10_000)  # replay rows per seen task for the forgetting signal
+    # Sleep pressure = w_saturation * saturation + w_novelty * novelty + w_forgetting * forgetting;
+    # the hippocampus sleeps at a task boundary when pressure >= threshold.
+    w_saturation: float = Field(1.0, ge=0.0)
+    w_novelty: float = Field(1.0, ge=0.0)
+    w_forgetting: float = Field(1.0, ge=0.0)
+    threshold: float = Field(0.5, ge=0.0)
+
+    @model_validator(mode="after")
+    def _top_k(self) -> "SleepConfig":
+        if self.top_k > self.experts:
+            raise ValueError(f"sleep.top_k ({self.top_k}) cannot exceed sleep.experts ({self.experts})")
+        return self
+
+
+MODES = ("full_cls", "no_sleep", "no_ewc", "no_refresh", "no_hippocampus")
+
+
+class ContinualConfig(Strict):
+    """The continual-learning benchmark: challenge families as an ordered task stream."""
+    order: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=2)
+    modes: list[Literal[MODES]] = Field(default_factory=lambda: list(MODES), min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [7, 42, 123], min_length=1)
+    train_rows: int = Field(200, ge=1, le=100_000)  # train-split rows streamed per task
+    eval_per_task: int = Field(20, ge=1, le=10_000)  # holdout challenges per task at every boundary
+
+    @model_validator(mode="after")
+    def _unique(self) -> "ContinualConfig":
+        if len(set(self.order)) != len(self.order):
+            raise ValueError("continual.order has duplicates")
+        return self
+
+
 class Tracking(Strict):
     experiment: str = Field("cambrian", min_length=1)  # MLflow experiment; server from MLFLOW_TRACKING_URI
 
@@ -208,6 +264,8 @@ class Params(Strict):
     gate: GateConfig = GateConfig()
     tracking: Tracking = Tracking()
     evomerge: EvoMergeConfig = EvoMergeConfig()
+    sleep: SleepConfig = SleepConfig()
+    continual: ContinualConfig = ContinualConfig()
     # The ladder G1..GN: one DVC stage per entry (dvc.yaml foreach), each on its parent's output.
     ladder: dict[str, LadderGen] = Field(default_factory=lambda: {
         "gen_1": LadderGen(parent="base"), "gen_2": LadderGen(parent="gen_1")})
@@ -220,7 +278,7 @@ class Params(Strict):
                 raise ValueError(f"ladder.{gid}: generation ids look like gen_1, gen_2, ...")
             if g.parent not in seen:
                 raise ValueError(f"ladder.{gid}.parent: {g.parent!r} is not 'base' or an earlier generation")
-            bad = set(g.overrides) - (set(type(self).model_fields) - {"ladder", "host", "challenges", "evomerge"})
+            bad = set(g.overrides) - (set(type(self).model_fields) - {"ladder", "host", "challenges", "evomerge", "continual"})
             if bad:
                 raise ValueError(f"ladder.{gid}.overrides: cannot override {sorted(bad)}")
             seen.add(gid)

@@ -23,6 +23,12 @@ BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
 END_OF_TURN = "<|im_end|>"
 
 
+def chat_text(tok, prompt: str) -> str:
+    """A challenge prompt in the host's chat template, ready for the assistant's reply."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 class Engine:
     def __init__(self, model, tokenizer, batch_size: int = 64, slack_tokens: int = 4):
         self.model, self.tok = model, tokenizer
@@ -35,8 +41,7 @@ class Engine:
         self.seconds = 0.0
 
     def chat(self, prompt: str) -> str:
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_text(self.tok, prompt)
 
     def _adapter_kwargs(self, adapters: Sequence[str | None]) -> dict:
         if isinstance(self.model, PeftModel):

@@ -1,0 +1,90 @@
+"""The continual-learning benchmark flow (wiring only; the stream and metrics are in tasks/continual.py).
+
+One cached task per (mode, seed), each on a freshly loaded host, so an interrupted suite resumes
+from its finished runs. Writes OUT/results.json (every run, its A matrix and boundary log),
+OUT/results.md (mean and sample standard deviation over seeds, per mode) and one A-matrix heatmap
+per run, OUT/A_<mode>_<seed>.png.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from cambrian.challenges import read_jsonl
+from cambrian.checkpoint import atomic_dir, verify
+from cambrian.config import load_params, parse_params
+from cambrian.host import load_host
+from flows.generation import CACHED, code_sha
+from tasks.continual import run_stream
+
+COLUMNS = ("final_seen_acc_avg", "final_forgetting", "final_bwt", "fwt", "seen_acc_auc", "non_finite_step_count")
+
+
+@task(name="continual-run", **CACHED)
+def run_step(code: str, parent_dir: str, parent_sha: str, data_dir: str, data_sha: str, params: dict, mode: str,
+             seed: int) -> dict:
+    p = parse_params(params)
+    model, tok = load_host(parent_dir, parent_sha)
+    train, holdout = read_jsonl(Path(data_dir) / "train.jsonl"), read_jsonl(Path(data_dir) / "holdout.jsonl")
+    return run_stream(model, tok, p, train, holdout, mode, seed)
+
+
+def table(runs: list[dict], modes: list[str]) -> str:
+    def cell(values: list[float]) -> str:
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):+.3f} ± {spread:.3f}"
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [f"Mean ± sample standard deviation over seeds {seeds}; accuracy is exact match on holdout challenges.",
+             "", "| mode | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for mode in modes:
+        rows = [r for r in runs if r["mode"] == mode]
+        lines.append(f"| {mode} | " + " | ".join(cell([float(r[c]) for r in rows]) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(run: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(run["A"], vmin=0.0, vmax=1.0, cmap="viridis")
+    tasks = run["tasks"]
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
+    for i, row in enumerate(run["A"]):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+    ax.set_xlabel("evaluated task j")
+    ax.set_title(f"A[i][j]  {run['mode']}, seed {run['seed']}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@flow(name="continual")
+def continual(params_path: str = "params.yaml", host_dir: str = "models/base", data_dir: str = "data/challenges",
+              out_dir: str = "reports/continual") -> dict:
+    log = get_run_logger()
+    params = load_params(params_path)
+    cc, code = params.continual, code_sha()
+    host_sha, data_sha = verify(host_dir), verify(data_dir)
+    pdict = params.model_dump(include={"seed", "eval", "colony", "sleep", "continual"})
+    runs = []
+    for mode in cc.modes:
+        for seed in cc.seeds:
+            run = run_step(code, host_dir, host_sha, data_dir, data_sha, pdict, mode, seed)
+            log.info(f"{mode} seed {seed}: seen_acc {run['final_seen_acc_avg']:.3f} forgetting "
+                     f"{run['final_forgetting']:.3f} bwt {run['final_bwt']:+.3f}")
+            runs.append(run)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "results.json").write_text(json.dumps({"host_sha": host_sha, "data_sha": data_sha, "runs": runs},
+                                                     indent=1, sort_keys=True) + "\n")
+        (tmp / "results.md").write_text(table(runs, cc.modes))
+        for run in runs:
+            heatmap(run, tmp / f"A_{run['mode']}_{run['seed']}.png")
+    return {"runs": runs, "table": table(runs, cc.modes)}

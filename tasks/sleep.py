@@ -1,0 +1,179 @@
+"""sleep-consolidate: distil host + hippocampus (teacher) into the host (student), with EWC.
+
+The student is the host plus a fresh single-expert "cortical" LoRA; after sleep that adapter is
+folded into the host weights, so the host itself has changed and the hippocampus can be recycled.
+Each sleep batch mixes shuffled replay rows (gold answers) with pseudo-rehearsal rows (replay
+prompts answered by the teacher's own greedy reply), `pseudo_ratio` of them pseudo. The loss is
+KL(teacher || student) on the answer tokens (softmax temperature T, scaled by T^2) plus
+
+    EWC = lambda / 2 * sum_W F_W * (W - W*)^2,   W - W* = the cortical adapter's delta,
+
+with W* the host at the start of the sleep and F the diagonal empirical Fisher of the host's answer
+log-likelihood on rows of the replay mix (online EWC: earlier sleeps' Fisher decays by
+`ewc_decay` and is added), normalised to mean 1 so that lambda is comparable across hosts.
+
+The sleep-pressure scheduler turns three measured signals into a decision at a task boundary:
+expert saturation (routed tokens since refresh), novelty (share of the replay buffer not yet
+consolidated) and forgetting (drop of the system's answer log-likelihood on earlier tasks'
+replay probes from their best).
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from cambrian.challenges import MAX_ANSWER_TOKENS, Challenge
+from cambrian.config import SleepConfig
+from cambrian.engine import Engine
+from cambrian.hippocampus import LoRABank, encode, target_linears
+
+
+def fisher_diag(model, tok, rows: list[dict], targets: list[str]) -> dict[str, torch.Tensor]:
+    """Mean over rows of the squared gradient of each row's answer NLL w.r.t. the target weights."""
+    layers = target_linears(model, targets)
+    fisher = {name.replace(".", "/"): torch.zeros_like(lin.weight) for name, lin in layers.items()}
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    model.requires_grad_(False)
+    for lin in layers.values():
+        lin.weight.requires_grad_(True)
+    try:
+        for row in rows:
+            ids, mask, labels = encode(tok, [row], model.device)
+            model.zero_grad(set_to_none=True)
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            for name, lin in layers.items():
+                fisher[name.replace(".", "/")] += lin.weight.grad.detach() ** 2 / len(rows)
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)
+    return fisher
+
+
+def normalised(fisher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    mean = sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())
+    return {k: f / mean.clamp(min=1e-30) for k, f in fisher.items()}
+
+
+def ewc_penalty(fisher: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor], lam: float) -> torch.Tensor:
+    """lambda/2 * sum F * delta^2 over every weight that has a Fisher entry and a delta."""
+    total = sum((fisher[k] * d ** 2).sum() for k, d in deltas.items())
+    return 0.5 * lam * total
+
+
+def distill_kl(teacher_logits, student_logits, labels, temperature: float) -> torch.Tensor:
+    """Mean per answer token of KL(teacher || student) at temperature T, times T^2."""
+    keep = labels[:, 1:] != -100
+    t = (teacher_logits[:, :-1][keep] / temperature).log_softmax(-1)
+    s = (student_logits[:, :-1][keep] / temperature).log_softmax(-1)
+    return (t.exp() * (t - s)).sum(-1).mean() * temperature ** 2
+
+
+def pseudo_rows(model, tok, prompts: list[dict], batch_size: int) -> list[dict]:
+    """Replay prompts answered by the current system (the teacher) with its own greedy reply."""
+    if not prompts:
+        return []
+    engine = Engine(model, tok, batch_size=batch_size)
+    replies = engine.generate([r["prompt"] for r in prompts], [None] * len(prompts),
+                              [MAX_ANSWER_TOKENS[r["family"]] + 4 for r in prompts], desc="pseudo-rehearsal")
+    return [{**r, "answer": reply, "source": "pseudo"} for r, reply in zip(prompts, replies)]
+
+
+@torch.no_grad()
+def replay_kl(model, tok, hippocampus: LoRABank, rows: list[dict], temperature: float) -> float:
+    """KL(host + hippocampus || host) on the answers of `rows`: what sleep has not yet consolidated."""
+    ids, mask, labels = encode(tok, rows, model.device)
+    teacher = model(input_ids=ids, attention_mask=mask).logits
+    hippocampus.enabled = False
+    try:
+        student = model(input_ids=ids, attention_mask=mask).logits
+    finally:
+        hippocampus.enabled = True
+    return float(distill_kl(teacher, student, labels, temperature))
+
+
+def consolidate(model, tok, hippocampus: LoRABank, replay: list[dict], cfg: SleepConfig, targets: list[str],
+                fisher_prev: dict | None, ewc: bool, seed: int) -> tuple[dict, dict]:
+    """One sleep: returns (the online Fisher to carry to the next sleep, logged statistics)."""
+    rng = random.Random(seed)
+    n_pseudo = round(cfg.batch * cfg.pseudo_ratio)
+    n_replay = cfg.batch - n_pseudo
+    pseudo = pseudo_rows(model, tok, rng.sample(replay, min(len(replay), n_pseudo * max(cfg.steps, 1))), 64)
+    mix = replay + pseudo
+    fisher = None
+    if ewc:
+        hippocampus.enabled = False
+        try:
+            new = fisher_diag(model, tok, rng.sample(mix, min(cfg.fisher_samples, len(mix))), targets)
+        finally:
+            hippocampus.enabled = True
+        fisher = new if fisher_prev is None else {k: cfg.ewc_decay * fisher_prev[k] + f for k, f in new.items()}
+        weights = normalised(fisher)
+    cortex = LoRABank(model, targets, experts=1, top_k=1, rank=cfg.cortex_rank, alpha=2.0 * cfg.cortex_rank,
+                      seed=seed)
+    opt = torch.optim.AdamW(cortex.parameters(), lr=cfg.lr, weight_decay=0.0)
+    stats = {"kd": [], "ewc": [], "nonfinite": 0, "pseudo_batch_size": n_pseudo if pseudo else 0,
+             "replay_batch_size_sleep": n_replay, "fisher_samples": min(cfg.fisher_samples, len(mix)) if ewc else 0,
+             "fisher_source_mode": ("mixed_replay_pseudo" if pseudo else "replay_only") if ewc else "none"}
+    stats["sleep_mix_ratio_pseudo"] = stats["pseudo_batch_size"] / cfg.batch
+    model.requires_grad_(False)
+    for _ in range(cfg.steps):
+        rows = rng.sample(replay, min(n_replay, len(replay))) + rng.sample(pseudo, min(n_pseudo, len(pseudo)))
+        rng.shuffle(rows)
+        ids, mask, labels = encode(tok, rows, model.device)
+        cortex.enabled = False
+        with torch.no_grad():
+            teacher = model(input_ids=ids, attention_mask=mask).logits
+        cortex.enabled, hippocampus.enabled = True, False
+        try:
+            student = model(input_ids=ids, attention_mask=mask).logits
+        finally:
+            hippocampus.enabled = True
+        kd = distill_kl(teacher, student, labels, cfg.temperature)
+        penalty = (ewc_penalty(weights, {k: cortex.delta(k) for k in cortex.A}, cfg.ewc_lambda) if ewc
+                   else torch.zeros(()))
+        loss = kd + penalty
+        if not torch.isfinite(loss):
+            stats["nonfinite"] += 1
+            continue
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        stats["kd"].append(kd.item())
+        stats["ewc"].append(penalty.item())
+    cortex.fold()
+    cortex.detach()
+    return fisher, stats
+
+
+def refresh(model, tok, hippocampus: LoRABank, replay: list[dict], cfg: SleepConfig) -> dict:
+    """Recycle the experts whose knowledge the host now holds: if the host's KL to host + hippocampus
+    on replay is at most refresh_kl, every expert that carried at least refresh_min_share of the
+    routed tokens since its last refresh is re-initialised (B = 0: it no longer changes the host)."""
+    kl = replay_kl(model, tok, hippocampus, replay, cfg.temperature) if replay else 0.0
+    share = hippocampus.usage / hippocampus.usage.sum().clamp(min=1e-9)
+    experts = [k for k in range(hippocampus.experts) if share[k] >= cfg.refresh_min_share] if kl <= cfg.refresh_kl else []
+    hippocampus.reset(experts)
+    return {"replay_kl": kl, "refreshed": experts}
+
+
+def forgetting_signal(engine: Engine, probes: dict[str, list[dict]], best: dict[str, float], current: str) -> float:
+    """Mean over earlier tasks of max(0, best answer log-likelihood so far - now); updates `best`."""
+    drops = []
+    for family, rows in probes.items():
+        now = sum(engine.loglik([r["prompt"] for r in rows], [r["answer"] for r in rows], [None] * len(rows))) / len(rows)
+        best[family] = max(best.get(family, now), now)
+        if family != current:
+            drops.append(best[family] - now)
+    return sum(drops) / len(drops) if drops else 0.0
+
+
+def pressure(signals: dict, cfg: SleepConfig) -> tuple[float, bool]:
+    p = (cfg.w_saturation * signals["saturation"] + cfg.w_novelty * signals["novelty"]
+         + cfg.w_forgetting * signals["forgetting"])
+    return p, p >= cfg.threshold
+
+
+def as_rows(challenges: list[Challenge]) -> list[dict]:
+    return [{"prompt": c.prompt, "answer": c.answer, "family": c.family, "level": c.level} for c in challenges]
