@@ -156,6 +156,20 @@ def evomerge(params: Path = PARAMS,
         typer.echo(f"{name:28s} holdout {score:.3f}  " + "  ".join(f"{d} {v:.3f}" for d, v in result["holdout"][name].items()))
 
 
+@app.command()
+def continual(params: Path = PARAMS,
+              host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
+              data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),
+              out: Path = typer.Option(Path("reports/continual"), help="Folder for results and heatmaps.")):
+    """Continual-learning benchmark (params continual, sleep): stream the challenge families as
+    ordered tasks through each ablation mode and seed, evaluating every task at every boundary.
+    Writes OUT/results.json, OUT/results.md (forgetting, BWT, FWT, AUC per mode) and an A-matrix
+    heatmap per run. Finished runs come from the cache, so an interrupted suite resumes."""
+    _params(params)
+    from flows.continual import continual as flow
+    typer.echo(flow(str(params), str(host_dir), str(data), str(out))["table"])
+
+
 def deployments():
     """The deployments `cambrian serve` offers the Prefect UI."""
     from flows.generation import generation as gen_flow

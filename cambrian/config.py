@@ -183,7 +183,9 @@ class EvoMergeConfig(Strict):
 
 
 class SleepConfig(Strict):
-    """Complementary learning systems: a fast hippocampus (wake) consolidated into the host (sleep)."""
+    """Complementary learning systems: a fast hippocampus (wake) consolidated into the host (sleep).
+    In a generation of the ladder the merged child is the teacher and the parent host the student."""
+    in_generation: bool = True  # run the sleep-consolidate step between merge and gate
     experts: int = Field(4, ge=1, le=64)  # K LoRA experts on every target layer of the host
     top_k: int = Field(2, ge=1, le=64)  # experts mixed per token by each layer's router
     rank: int = Field(8, ge=1, le=256)
@@ -199,6 +201,7 @@ class SleepConfig(Strict):
     cortex_rank: int = Field(16, ge=1, le=1024)
     pseudo_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of each sleep batch that is pseudo-rehearsal
     temperature: float = Field(1.0, gt=0.0, le=100.0)  # distillation softmax temperature
+    replay_nll: float = Field(1.0, ge=0.0)  # weight of the replay rows' gold-answer NLL beside the distillation
     ewc_lambda: float = Field(1.0, ge=0.0)  # EWC weight on sum F (W - W*)^2, F normalised to mean 1
     ewc_decay: float = Field(0.9, ge=0.0, le=1.0)  # online EWC: earlier sleeps' Fisher kept at this weight
     fisher_samples: int = Field(8, ge=1, le=100_000)  # replay-mix rows for the diagonal Fisher

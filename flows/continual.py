@@ -73,7 +73,9 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
     params = load_params(params_path)
     cc, code = params.continual, code_sha()
     host_sha, data_sha = verify(host_dir), verify(data_dir)
-    pdict = params.model_dump(include={"seed", "eval", "colony", "sleep", "continual"})
+    # The cache key leaves out which modes and seeds this call runs: every run is keyed on its own.
+    pdict = params.model_dump(include={"seed", "eval", "colony", "sleep", "continual"},
+                              exclude={"continual": {"modes", "seeds"}})
     runs = []
     for mode in cc.modes:
         for seed in cc.seeds:

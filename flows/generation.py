@@ -1,7 +1,10 @@
 """The generation flow — one rung of the ladder — and the ladder flow. Wiring only.
 
     spawn -> learn (one task per organelle) -> evaluate -> settle energy -> assimilate -> merge
-          -> gate / rollback -> publish
+          -> sleep-consolidate -> gate / rollback -> publish
+
+(sleep-consolidate: the merged child teaches the parent host, see tasks/sleep.py; off with
+sleep.in_generation: false, when the merged child goes to the gate as it is.)
 
 Every step but publish is a pure computation over content hashes, cached across processes by
 Prefect: the cache key is the step's inputs (the parent checkpoint's sha256, adapter shas, params,
@@ -39,6 +42,7 @@ from tasks.gate import measure, should_stop, verdict
 from tasks.learn import learn, training_data
 from tasks.merge import fold, soup_weights
 from tasks.settle import settle
+from tasks.sleep import consolidate
 from tasks.spawn import spawn
 
 CODE = [Path(__file__).parents[1] / d for d in ("cambrian", "tasks")]
@@ -130,6 +134,22 @@ def merge_step(code: str, parent_dir: str, parent_sha: str, adapters: dict[str, 
     host.save_pretrained(out)
     tok.save_pretrained(out)
     return {"child": store_put(out, kind="host"), "report": report}
+
+
+@task(name="sleep-consolidate", **CACHED)
+def sleep_step(code: str, parent_dir: str, parent_sha: str, child_sha: str, replay: list[dict], params: dict,
+               gen: int) -> dict:
+    """Distil the merged child (teacher) into the parent host (student) on replay of the parent's QA
+    set and the new deltas plus pseudo-rehearsal, with EWC anchored at the parent."""
+    p = parse_params(params)
+    student, tok = load_host(parent_dir, parent_sha)
+    teacher, _ = load_host(store_get(child_sha), child_sha)
+    _, stats = consolidate(student, tok, teacher, replay, p.sleep, p.colony.target_modules, None,
+                           ewc=p.sleep.ewc_lambda > 0, seed=p.seed * 7919 + gen)
+    out = scratch()
+    student.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"child": store_put(out, kind="host"), "stats": stats}
 
 
 @task(name="gate", **CACHED)
@@ -273,6 +293,10 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
             merged = merge_step(code, pd, parent_sha, {k: adapters[k] for k in weights}, weights, pdict)
             child_sha, summary["merge"] = merged["child"], merged["report"]
             prior_qa = _read_jsonl(lineage[-1] / "qa.jsonl") if lineage else []
+            if params.sleep.in_generation:
+                replay = prior_qa + [r for oid in sorted(weights) for r in deltas[oid]]
+                slept = sleep_step(code, pd, parent_sha, child_sha, replay, pdict, gen)
+                child_sha, summary["sleep"] = slept["child"], slept["stats"]
             families = sorted({o.species for o in colony if o.id in weights})
             metrics = gate_step(code, pd, parent_sha, child_sha, prior_qa, str(data), data_sha, families, pdict)
             accepted, why = verdict(metrics, params.gate)

@@ -26,7 +26,7 @@ from cambrian.challenges import Challenge
 from cambrian.config import Params
 from cambrian.engine import Engine
 from cambrian.hippocampus import LoRABank, ReplayBuffer, wake
-from tasks.sleep import as_rows, consolidate, forgetting_signal, pressure, refresh
+from tasks.sleep import Switched, as_rows, consolidate, forgetting_signal, pressure, refresh
 
 
 def metrics(A: list[list[float]], b: list[float]) -> dict:
@@ -87,11 +87,15 @@ def run_stream(model, tok, params: Params, train: list[Challenge], holdout: list
             entry["slept"] = sleepy and mode != "no_sleep"
             if entry["slept"]:
                 t0 = time.perf_counter()
-                fisher, entry["sleep"] = consolidate(model, tok, bank, replay.rows, cfg, targets, fisher,
-                                                     ewc=mode != "no_ewc", seed=seed * 1000 + i)
+                bank.enabled = False  # the host alone is the student; host + hippocampus the teacher
+                try:
+                    fisher, entry["sleep"] = consolidate(model, tok, Switched(model, bank), replay.rows, cfg, targets,
+                                                         fisher, ewc=mode != "no_ewc", seed=seed * 1000 + i)
+                    if mode != "no_refresh":
+                        entry["refresh"] = refresh(model, tok, bank, replay.sample(cfg.probe_rows), cfg)
+                finally:
+                    bank.enabled = True
                 since_sleep = 0
-                if mode != "no_refresh":
-                    entry["refresh"] = refresh(model, tok, bank, replay.sample(cfg.probe_rows), cfg)
                 entry["sleep_s"] = round(time.perf_counter() - t0, 2)
         else:
             bank.fold()  # the plain LoRA goes straight into the host; a fresh one learns the next task

@@ -4,7 +4,9 @@ The student is the host plus a fresh single-expert "cortical" LoRA; after sleep 
 folded into the host weights, so the host itself has changed and the hippocampus can be recycled.
 Each sleep batch mixes shuffled replay rows (gold answers) with pseudo-rehearsal rows (replay
 prompts answered by the teacher's own greedy reply), `pseudo_ratio` of them pseudo. The loss is
-KL(teacher || student) on the answer tokens (softmax temperature T, scaled by T^2) plus
+KL(teacher || student) on the answer tokens (softmax temperature T, scaled by T^2), plus
+`replay_nll` times the NLL of the replay rows' gold answers (the teacher may itself have drifted
+on old tasks; their verified answers anchor them), plus
 
     EWC = lambda / 2 * sum_W F_W * (W - W*)^2,   W - W* = the cortical adapter's delta,
 
@@ -70,70 +72,85 @@ def distill_kl(teacher_logits, student_logits, labels, temperature: float) -> to
     return (t.exp() * (t - s)).sum(-1).mean() * temperature ** 2
 
 
-def pseudo_rows(model, tok, prompts: list[dict], batch_size: int) -> list[dict]:
-    """Replay prompts answered by the current system (the teacher) with its own greedy reply."""
+def gold_nll(logits, labels) -> torch.Tensor:
+    """Mean NLL of the labelled tokens (0 when no token is labelled)."""
+    keep = labels[:, 1:] != -100
+    if not keep.any():
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
+
+
+def pseudo_rows(teacher, tok, prompts: list[dict], batch_size: int) -> list[dict]:
+    """Replay prompts answered by the teacher with its own greedy reply."""
     if not prompts:
         return []
-    engine = Engine(model, tok, batch_size=batch_size)
+    engine = Engine(teacher, tok, batch_size=batch_size)
     replies = engine.generate([r["prompt"] for r in prompts], [None] * len(prompts),
                               [MAX_ANSWER_TOKENS[r["family"]] + 4 for r in prompts], desc="pseudo-rehearsal")
     return [{**r, "answer": reply, "source": "pseudo"} for r, reply in zip(prompts, replies)]
 
 
+class Switched(torch.nn.Module):
+    """The host with a LoRA bank switched on, usable as a model of its own (the CLS teacher); the
+    bank is off again after every call, so the same host object also serves as the student."""
+
+    def __init__(self, model, bank: LoRABank):
+        super().__init__()
+        self.model, self.bank = model, bank
+
+    def forward(self, **kwargs):
+        self.bank.enabled = True
+        try:
+            return self.model(**kwargs)
+        finally:
+            self.bank.enabled = False
+
+
 @torch.no_grad()
-def replay_kl(model, tok, hippocampus: LoRABank, rows: list[dict], temperature: float) -> float:
-    """KL(host + hippocampus || host) on the answers of `rows`: what sleep has not yet consolidated."""
-    ids, mask, labels = encode(tok, rows, model.device)
-    teacher = model(input_ids=ids, attention_mask=mask).logits
-    hippocampus.enabled = False
-    try:
-        student = model(input_ids=ids, attention_mask=mask).logits
-    finally:
-        hippocampus.enabled = True
-    return float(distill_kl(teacher, student, labels, temperature))
+def replay_kl(student, teacher, tok, rows: list[dict], temperature: float) -> float:
+    """KL(teacher || student) on the answers of `rows`: what is not (yet) consolidated."""
+    ids, mask, labels = encode(tok, rows, student.device)
+    return float(distill_kl(teacher(input_ids=ids, attention_mask=mask).logits,
+                            student(input_ids=ids, attention_mask=mask).logits, labels, temperature))
 
 
-def consolidate(model, tok, hippocampus: LoRABank, replay: list[dict], cfg: SleepConfig, targets: list[str],
-                fisher_prev: dict | None, ewc: bool, seed: int) -> tuple[dict, dict]:
-    """One sleep: returns (the online Fisher to carry to the next sleep, logged statistics)."""
+def consolidate(student, tok, teacher, replay: list[dict], cfg: SleepConfig, targets: list[str],
+                fisher_prev: dict | None, ewc: bool, seed: int) -> tuple[dict | None, dict]:
+    """One sleep: distil `teacher` into the host `student` (changed in place); returns (the online
+    Fisher to carry to the next sleep, logged statistics)."""
     rng = random.Random(seed)
     n_pseudo = round(cfg.batch * cfg.pseudo_ratio)
     n_replay = cfg.batch - n_pseudo
-    pseudo = pseudo_rows(model, tok, rng.sample(replay, min(len(replay), n_pseudo * max(cfg.steps, 1))), 64)
+    pseudo = pseudo_rows(teacher, tok, rng.sample(replay, min(len(replay), n_pseudo * max(cfg.steps, 1))), 64)
     mix = replay + pseudo
-    fisher = None
+    fisher = weights = None
     if ewc:
-        hippocampus.enabled = False
-        try:
-            new = fisher_diag(model, tok, rng.sample(mix, min(cfg.fisher_samples, len(mix))), targets)
-        finally:
-            hippocampus.enabled = True
+        new = fisher_diag(student, tok, rng.sample(mix, min(cfg.fisher_samples, len(mix))), targets)
         fisher = new if fisher_prev is None else {k: cfg.ewc_decay * fisher_prev[k] + f for k, f in new.items()}
         weights = normalised(fisher)
-    cortex = LoRABank(model, targets, experts=1, top_k=1, rank=cfg.cortex_rank, alpha=2.0 * cfg.cortex_rank,
+    cortex = LoRABank(student, targets, experts=1, top_k=1, rank=cfg.cortex_rank, alpha=2.0 * cfg.cortex_rank,
                       seed=seed)
     opt = torch.optim.AdamW(cortex.parameters(), lr=cfg.lr, weight_decay=0.0)
-    stats = {"kd": [], "ewc": [], "nonfinite": 0, "pseudo_batch_size": n_pseudo if pseudo else 0,
+    stats = {"kd": [], "nll": [], "ewc": [], "nonfinite": 0, "pseudo_batch_size": n_pseudo if pseudo else 0,
              "replay_batch_size_sleep": n_replay, "fisher_samples": min(cfg.fisher_samples, len(mix)) if ewc else 0,
              "fisher_source_mode": ("mixed_replay_pseudo" if pseudo else "replay_only") if ewc else "none"}
     stats["sleep_mix_ratio_pseudo"] = stats["pseudo_batch_size"] / cfg.batch
-    model.requires_grad_(False)
+    student.requires_grad_(False)
     for _ in range(cfg.steps):
         rows = rng.sample(replay, min(n_replay, len(replay))) + rng.sample(pseudo, min(n_pseudo, len(pseudo)))
         rng.shuffle(rows)
-        ids, mask, labels = encode(tok, rows, model.device)
+        ids, mask, labels = encode(tok, rows, student.device)
         cortex.enabled = False
         with torch.no_grad():
-            teacher = model(input_ids=ids, attention_mask=mask).logits
-        cortex.enabled, hippocampus.enabled = True, False
-        try:
-            student = model(input_ids=ids, attention_mask=mask).logits
-        finally:
-            hippocampus.enabled = True
-        kd = distill_kl(teacher, student, labels, cfg.temperature)
+            target = teacher(input_ids=ids, attention_mask=mask).logits
+        cortex.enabled = True
+        logits = student(input_ids=ids, attention_mask=mask).logits
+        kd = distill_kl(target, logits, labels, cfg.temperature)
+        gold = labels.masked_fill(torch.tensor([r.get("source") == "pseudo" for r in rows])[:, None], -100)
+        nll = gold_nll(logits, gold)
         penalty = (ewc_penalty(weights, {k: cortex.delta(k) for k in cortex.A}, cfg.ewc_lambda) if ewc
                    else torch.zeros(()))
-        loss = kd + penalty
+        loss = kd + cfg.replay_nll * nll + penalty
         if not torch.isfinite(loss):
             stats["nonfinite"] += 1
             continue
@@ -141,6 +158,7 @@ def consolidate(model, tok, hippocampus: LoRABank, replay: list[dict], cfg: Slee
         loss.backward()
         opt.step()
         stats["kd"].append(kd.item())
+        stats["nll"].append(nll.item())
         stats["ewc"].append(penalty.item())
     cortex.fold()
     cortex.detach()
@@ -151,7 +169,7 @@ def refresh(model, tok, hippocampus: LoRABank, replay: list[dict], cfg: SleepCon
     """Recycle the experts whose knowledge the host now holds: if the host's KL to host + hippocampus
     on replay is at most refresh_kl, every expert that carried at least refresh_min_share of the
     routed tokens since its last refresh is re-initialised (B = 0: it no longer changes the host)."""
-    kl = replay_kl(model, tok, hippocampus, replay, cfg.temperature) if replay else 0.0
+    kl = replay_kl(model, Switched(model, hippocampus), tok, replay, cfg.temperature) if replay else 0.0
     share = hippocampus.usage / hippocampus.usage.sum().clamp(min=1e-9)
     experts = [k for k in range(hippocampus.experts) if share[k] >= cfg.refresh_min_share] if kl <= cfg.refresh_kl else []
     hippocampus.reset(experts)

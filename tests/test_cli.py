@@ -15,7 +15,8 @@ def cambrian(*args, cwd=REPO):
 def test_help_lists_every_stage_command():
     out = cambrian("--help")
     assert out.returncode == 0
-    for command in ("check", "host", "challenges", "baseline", "generation", "ladder", "ledger", "rollback"):
+    for command in ("check", "host", "challenges", "baseline", "generation", "ladder", "ledger", "rollback",
+                    "evomerge", "continual", "export", "serve"):
         assert command in out.stdout
 
 

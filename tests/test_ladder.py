@@ -31,6 +31,10 @@ TINY = {
     "gate": {"neutral_prompts": ["Hello there.", "Describe the sea."], "reply_tokens": 8},
     "evomerge": {"parents": ["base", "specialist:math", "specialist:logic"], "specialist_steps": 1,
                  "specialist_rows": 4, "generations": 0, "probes_per_domain": 1},
+    "sleep": {"steps": 2, "batch": 4, "fisher_samples": 2, "cortex_rank": 4, "wake_steps": 1, "wake_batch": 2,
+              "experts": 2, "top_k": 1, "rank": 4},
+    "continual": {"order": ["math", "logic"], "modes": ["full_cls"], "seeds": [7], "train_rows": 4,
+                  "eval_per_task": 2},
     # gen_2 trips the stop rule on its own (any drift, no gain), so gen_3 must not evolve at all.
     "ladder": {"gen_1": {"parent": "base"},
                "gen_2": {"parent": "gen_1", "overrides": {"gate": {"stop_patience": 1, "stop_theta": 0.0}}},
@@ -115,6 +119,9 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     assert [json.loads(x)["generation"] for x in lines] == ["gen_1", "gen_2", "gen_3"]
     metrics = repo.run("dvc", "metrics", "show")
     assert "gen_1.json" in metrics and "evomerge.json" in metrics
+    assert json.loads((repo.root / "reports/continual/results.json").read_text())["runs"][0]["mode"] == "full_cls"
+    sleep = json.loads((repo.root / "runs/gen_1/summary.json").read_text())["sleep"]  # sleep-consolidate ran
+    assert len(sleep["kd"]) == 2 and sleep["fisher_source_mode"] == "mixed_replay_pseudo"
 
 
 def test_second_repro_is_a_noop(repo):
