@@ -80,3 +80,41 @@ def test_passthrough_stacks_layer_slices(tiny_host_dir):
     assert torch.equal(state["model.layers.2.mlp.up_proj.weight"], b.state_dict()["model.layers.1.mlp.up_proj.weight"])
     assert torch.equal(state["model.layers.1.mlp.up_proj.weight"], a.state_dict()["model.layers.1.mlp.up_proj.weight"])
     assert torch.equal(state["model.embed_tokens.weight"], a.state_dict()["model.embed_tokens.weight"])
+
+
+DONOR_SCRIPT = """
+import sys
+from pathlib import Path
+from cambrian.config import MergeConfig
+from cambrian.host import load_host
+from tasks.merge import fold
+host_dir, out, o0, o1 = sys.argv[1:5]
+host, tok = load_host(host_dir)
+fold(host, {"o0": Path(o0), "o1": Path(o1)}, {"o0": 0.5, "o1": 0.5}, MergeConfig(method="dare_ties"))
+host.save_pretrained(out)
+tok.save_pretrained(out)
+"""
+
+
+def test_donor_is_the_parent_host_whatever_the_hash_seed(tiny_host_dir, adapters, tmp_path):
+    """mergekit's own runner picks the config/tokenizer donor by PYTHONHASHSEED unless a base is set;
+    ours always takes the parent's, and the merged bytes do not depend on the hash seed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cambrian.checkpoint import folder_sha
+
+    repo = Path(__file__).resolve().parents[1]
+    outs = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"merged_{hash_seed}"
+        run = subprocess.run([sys.executable, "-c", DONOR_SCRIPT, str(tiny_host_dir), str(out), str(adapters["o0"]),
+                              str(adapters["o1"])], capture_output=True, text=True, cwd=repo,
+                             env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(repo)})
+        assert run.returncode == 0, run.stderr[-2000:]
+        outs.append(out)
+    assert folder_sha(outs[0]) == folder_sha(outs[1])
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (outs[0] / name).read_bytes() == (tiny_host_dir / name).read_bytes(), name
