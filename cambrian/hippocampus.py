@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from cambrian.engine import END_OF_TURN, chat_text
 
@@ -141,7 +142,7 @@ def wake(model, tok, bank: LoRABank, rows: list[dict], steps: int, batch: int, l
     random.Random(seed).shuffle(order)
     losses, nonfinite, supervised = [], 0, 0
     bank.train()
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="wake", unit="step", disable=None, leave=False):
         b = [order[(step * batch + i) % len(order)] for i in range(min(batch, len(order)))]
         ids, mask, labels = encode(tok, b, model.device)
         bank.aux.clear()

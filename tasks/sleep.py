@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 
 import torch
+from tqdm.auto import tqdm
 
 from cambrian.challenges import MAX_ANSWER_TOKENS, Challenge
 from cambrian.config import SleepConfig
@@ -40,7 +41,7 @@ def fisher_diag(model, tok, rows: list[dict], targets: list[str]) -> dict[str, t
     for lin in layers.values():
         lin.weight.requires_grad_(True)
     try:
-        for row in rows:
+        for row in tqdm(rows, desc="fisher", unit="row", disable=None, leave=False):
             ids, mask, labels = encode(tok, [row], model.device)
             model.zero_grad(set_to_none=True)
             model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
@@ -136,7 +137,7 @@ def consolidate(student, tok, teacher, replay: list[dict], cfg: SleepConfig, tar
              "fisher_source_mode": ("mixed_replay_pseudo" if pseudo else "replay_only") if ewc else "none"}
     stats["sleep_mix_ratio_pseudo"] = stats["pseudo_batch_size"] / cfg.batch
     student.requires_grad_(False)
-    for _ in range(cfg.steps):
+    for _ in tqdm(range(cfg.steps), desc="sleep", unit="step", disable=None, leave=False):
         rows = rng.sample(replay, min(n_replay, len(replay))) + rng.sample(pseudo, min(n_pseudo, len(pseudo)))
         rng.shuffle(rows)
         ids, mask, labels = encode(tok, rows, student.device)
