@@ -157,6 +157,22 @@ def evomerge(params: Path = PARAMS,
 
 
 @app.command()
+def report(runs: Path = typer.Argument(Path("runs"), help="The ladder's run folders (runs/gen_N)."),
+           params: Path = PARAMS,
+           baseline: Path = typer.Option(Path("reports/baseline.json"), help="The bare host's holdout accuracy."),
+           out: Path = typer.Option(Path("reports"), help="Writes OUT/report.md and OUT/plots/."),
+           last: int = typer.Option(10, min=1, help="Assimilation attempts listed in full.")):
+    """Write the ladder's report: ROI and energy over generations, ROI volatility, energy Gini and
+    effective population, species shares, assimilation totals and the last attempts, per-family
+    holdout accuracy vs the bare host, the lineage tree of organelles and generations, and the
+    gate metrics, as Markdown + PNG (and the CSV `dvc plots show` draws)."""
+    from cambrian import report as ladder_report
+    p = _params(params)
+    path = ladder_report.write(list(p.ladder), runs, baseline, out, p.gate.model_dump(), last)
+    typer.echo(f"report written to {path}")
+
+
+@app.command()
 def continual(params: Path = PARAMS,
               host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
               data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),

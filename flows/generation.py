@@ -1,7 +1,7 @@
 """The generation flow — one rung of the ladder — and the ladder flow. Wiring only.
 
     spawn -> learn (one task per organelle) -> evaluate -> settle energy -> assimilate -> merge
-          -> sleep-consolidate -> gate / rollback -> publish
+          -> sleep-consolidate -> gate / rollback -> score (holdout per family) -> publish
 
 (sleep-consolidate: the merged child teaches the parent host, see tasks/sleep.py; off with
 sleep.in_generation: false, when the merged child goes to the gate as it is.)
@@ -33,7 +33,7 @@ from cambrian.challenges import Challenge, read_jsonl
 from cambrian.checkpoint import (atomic_dir, atomic_write_text, scratch, store_get, store_put, verify,
                                  write_manifest)
 from cambrian.config import Params, load_params, parse_params
-from cambrian.engine import Engine
+from cambrian.engine import Engine, accuracy_by_family
 from cambrian.host import load_host
 from cambrian.organelle import Organelle, load_colony, save_population
 from tasks.assimilate import assimilate, gating
@@ -46,7 +46,7 @@ from tasks.sleep import consolidate
 from tasks.spawn import spawn
 
 CODE = [Path(__file__).parents[1] / d for d in ("cambrian", "tasks")]
-CACHED = {"cache_policy": Inputs(exclude=["parent_dir", "data_dir"]) + TASK_SOURCE, "persist_result": True}
+CACHED = {"cache_policy": Inputs(exclude=["parent_dir", "model_dir", "data_dir"]) + TASK_SOURCE, "persist_result": True}
 
 
 def code_sha() -> str:
@@ -164,6 +164,16 @@ def gate_step(code: str, parent_dir: str, parent_sha: str, child_sha: str, prior
     return measure(*engines, qa, holdout, p.gate)
 
 
+@task(name="score", **CACHED)
+def score_step(code: str, model_dir: str, model_sha: str, data_dir: str, data_sha: str, params: dict) -> dict:
+    """The checkpoint's accuracy per family on the whole holdout split (beside reports/baseline.json)."""
+    p = parse_params(params)
+    model, tok = load_host(model_dir, model_sha)
+    holdout = read_jsonl(Path(data_dir) / "holdout.jsonl")
+    table = accuracy_by_family(holdout, Engine(model, tok, p.eval.batch_size, p.eval.slack_tokens).correct(holdout))
+    return {family: v["accuracy"] for family, v in table.items()}
+
+
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, colony: list[Organelle],
             adapters: dict[str, str], files: dict[str, str], record: dict) -> None:
@@ -221,6 +231,7 @@ def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_n
     stop = stopped or bool(metrics and should_stop([h["gate"] for h in history] + [metrics], params.gate))
     dvc_metrics = {"accepted": verdict_name == "accepted", "assimilated": len(summary.get("assimilated", [])),
                    "colony_accuracy": summary.get("accuracy", 0.0), "survivors": summary.get("survivors", 0),
+                   **{f"holdout_{f}": a for f, a in summary["holdout"].items()},
                    **{k: m[k] for k in ("recall_child", "generalization_parent", "generalization_child",
                                         "style_drift", "forbidden_rate") if k in m}}
     return {"ledger": row, "gate": metrics, "stop": stop, "metrics": dvc_metrics}
@@ -314,9 +325,10 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     # parent unchanged, the parent's.
     qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if verdict_name == "accepted" else \
         _read_jsonl(runs / params.ladder[gid].parent / "qa.jsonl")
+    source = store_get(child_sha) if child_sha != parent_sha else parent_dir
+    summary["holdout"] = score_step(code, str(source), child_sha, str(data), data_sha, {"eval": pdict["eval"]})
     record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, deltas, metrics, history, stopped,
                      (time.perf_counter() - start) / 60)
-    source = store_get(child_sha) if child_sha != parent_sha else parent_dir
     files = {"episodes.jsonl": _jsonl(episodes), "assimilation.jsonl": _jsonl(attempts), "qa.jsonl": _jsonl(qa),
              "summary.json": json.dumps(summary, indent=1, sort_keys=True) + "\n",
              **{f"deltas/{oid}.jsonl": _jsonl(rows) for oid, rows in deltas.items()}}

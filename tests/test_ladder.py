@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cambrian.checkpoint import folder_sha, verify
-from cambrian.config import parse_params
+from cambrian.config import FAMILIES, parse_params
 from cambrian.ledger import COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +120,14 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     metrics = repo.run("dvc", "metrics", "show")
     assert "gen_1.json" in metrics and "evomerge.json" in metrics
     assert json.loads((repo.root / "reports/continual/results.json").read_text())["runs"][0]["mode"] == "full_cls"
+    report = (repo.root / "reports/report.md").read_text()
+    assert "| gen_1 | accepted |" in report and "| gen_3 | stopped |" in report
+    for name in ("ecology", "species", "assimilation", "accuracy", "lineage", "gate"):
+        assert (repo.root / "reports/plots" / f"{name}.png").stat().st_size > 10_000, name
+    shown = repo.run("dvc", "plots", "show", "--json")
+    plots = json.loads(shown[shown.index("{"):])
+    assert {"roi", "energy", "gate"} <= set(plots["data"])
+    assert set(json.loads((repo.root / "runs/gen_1/summary.json").read_text())["holdout"]) == set(FAMILIES)
     sleep = json.loads((repo.root / "runs/gen_1/summary.json").read_text())["sleep"]  # sleep-consolidate ran
     assert len(sleep["kd"]) == 2 and sleep["fisher_source_mode"] == "mixed_replay_pseudo"
 

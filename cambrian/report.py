@@ -1,0 +1,270 @@
+"""`cambrian report`: the ladder's telemetry as Markdown + PNG under reports/.
+
+Reads only what the generations published (runs/gen_N/{summary,generation}.json, assimilation
+attempts, colony populations) and reports/baseline.json; writes reports/report.md, the figures in
+reports/plots/, and reports/plots/generations.csv, the per-generation table `dvc plots show`
+draws (dvc.yaml's plots section) so the DVC view and the PNGs show the same curves.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from cambrian.checkpoint import atomic_dir, atomic_write_text
+
+VERDICT_COLOURS = {"accepted": "#2e7d32", "rejected": "#c62828", "unchanged": "#9e9e9e", "stopped": "#212121"}
+CURVES = ["roi_mean", "roi_median", "roi_std", "energy_mean", "energy_gini", "effective_population",
+          "recall_parent", "recall_child", "generalization_parent", "generalization_child", "style_drift"]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def load(gids: list[str], runs: Path, baseline: Path) -> dict:
+    gens = []
+    for gid in gids:
+        run = runs / gid
+        if not (run / "generation.json").is_file():
+            raise FileNotFoundError(f"{run}: no generation.json: run `dvc repro` (or `cambrian generation {gid}`) first")
+        record = json.loads((run / "generation.json").read_text())
+        gens.append({"gid": gid, "record": record, "summary": json.loads((run / "summary.json").read_text()),
+                     "attempts": _jsonl(run / "assimilation.jsonl"),
+                     "population": json.loads((run / "colony" / "population.json").read_text())})
+    base = json.loads(baseline.read_text())["families"] if baseline.is_file() else {}
+    return {"gens": gens, "baseline": {f: v["accuracy"] for f, v in base.items()}}
+
+
+def table(data: dict) -> list[dict]:
+    """One row per generation: the curves of CURVES (blank where a generation has none)."""
+    rows = []
+    for g in data["gens"]:
+        s, gate = g["summary"], g["record"].get("gate") or {}
+        row = {"generation": g["gid"], "verdict": g["record"]["ledger"]["gate_verdict"]}
+        row.update({k: s.get(k, "") for k in CURVES[:6]})
+        row.update({k: gate.get(k, "") for k in CURVES[6:]})
+        rows.append(row)
+    return rows
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _num(rows, key):
+    return [float(r[key]) if r[key] not in ("", None) else float("nan") for r in rows]
+
+
+def plot_ecology(rows: list[dict], path: Path) -> None:
+    plt = _plt()
+    x = list(range(1, len(rows) + 1))
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    mean, std = _num(rows, "roi_mean"), _num(rows, "roi_std")
+    ax[0].plot(x, mean, "o-", label="mean")
+    ax[0].plot(x, _num(rows, "roi_median"), "s--", label="median")
+    ax[0].fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
+                       label="± std (volatility)")
+    ax[0].set_title("ROI (reward / cost)")
+    ax[1].plot(x, _num(rows, "energy_mean"), "o-", color="tab:orange", label="mean energy")
+    twin = ax[1].twinx()
+    twin.plot(x, _num(rows, "energy_gini"), "d:", color="tab:purple", label="Gini")
+    twin.set_ylim(0, 1)
+    twin.set_ylabel("energy Gini")
+    ax[1].set_title("energy: mean (orange), Gini (purple)")
+    ax[2].plot(x, _num(rows, "effective_population"), "o-", color="tab:green")
+    ax[2].set_title("effective population (1 / sum share²)")
+    for a in ax:
+        a.set_xticks(x, [r["generation"] for r in rows])
+    ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_species(data: dict, path: Path) -> None:
+    plt = _plt()
+    gens = data["gens"]
+    families = sorted({f for g in gens for f in g["summary"].get("species_shares", {})})
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    bottom = [0.0] * len(gens)
+    for f in families:
+        share = [g["summary"].get("species_shares", {}).get(f, 0.0) for g in gens]
+        ax.bar([g["gid"] for g in gens], share, bottom=bottom, label=f)
+        bottom = [b + s for b, s in zip(bottom, share)]
+    ax.set_ylabel("share of living organelles")
+    ax.set_title("species shares")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_assimilation(data: dict, path: Path) -> None:
+    plt = _plt()
+    gens = data["gens"]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+    names = [g["gid"] for g in gens]
+    passed = [sum(a["passed"] for a in g["attempts"]) for g in gens]
+    failed = [sum(not a["passed"] for a in g["attempts"]) for g in gens]
+    ax[0].bar(names, passed, color="#2e7d32", label="passed")
+    ax[0].bar(names, failed, bottom=passed, color="#c62828", label="failed")
+    ax[0].set_title("assimilation attempts")
+    ax[0].legend(fontsize=8)
+    attempts = [a for g in gens for a in g["attempts"]]
+    for ok, colour in ((True, "#2e7d32"), (False, "#c62828")):
+        pts = [a for a in attempts if a["passed"] == ok]
+        ax[1].scatter([a["uplift"] for a in pts], [max(a["p_value"], 1e-12) for a in pts], c=colour,
+                      label="passed" if ok else "failed")
+    if attempts:
+        ax[1].axhline(attempts[-1]["alpha"], ls="--", c="grey", lw=1)
+        ax[1].axvline(attempts[-1]["min_effect"], ls=":", c="grey", lw=1)
+    ax[1].set_yscale("log")
+    ax[1].set_xlabel("probe uplift over the host")
+    ax[1].set_ylabel("p-value (McNemar)")
+    ax[1].set_title("uplift vs significance (dashed: alpha, dotted: min effect)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_accuracy(data: dict, path: Path) -> None:
+    plt = _plt()
+    gens = [g for g in data["gens"] if "holdout" in g["summary"]]
+    families = sorted(data["baseline"] or {f for g in gens for f in g["summary"]["holdout"]})
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    names = ["base"] + [g["gid"] for g in gens]
+    for f in families:
+        ax.plot(names, [data["baseline"].get(f, float("nan"))] + [g["summary"]["holdout"].get(f, float("nan"))
+                                                                 for g in gens], "o-", label=f)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("holdout accuracy (strict)")
+    ax.set_title("per-family accuracy of each published checkpoint vs the bare host")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_lineage(data: dict, path: Path) -> None:
+    """Organelles as lines from birth to their last generation (star: assimilated, x: culled),
+    crossover/clone parents joined to children; the generations' verdicts along the bottom."""
+    plt = _plt()
+    gens = data["gens"]
+    life: dict[str, dict] = {}
+    for k, g in enumerate(gens, start=1):
+        for o in g["population"]:
+            entry = life.setdefault(o["id"], {"born": o["born"], "parents": o["parents"], "species": o["species"]})
+            entry["last"] = k
+        for oid in g["summary"].get("assimilated", []):
+            life[oid]["fate"] = "assimilated"
+        for oid in g["summary"].get("culled", []):
+            life[oid]["fate"] = "culled"
+    order = sorted(life, key=lambda o: (life[o]["born"], o))
+    y = {oid: i for i, oid in enumerate(order)}
+    families = sorted({v["species"] for v in life.values()})
+    colours = dict(zip(families, plt.cm.tab10.colors))
+    fig, ax = plt.subplots(figsize=(max(7, 3 + 1.6 * len(gens)), 2 + 0.28 * len(order)))
+    for oid in order:
+        o = life[oid]
+        start = max(o["born"], 1)
+        ax.plot([start, o["last"]], [y[oid], y[oid]], "-", color=colours[o["species"]], lw=2)
+        marker = {"assimilated": "*", "culled": "x"}.get(o.get("fate"), "o")
+        ax.plot(o["last"], y[oid], marker, color=colours[o["species"]], ms=11 if marker == "*" else 7)
+        for p in o["parents"]:
+            if p in y:
+                ax.plot([start - 0.5, start], [y[p], y[oid]], "-", color="grey", lw=0.8)
+        ax.text(start - 0.08, y[oid], oid, ha="right", va="center", fontsize=7)
+    for k, g in enumerate(gens, start=1):
+        verdict = g["record"]["ledger"]["gate_verdict"]
+        ax.scatter([k], [-1.2], s=260, marker="s", color=VERDICT_COLOURS.get(verdict, "grey"))
+        ax.text(k, -2.1, f"{g['gid']}\n{verdict}", ha="center", va="top", fontsize=8)
+    for f in families:
+        ax.plot([], [], "-", color=colours[f], label=f)
+    ax.set_ylim(-3.2, len(order))
+    ax.set_xlim(0.2, len(gens) + 0.6)
+    ax.set_yticks([])
+    ax.set_xticks([])
+    ax.set_title("lineage (★ assimilated, × culled, ● alive)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_gate(rows: list[dict], path: Path, thresholds: dict) -> None:
+    plt = _plt()
+    names = [r["generation"] for r in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].plot(names, _num(rows, "recall_parent"), "s--", label="parent")
+    ax[0].plot(names, _num(rows, "recall_child"), "o-", label="child")
+    ax[0].set_title(f"recall on the parent's QA set (max drop {thresholds['recall_drop_max']})")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(names, _num(rows, "generalization_parent"), "s--", label="parent")
+    ax[1].plot(names, _num(rows, "generalization_child"), "o-", label="child")
+    ax[1].set_title("generalization (holdout of new families)")
+    ax[2].plot(names, _num(rows, "style_drift"), "o-", color="tab:red")
+    ax[2].axhline(thresholds["max_kl"], ls="--", c="grey", lw=1)
+    ax[2].set_title("style drift KL (dashed: max_kl)")
+    ax[1].legend(fontsize=8)
+    for a in ax:
+        for i, r in enumerate(rows):
+            a.axvspan(i - 0.4, i + 0.4, color=VERDICT_COLOURS.get(r["verdict"], "grey"), alpha=0.08)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(data: dict, rows: list[dict], last: int) -> str:
+    out = ["# Cambrian ladder report", "",
+           "Figures in `plots/`; `dvc plots show` draws the same per-generation curves.", "",
+           "| generation | verdict | why | assimilated | ROI mean | energy Gini | eff. population |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for g, r in zip(data["gens"], rows):
+        led = g["record"]["ledger"]
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+        out.append(f"| {g['gid']} | {led['gate_verdict']} | {led['gate_reason']} | "
+                   f"{', '.join(g['summary'].get('assimilated', [])) or '-'} | {fmt(r['roi_mean'])} | "
+                   f"{fmt(r['energy_gini'])} | {fmt(r['effective_population'])} |")
+    out += ["", "![ecology](plots/ecology.png)", "![species](plots/species.png)", "",
+            "## Assimilation", ""]
+    attempts = [a for g in data["gens"] for a in g["attempts"]]
+    out.append(f"{len(attempts)} attempts, {sum(a['passed'] for a in attempts)} passed. The last {min(last, len(attempts))}:")
+    out += ["", "| gen | organelle | species | control | treatment | uplift (min) | p | holdout | top-up | verdict |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for a in attempts[-last:]:
+        out.append(f"| {a['gen']} | {a['organelle']} | {a['species']} | {a['control_mean']:.3f} | "
+                   f"{a['treatment_mean']:.3f} | {a['uplift']:+.3f} ({a['min_effect']}) | {a['p_value']:.2g} | "
+                   f"{'pass' if a['holdout_pass'] else 'fail'} | {'yes' if a['topup'] else 'no'} | {a['reason']} |")
+    out += ["", "![assimilation](plots/assimilation.png)", "", "## Accuracy, lineage and gate", "",
+            "| family | base | " + " | ".join(g["gid"] for g in data["gens"]) + " |",
+            "|---" * (len(data["gens"]) + 2) + "|"]
+    for f in sorted(data["baseline"]):
+        out.append(f"| {f} | {data['baseline'][f]:.3f} | " + " | ".join(
+            f"{g['summary'].get('holdout', {}).get(f, float('nan')):.3f}" for g in data["gens"]) + " |")
+    out += ["", "![accuracy](plots/accuracy.png)", "![lineage](plots/lineage.png)", "![gate](plots/gate.png)", ""]
+    return "\n".join(out)
+
+
+def write(gids: list[str], runs: Path, baseline: Path, out: Path, thresholds: dict, last: int = 10) -> Path:
+    data = load(gids, runs, baseline)
+    rows = table(data)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out / "plots") as tmp:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        (tmp / "generations.csv").write_text(buf.getvalue())
+        plot_ecology(rows, tmp / "ecology.png")
+        plot_species(data, tmp / "species.png")
+        plot_assimilation(data, tmp / "assimilation.png")
+        plot_accuracy(data, tmp / "accuracy.png")
+        plot_lineage(data, tmp / "lineage.png")
+        plot_gate(rows, tmp / "gate.png", thresholds)
+    atomic_write_text(out / "report.md", markdown(data, rows, last))
+    return out / "report.md"
