@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 import random
+import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -73,7 +74,8 @@ def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr
         args = SFTConfig(output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch,
                          gradient_accumulation_steps=1, learning_rate=lr, lr_scheduler_type="constant",
                          warmup_steps=0, logging_steps=1,
-                         save_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True,
+                         save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+                         disable_tqdm=not sys.stderr.isatty(),  # a bar at a terminal, quiet in CI logs
                          # trl defaults to bf16 autocast, gradient checkpointing and a chunked loss: on a
                          # CPU that is ~20x slower (97 s a step on the real host, not 5) for nothing.
                          gradient_checkpointing=False, loss_type="nll", bf16=False,

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from cambrian.config import MergeConfig
 from cambrian.organelle import deltas, factor, read_adapter
@@ -71,9 +72,14 @@ def _mergekit(method: str, models: dict[str, dict], weights: dict[str, float], b
         params["epsilon"] = min(0.1, cfg.density / 2, (1 - cfg.density) / 2)
     if method == "slerp":
         params = {"t": cfg.t}
+    names = list(next(iter(models.values())))
+    out: dict[str, torch.Tensor] = {}
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        return merge_state_dicts(models, method, parameters=params, base=base)
+        for name in tqdm(names, desc=f"merge ({method})", unit="tensor", disable=None, leave=False):
+            out.update(merge_state_dicts({m: {name: sd[name]} for m, sd in models.items()}, method,
+                                         parameters=params, base=base))
+    return out
 
 
 @torch.no_grad()
