@@ -56,6 +56,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _num(rows, key):
     return [float(r[key]) if r[key] not in ("", None) else float("nan") for r in rows]
 
@@ -81,9 +87,7 @@ def plot_ecology(rows: list[dict], path: Path) -> None:
     for a in ax:
         a.set_xticks(x, [r["generation"] for r in rows])
     ax[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_species(data: dict, path: Path) -> None:
@@ -99,9 +103,7 @@ def plot_species(data: dict, path: Path) -> None:
     ax.set_ylabel("share of living organelles")
     ax.set_title("species shares")
     ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_assimilation(data: dict, path: Path) -> None:
@@ -127,9 +129,7 @@ def plot_assimilation(data: dict, path: Path) -> None:
     ax[1].set_xlabel("probe uplift over the host")
     ax[1].set_ylabel("p-value (McNemar)")
     ax[1].set_title("uplift vs significance (dashed: alpha, dotted: min effect)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_accuracy(data: dict, path: Path) -> None:
@@ -145,9 +145,7 @@ def plot_accuracy(data: dict, path: Path) -> None:
     ax.set_ylabel("holdout accuracy (strict)")
     ax.set_title("per-family accuracy of each published checkpoint vs the bare host")
     ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_lineage(data: dict, path: Path) -> None:
@@ -191,9 +189,7 @@ def plot_lineage(data: dict, path: Path) -> None:
     ax.set_xticks([])
     ax.set_title("lineage (★ assimilated, × culled, ● alive)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_gate(rows: list[dict], path: Path, thresholds: dict) -> None:
@@ -214,9 +210,7 @@ def plot_gate(rows: list[dict], path: Path, thresholds: dict) -> None:
     for a in ax:
         for i, r in enumerate(rows):
             a.axvspan(i - 0.4, i + 0.4, color=VERDICT_COLOURS.get(r["verdict"], "grey"), alpha=0.08)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def markdown(data: dict, rows: list[dict], last: int) -> str:
