@@ -42,6 +42,46 @@ def naive(model, engine: Engine, jobs, slack: int) -> tuple[list[str], int, floa
     return replies, tokens, time.perf_counter() - start
 
 
+def measure(host: str, n_adapters: int = 8, n_challenges: int = 64, batch_size: int = 64, slack: int = 4) -> dict:
+    """Both ways over the same (adapter, challenge) pairs; the figures as a dict."""
+    model, tok = load_host(host)
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    names = [f"org{i}" for i in range(n_adapters)]
+    model = get_peft_model(model, cfg, adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, cfg)
+    model.eval()
+    per_family = -(-n_challenges // len(FAMILIES))
+    challenges = [c for f in FAMILIES for lv in (1, 2, 3)
+                  for c in sample(f, lv, "probe", -(-per_family // 3), seed=0)][:n_challenges]
+    jobs = [(c, a) for a in names for c in challenges]
+
+    engine = Engine(model, tok, batch_size=batch_size, slack_tokens=slack)
+    engine.answer([c for c, _ in jobs[:8]], [a for _, a in jobs[:8]])  # warm-up, not timed
+    engine.new_tokens, engine.seconds = 0, 0.0
+    batched = engine.answer([c for c, _ in jobs], [a for _, a in jobs])
+    naive_replies, naive_tokens, naive_s = naive(model, engine, jobs, slack)
+    return {
+        "what": f"greedy answers for {n_adapters} LoRA adapters x {n_challenges} challenges on {host}",
+        "host_sha256": read_manifest(host)["sha256"],
+        "machine": machine(),
+        "engine": {"seconds": round(engine.seconds, 2), "new_tokens": engine.new_tokens,
+                   "tokens_per_s": round(engine.new_tokens / engine.seconds, 1), "batch_size": batch_size},
+        "naive": {"seconds": round(naive_s, 2), "new_tokens": naive_tokens,
+                  "tokens_per_s": round(naive_tokens / naive_s, 1)},
+        "speedup": round(naive_s / engine.seconds, 2),
+        "replies_identical": sum(a == b for a, b in zip(batched, naive_replies)) / len(jobs),
+    }
+
+
+def machine() -> dict:
+    """What a figure was measured on."""
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="models/base", help="host checkpoint folder")
@@ -51,38 +91,7 @@ def main() -> None:
     ap.add_argument("--slack", type=int, default=4)
     ap.add_argument("--out", default="reports/eval_throughput.json")
     args = ap.parse_args()
-
-    model, tok = load_host(args.host)
-    torch.manual_seed(0)
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
-    names = [f"org{i}" for i in range(args.adapters)]
-    model = get_peft_model(model, cfg, adapter_name=names[0])
-    for name in names[1:]:
-        model.add_adapter(name, cfg)
-    model.eval()
-    per_family = -(-args.challenges // len(FAMILIES))
-    challenges = [c for f in FAMILIES for lv in (1, 2, 3)
-                  for c in sample(f, lv, "probe", -(-per_family // 3), seed=0)][:args.challenges]
-    jobs = [(c, a) for a in names for c in challenges]
-
-    engine = Engine(model, tok, batch_size=args.batch_size, slack_tokens=args.slack)
-    engine.answer([c for c, _ in jobs[:8]], [a for _, a in jobs[:8]])  # warm-up, not timed
-    engine.new_tokens, engine.seconds = 0, 0.0
-    batched = engine.answer([c for c, _ in jobs], [a for _, a in jobs])
-    naive_replies, naive_tokens, naive_s = naive(model, engine, jobs, args.slack)
-
-    result = {
-        "what": f"greedy answers for {args.adapters} LoRA adapters x {args.challenges} challenges on {args.host}",
-        "host_sha256": read_manifest(args.host)["sha256"],
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "engine": {"seconds": round(engine.seconds, 2), "new_tokens": engine.new_tokens,
-                   "tokens_per_s": round(engine.new_tokens / engine.seconds, 1), "batch_size": args.batch_size},
-        "naive": {"seconds": round(naive_s, 2), "new_tokens": naive_tokens,
-                  "tokens_per_s": round(naive_tokens / naive_s, 1)},
-        "speedup": round(naive_s / engine.seconds, 2),
-        "replies_identical": sum(a == b for a, b in zip(batched, naive_replies)) / len(jobs),
-    }
+    result = measure(args.host, args.adapters, args.challenges, args.batch_size, args.slack)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -23,8 +23,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder is missing, incomplete or does not match its recorded sha256."""
 
 
-def file_sha(path: Path) -> str:
-    h = hashlib.sha256()
+def file_sha(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -118,7 +118,8 @@ def scratch() -> Path:
 
 
 def store_put(folder: Path, **info) -> str:
-    """Move a finished folder into the store under its content sha (written in its manifest)."""
+    """Move a finished folder into the store under its content sha (written in its manifest); with
+    a remote configured, push it there too, so any worker can fetch it by that sha."""
     sha = write_manifest(folder, **info)
     target = home() / "store" / sha
     if target.exists():
@@ -126,12 +127,97 @@ def store_put(folder: Path, **info) -> str:
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         folder.rename(target)
+    if remote_name():
+        push(target, sha)
     return sha
 
 
 def store_get(sha: str) -> Path:
+    """The store's folder for `sha`, pulled from the remote first when it is only there."""
     path = home() / "store" / sha
-    if not (path / MANIFEST).is_file():
-        raise CheckpointError(f"checkpoint {sha[:12]} is not in the store {path.parent}: it was deleted after a "
-                              f"cached step made it; delete {home() / 'prefect'} to recompute")
+    if not (path / MANIFEST).is_file() and not (remote_name() and pull(sha)):
+        raise CheckpointError(f"checkpoint {sha[:12]} is not in the store {path.parent}"
+                              f"{' nor in DVC remote ' + repr(remote_name()) if remote_name() else ''}: it was deleted "
+                              f"after a cached step made it; delete {home() / 'prefect'} to recompute")
     return path
+
+
+def share(folder: str | Path, sha: str) -> None:
+    """Make a checkpoint that lives outside the store (the parent host, the data) reachable by
+    workers on other machines: push it when a remote is configured."""
+    if remote_name():
+        push(Path(folder), sha)
+
+
+def local(path: str | Path, sha: str) -> Path:
+    """A checkpoint known by path and sha: the path where it exists (a worker in the same checkout),
+    else the store's copy, pulled from the remote (a worker on another machine)."""
+    return Path(path) if (Path(path) / MANIFEST).is_file() else store_get(sha)
+
+
+# --- the DVC remote ----------------------------------------------------------------------------
+# With CAMBRIAN_REMOTE naming a remote of the DVC project in the working directory (`dvc remote
+# add NAME s3://bucket/path`, or a local folder), every store folder is also pushed there: its files
+# as DVC objects (files/md5/.., shared with `dvc push`), then an index cambrian/<sha256>.json
+# mapping each relative path to its md5, written last, so an index means a complete checkpoint.
+# Workers on other machines pull by sha and verify the bytes; no model is ever pickled.
+
+def remote_name() -> str:
+    return os.environ.get("CAMBRIAN_REMOTE", "")
+
+
+def _remote():
+    from dvc.repo import Repo
+
+    try:
+        with Repo() as repo:
+            return repo.cloud.get_remote(remote_name())
+    except Exception as err:
+        raise CheckpointError(f"DVC remote {remote_name()!r} (CAMBRIAN_REMOTE) is not usable from "
+                              f"{Path.cwd()}: {err}") from None
+
+
+def _index_path(remote, sha: str) -> str:
+    return remote.fs.join(remote.path, "cambrian", f"{sha}.json")
+
+
+def push(folder: Path, sha: str) -> None:
+    """Upload a verified store folder to the remote under its sha (objects first, index last)."""
+    from dvc_objects.fs.local import LocalFileSystem
+
+    remote = _remote()
+    index = _index_path(remote, sha)
+    if remote.fs.exists(index):
+        return
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    md5 = {rel: file_sha(p, "md5") for rel, p in files.items()}
+    remote.odb.add([str(files[r]) for r in files], LocalFileSystem(), [md5[r] for r in files])
+    remote.fs.makedirs(remote.fs.parent(index))
+    tmp = f"{index}.tmp-{os.getpid()}"
+    remote.fs.pipe_file(tmp, json.dumps(md5, indent=1, sort_keys=True).encode())
+    remote.fs.mv(tmp, index)
+
+
+def pull(sha: str) -> bool:
+    """Download checkpoint `sha` from the remote into the store, verifying every byte; False when
+    the remote does not have it."""
+    remote = _remote()
+    index = _index_path(remote, sha)
+    if not remote.fs.exists(index):
+        return False
+    work = scratch()
+    try:
+        for rel, md5 in json.loads(remote.fs.cat_file(index)).items():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            remote.fs.get_file(remote.odb.oid_to_path(md5), str(work / rel))
+        verify(work, sha)
+    except BaseException:
+        shutil.rmtree(work)
+        raise
+    target = home() / "store" / sha
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        work.rename(target)
+    except OSError:  # another process pulled it first
+        shutil.rmtree(work)
+    return True

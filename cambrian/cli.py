@@ -97,8 +97,9 @@ def generation(gid: str = typer.Argument(..., help="Generation id from params.ya
     assimilate, merge, gate (a failed gate rolls the child back to its parent), publish.
     Finished steps of an interrupted run come from the cache. This is the DVC stage command."""
     _params(params).for_generation(gid)  # fail fast on bad params or an unknown id
+    from cambrian.cluster import configured
     from flows.generation import generation as flow
-    row = flow(gid, str(params), models_dir, runs_dir, data, reports)
+    row = configured(flow, str(params))(gid, str(params), models_dir, runs_dir, data, reports)
     typer.echo(f"{gid}: {row['gate_verdict']} ({row['gate_reason']}); checkpoint sha256 {row['child_sha']}")
 
 
@@ -150,8 +151,9 @@ def evomerge(params: Path = PARAMS,
     top-2 mutations and bottom-6 triple merges until a plateau; the best candidate and each parent
     then answer the holdout split of every domain. Resumes from the last finished round."""
     _params(params)
+    from cambrian.cluster import configured
     from flows.evomerge import evomerge as flow
-    result = flow(str(params), str(host_dir), str(data), str(out), str(report))
+    result = configured(flow, str(params))(str(params), str(host_dir), str(data), str(out), str(report))
     for name, score in result["combined"].items():
         typer.echo(f"{name:28s} holdout {score:.3f}  " + "  ".join(f"{d} {v:.3f}" for d, v in result["holdout"][name].items()))
 
@@ -188,12 +190,13 @@ def continual(params: Path = PARAMS,
 
 def deployments():
     """The deployments `cambrian serve` offers the Prefect UI."""
+    from cambrian.cluster import configured
     from flows.generation import generation as gen_flow
     from flows.generation import ladder as ladder_flow
     from flows.repro import repro
     return [repro.to_deployment(name="dvc-repro", description="Run `dvc repro` (the whole ladder by default)."),
             ladder_flow.to_deployment(name="ladder", description="Every generation of params.yaml's ladder."),
-            gen_flow.to_deployment(name="generation", description="One generation, by id.")]
+            configured(gen_flow).to_deployment(name="generation", description="One generation, by id.")]
 
 
 @app.command()

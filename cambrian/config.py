@@ -245,6 +245,16 @@ class Tracking(Strict):
     experiment: str = Field("cambrian", min_length=1)  # MLflow experiment; server from MLFLOW_TRACKING_URI
 
 
+class ScaleConfig(Strict):
+    """Where submitted steps run and how checkpoints travel between processes. Never part of a
+    step's cache key: a step's result does not depend on where it ran. Environment variables
+    CAMBRIAN_RUNNER, CAMBRIAN_DASK_ADDRESS, CAMBRIAN_WORKERS and CAMBRIAN_REMOTE override these."""
+    runner: Literal["threads", "dask"] = "threads"  # dask: prefect-dask's DaskTaskRunner
+    address: str = ""  # Dask scheduler, e.g. tcp://10.0.0.5:8786; empty: a LocalCluster on this machine
+    workers: int = Field(2, ge=1, le=64)  # LocalCluster worker processes, one thread each
+    remote: str = ""  # DVC remote (dvc remote add) that checkpoints travel through; empty: local store only
+
+
 GEN_ID = r"^gen_[0-9]+$"
 
 
@@ -269,6 +279,7 @@ class Params(Strict):
     evomerge: EvoMergeConfig = EvoMergeConfig()
     sleep: SleepConfig = SleepConfig()
     continual: ContinualConfig = ContinualConfig()
+    scale: ScaleConfig = ScaleConfig()
     # The ladder G1..GN: one DVC stage per entry (dvc.yaml foreach), each on its parent's output.
     ladder: dict[str, LadderGen] = Field(default_factory=lambda: {
         "gen_1": LadderGen(parent="base"), "gen_2": LadderGen(parent="gen_1")})
@@ -281,11 +292,15 @@ class Params(Strict):
                 raise ValueError(f"ladder.{gid}: generation ids look like gen_1, gen_2, ...")
             if g.parent not in seen:
                 raise ValueError(f"ladder.{gid}.parent: {g.parent!r} is not 'base' or an earlier generation")
-            bad = set(g.overrides) - (set(type(self).model_fields) - {"ladder", "host", "challenges", "evomerge", "continual"})
+            bad = set(g.overrides) - (set(type(self).model_fields) - {"ladder", "host", "challenges", "evomerge", "continual", "scale"})
             if bad:
                 raise ValueError(f"ladder.{gid}.overrides: cannot override {sorted(bad)}")
             seen.add(gid)
         return self
+
+    def for_steps(self) -> dict:
+        """The params a step's result depends on (its cache key): all but the ladder and scale."""
+        return self.model_dump(exclude={"ladder", "scale"})
 
     def for_generation(self, gid: str) -> "Params":
         """These params with the generation's overrides applied (and validated)."""

@@ -1,7 +1,8 @@
 """The EvoMerge flow (wiring only; the recipes and fitness are in tasks/evomerge.py).
 
 Parents are resolved to checkpoints (specialists are trained and cached), the 8 seed candidates
-are built and scored, then each round breeds the next population until `generations` rounds or a
+are built and scored (specialists and candidates are submitted to the task runner, so with
+runner: dask they spread over the workers), then each round breeds the next population until `generations` rounds or a
 plateau. Every candidate is a cached task keyed on its genome and its parents' content hashes, its
 weights kept in the content-addressed store; each finished round is written to OUT/round_K.json,
 so a run resumes from its last finished round and ends exactly as an uninterrupted one. The best
@@ -15,10 +16,12 @@ import shutil
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.task_runners import ThreadPoolTaskRunner
 from safetensors.torch import load_file
 
 from cambrian.challenges import read_jsonl
-from cambrian.checkpoint import atomic_dir, atomic_write_text, scratch, store_get, store_put, verify, write_manifest
+from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_put, verify,
+                                 write_manifest)
 from cambrian.config import MergeConfig, load_params, parse_params
 from cambrian.engine import Engine
 from cambrian.host import load_host
@@ -35,8 +38,8 @@ def specialist_step(code: str, parent_dir: str, parent_sha: str, family: str, da
     """The host fine-tuned on one family's train split (LoRA SFT, then folded in)."""
     p = parse_params(params)
     cfg = p.evomerge
-    host, tok = load_host(parent_dir, parent_sha, device="cpu")
-    rows = [{"prompt": c.prompt, "answer": c.answer} for c in read_jsonl(Path(data_dir) / "train.jsonl")
+    host, tok = load_host(local(parent_dir, parent_sha), parent_sha, device="cpu")
+    rows = [{"prompt": c.prompt, "answer": c.answer} for c in read_jsonl(local(data_dir, data_sha) / "train.jsonl")
             if c.family == family][:cfg.specialist_rows]
     work = scratch()
     new_adapter(host, lora_config(p.colony.lora_rank, p.colony.lora_alpha, p.colony.target_modules), cfg.seed,
@@ -59,19 +62,19 @@ def _state(folder: Path) -> dict:
 
 
 @task(name="candidate", **CACHED)
-def candidate_step(code: str, host_dir: str, parents: list[str], genome: dict, data_dir: str, data_sha: str,
-                   params: dict) -> dict:
-    """Build one candidate from its genome, keep it in the store, score it on the probe split."""
+def candidate_step(code: str, parents: list[str], genome: dict, data_dir: str, data_sha: str, params: dict) -> dict:
+    """Build one candidate from its genome (on the first parent's architecture and tokenizer),
+    keep it in the store, score it on the probe split."""
     cfg = parse_params(params).evomerge
     states = [_state(store_get(sha)) for sha in parents]
     state = build(genome, states, lambda sha: _state(store_get(sha)), cfg.seed)
-    host, tok = load_host(host_dir, device="cpu")
+    host, tok = load_host(store_get(parents[0]), parents[0], device="cpu")
     host.load_state_dict(state, strict=False)  # lm_head is tied to the embeddings
     out = scratch()
     host.save_pretrained(out)
     tok.save_pretrained(out)
     sha = store_put(out, kind="candidate")
-    probe = read_jsonl(Path(data_dir) / "probe.jsonl")
+    probe = read_jsonl(local(data_dir, data_sha) / "probe.jsonl")
     probes = [c for fams in DOMAINS.values() for c in [c for c in probe if c.family in fams][:cfg.probes_per_domain]]
     n = sum(p.numel() for p in host.parameters())
     scores = fitness(Engine(host, tok), probes, probes, n, n, host.config.num_hidden_layers,
@@ -80,23 +83,22 @@ def candidate_step(code: str, host_dir: str, parents: list[str], genome: dict, d
 
 
 def _parents(names: list[str], host_dir: Path, data_dir: Path, data_sha: str, params) -> list[str]:
-    """Each parent as a checkpoint in the store; returns their shas."""
+    """Each parent as a checkpoint in the store (specialists trained in parallel on the task
+    runner's workers); returns their shas."""
     code, host_sha = code_sha(), verify(host_dir)
+    share(host_dir, host_sha), share(data_dir, data_sha)
     shas = []
     for name in names:
-        if name == "base":
-            folder = host_dir
-        elif name.startswith("specialist:"):
-            shas.append(specialist_step(code, str(host_dir), host_sha, name.split(":", 1)[1], str(data_dir), data_sha,
-                                        params.model_dump(exclude={"ladder"})))
+        if name.startswith("specialist:"):
+            shas.append(specialist_step.submit(code, str(host_dir), host_sha, name.split(":", 1)[1], str(data_dir),
+                                               data_sha, params.for_steps()))
             continue
-        else:
-            folder = Path(name)
         work = scratch()
-        shutil.copytree(folder, work / "m", ignore=shutil.ignore_patterns("cambrian.json"))
+        shutil.copytree(host_dir if name == "base" else Path(name), work / "m",
+                        ignore=shutil.ignore_patterns("cambrian.json"))
         shas.append(store_put(work / "m", kind="host"))
         shutil.rmtree(work)
-    return shas
+    return [s if isinstance(s, str) else s.result() for s in shas]
 
 
 def _holdout(folder: Path, holdout: list) -> dict:
@@ -106,13 +108,13 @@ def _holdout(folder: Path, holdout: list) -> dict:
             for d, fams in DOMAINS.items()}
 
 
-@flow(name="evomerge")
+@flow(name="evomerge", task_runner=ThreadPoolTaskRunner(max_workers=1))  # see cambrian/cluster.py to spread
 def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", data_dir: str = "data/challenges",
              out_dir: str = "models/evomerge", report_path: str = "reports/evomerge.json") -> dict:
     log = get_run_logger()
     params = load_params(params_path)
     cfg, out, data = params.evomerge, Path(out_dir), Path(data_dir)
-    data_sha, pdict, code = verify(data), params.model_dump(exclude={"ladder"}), code_sha()
+    data_sha, pdict, code = verify(data), params.for_steps(), code_sha()
     parents = _parents(cfg.parents, Path(host_dir), data, data_sha, params)
     n_layers = json.loads((Path(host_dir) / "config.json").read_text())["num_hidden_layers"]
     rounds = []
@@ -123,7 +125,8 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
             continue
         rng = random.Random(f"{cfg.seed}/evomerge/{k}")
         genomes = seed_genomes(n_layers, rng) if k == 0 else next_population(rounds[-1]["ranked"], rng, cfg.mutation_std)
-        scored = [candidate_step(code, host_dir, parents, g, str(data), data_sha, pdict) for g in genomes]
+        futures = [candidate_step.submit(code, parents, g, str(data), data_sha, pdict) for g in genomes]
+        scored = [f.result() for f in futures]
         ranked = sorted(scored, key=lambda c: (-c["fitness"], c["sha"]))
         best = max([ranked[0], *(r["best"] for r in rounds)], key=lambda c: (c["fitness"], c["sha"]))
         spread = diversity([_state(store_get(c["sha"])) for c in ranked])

@@ -30,8 +30,9 @@ from prefect.cache_policies import NO_CACHE, TASK_SOURCE, Inputs
 
 from cambrian import ledger, tracking
 from cambrian.challenges import Challenge, read_jsonl
-from cambrian.checkpoint import (atomic_dir, atomic_write_text, scratch, store_get, store_put, verify,
+from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_put, verify,
                                  write_manifest)
+from cambrian.cluster import configured
 from cambrian.config import Params, load_params, parse_params
 from cambrian.engine import Engine, accuracy_by_family
 from cambrian.host import load_host
@@ -85,7 +86,7 @@ def spawn_step(code: str, parent_dir: str, parent_sha: str, population: list[dic
 @task(name="learn", **CACHED)
 def learn_step(code: str, parent_dir: str, parent_sha: str, adapter: str, rows: list[dict], colony: dict,
                lr: float, seed: int) -> dict:
-    host, tok = load_host(parent_dir, parent_sha)
+    host, tok = load_host(local(parent_dir, parent_sha), parent_sha)
     work = scratch()
     shutil.copytree(store_get(adapter), work / "adapter")
     curve = learn(host, tok, work / "adapter", rows, parse_params({"colony": colony}).colony, lr, seed)
@@ -242,6 +243,7 @@ def _parent(gid: str, params: Params, models: Path, runs: Path) -> tuple[Path, s
     oldest first, the host's excluded) of gid's parent."""
     parent = params.ladder[gid].parent
     sha = ledger.verify_generation(models / parent, runs / parent)
+    share(models / parent, sha)  # learn steps may run on other machines
     colony = runs / parent / "colony"
     population = json.loads((colony / "population.json").read_text())
     adapters = {}
@@ -265,7 +267,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     params = load_params(params_path).for_generation(gid)
     models, runs, data = Path(models_dir), Path(runs_dir), Path(data_dir)
     gen, code = int(gid.split("_")[1]), code_sha()
-    pdict = params.model_dump(exclude={"ladder"})
+    pdict = params.for_steps()
     parent_dir, parent_sha, population, adapters, history = _parent(gid, params, models, runs)
     data_sha = verify(data)
     pd = str(parent_dir)
@@ -343,6 +345,7 @@ def ladder(params_path: str = "params.yaml", models_dir: str = "models", runs_di
     """Every generation of params.yaml's ladder in order (finished steps come from the cache),
     then the lineage ledger. `dvc repro` runs the same generations as separate stages."""
     params = load_params(params_path)
-    rows = [generation(gid, params_path, models_dir, runs_dir, data_dir, reports_dir) for gid in params.ladder]
+    rows = [configured(generation, params_path)(gid, params_path, models_dir, runs_dir, data_dir, reports_dir)
+            for gid in params.ladder]
     ledger.write(Path(models_dir) / "lineage_ledger.csv", ledger.collect(list(params.ladder), Path(runs_dir)))
     return rows

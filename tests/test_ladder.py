@@ -1,13 +1,17 @@
 """The ladder end to end with real git, DVC, Prefect and MLflow in a temporary repository, on the
 tiny host: `dvc repro`, the no-op repro, a param change re-running only its generation, a gate
 rejection, rollback to exact bytes, and a killed generation resuming to the same hashes."""
+import contextlib
+import csv
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,20 +72,27 @@ class Repo:
         return {r["GEN_ID"]: r for r in rows}
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ladder")
+def _project(root: Path, edit=None) -> Repo:
+    """A git + DVC project with Cambrian's pipeline and the TINY params (edited by `edit`)."""
+    root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", "cambrian", "tasks", "flows"):
         src = REPO / name
         (shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, root / name))
     (root / ".gitignore").write_text(".cambrian/\nmlflow.db\n")
     r = Repo(root)
-    r.params()
+    r.params(edit)
     r.run("git", "init", "-q")
     r.run("git", "config", "user.email", "t@t"), r.run("git", "config", "user.name", "t")
     r.run("dvc", "init", "-q")
+    return r
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    r = _project(tmp_path_factory.mktemp("ladder"))
     r.first = r.run("dvc", "repro")
+    r.built = r.ledger()  # before any test changes the ladder
     r.run("git", "add", "-A")
     r.run("git", "commit", "-qm", "ladder")
     return r
@@ -212,3 +223,105 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     after = {p.relative_to(repo.root / "runs/gen_2"): p.read_bytes()
              for p in (repo.root / "runs/gen_2").rglob("*") if p.is_file() and p.name != "generation.json"}
     assert after == before
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _server(cmd: list[str], health: str, env: dict, log: Path):
+    """Start a server process and wait until `health` answers; stop it afterwards."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(health, timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_two_generations_on_a_two_worker_dask_cluster_with_real_servers(repo, tmp_path):
+    """The ladder's first two generations with learn steps on a 2-worker LocalCluster (prefect-dask),
+    checkpoints travelling through a local DVC remote, Prefect reporting to a real API server and
+    MLflow to a real tracking server: the same checkpoints as the single-process ladder, and every
+    flow run, task run, MLflow run, artifact and ledger row exactly once."""
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_api, mlflow_uri = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
+    bin_dir = Path(sys.executable).parent
+    server_env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-server"), "PREFECT_API_URL": "",
+                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job runners
+    prefect = [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]
+    mlflow = [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+              "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+              "--artifacts-destination", str(tmp_path / "mlflow-artifacts")]
+    with _server(prefect, f"{prefect_api}/health", server_env, tmp_path / "prefect.log"), \
+            _server(mlflow, f"{mlflow_uri}/health", server_env, tmp_path / "mlflow.log"):
+        r = _project(tmp_path / "scaled", lambda p: p.update(ladder={k: TINY["ladder"][k] for k in ("gen_1", "gen_2")}))
+        r.run("dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
+        r.env.update(CAMBRIAN_RUNNER="dask", CAMBRIAN_WORKERS="2", CAMBRIAN_REMOTE="store",
+                     PREFECT_API_URL=prefect_api, MLFLOW_TRACKING_URI=mlflow_uri)
+        r.run("dvc", "repro", "ledger")
+        r.run("dvc", "push")
+        assert "in sync" in r.run("dvc", "status", "--cloud")
+
+        # Same seed, same checkpoints as the single-process ladder; each ledger row once.
+        ledger = [row["GEN_ID"] for row in csv.DictReader((r.root / "models/lineage_ledger.csv").open())]
+        assert ledger == ["base", "gen_1", "gen_2"]
+        for gid, row in r.ledger().items():
+            for key in ("parent_sha", "child_sha", "data_delta_sha", "gate_verdict", "loss_end"):
+                assert row[key] == repo.built[gid][key], (gid, key)
+
+        # Adapters were learned in the workers' own store and reached the flow through the remote.
+        remote, worker_store = tmp_path / "remote" / "cambrian", r.root / ".cambrian" / "workers" / "store"
+        learned = {}
+        for gid in ("gen_1", "gen_2"):
+            summary = json.loads((r.root / "runs" / gid / "summary.json").read_text())
+            learned[gid] = sorted(summary["learning_curves"])
+            for manifest in (r.root / "runs" / gid / "colony" / "adapters").glob("*/cambrian.json"):
+                sha = json.loads(manifest.read_text())["sha256"]
+                assert (worker_store / sha).is_dir() and (remote / f"{sha}.json").is_file()
+            assert (remote / f"{r.ledger()[gid]['child_sha']}.json").is_file() or \
+                r.ledger()[gid]["gate_verdict"] != "accepted"
+        assert not [p for p in remote.iterdir() if not p.name.endswith(".json")]  # no half-written index
+
+        # MLflow: one run per generation, its record as an artifact, one nested run per organelle.
+        client = MlflowClient(mlflow_uri)
+        runs = client.search_runs([client.get_experiment_by_name("cambrian").experiment_id])
+        top = {r_.data.tags["cambrian.generation"]: r_ for r_ in runs if "mlflow.parentRunId" not in r_.data.tags}
+        assert sorted(top) == ["gen_1", "gen_2"] and len(runs) - len(top) == sum(map(len, learned.values()))
+        for gid, run in top.items():
+            record = json.loads((r.root / "runs" / gid / "generation.json").read_text())
+            assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["generation.json"]
+            assert json.loads(Path(client.download_artifacts(run.info.run_id, "generation.json", str(tmp_path)))
+                              .read_text())["ledger"] == record["ledger"]
+            nested = [n.info.run_name for n in runs if n.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+            assert sorted(nested) == learned[gid]
+
+        # Prefect: two completed generation flow runs, each step once, one learn task per organelle.
+        with temporary_settings({PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as prefect_client:
+            flow_runs = prefect_client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["generation"])))
+            assert sorted(f.parameters["gid"] for f in flow_runs) == ["gen_1", "gen_2"]
+            for fr in flow_runs:
+                assert fr.state.is_completed()
+                tasks = prefect_client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+                assert all(t.state.is_completed() for t in tasks)
+                names = sorted(t.task_key.split("-")[0] for t in tasks)
+                assert names.count("learn_step") == len(learned[fr.parameters["gid"]])
+                for step in ("spawn_step", "evaluate_step", "settle_step", "assimilate_step", "score_step", "publish"):
+                    assert names.count(step) == 1, (step, names)

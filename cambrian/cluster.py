@@ -1,0 +1,64 @@
+"""Where a flow's submitted steps run: local threads, or Dask workers through prefect-dask.
+
+The generation flow submits one `learn` task per organelle and the EvoMerge flow one `specialist`
+per parent and one `candidate` per genome; every other step runs in the flow's own process.
+
+    runner: threads   one at a time in this process (the default; one model trains at a time)
+    runner: dask      prefect-dask's DaskTaskRunner: a distributed.LocalCluster of `workers`
+                      processes (one thread each) on this machine, or the scheduler at `address`
+
+Steps exchange content hashes, never models: a step reads its inputs from the content-addressed
+store and writes its outputs there (cambrian.checkpoint). With a DVC remote named in `remote`,
+the store pushes every folder to it and pulls missing ones from it, so workers need no shared
+disk. A LocalCluster's workers then get a store of their own (CAMBRIAN_HOME/workers), so every
+checkpoint they use does travel through the remote, as it would between machines.
+
+Workers on other machines run in a clone of the project (same code, same `.dvc/config`) with
+CAMBRIAN_REMOTE set, and read Prefect's results from shared storage (PREFECT_DEFAULT_RESULT_STORAGE_BLOCK)
+so cached steps are found by every process.
+"""
+from __future__ import annotations
+
+import os
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from cambrian.checkpoint import home
+from cambrian.config import ScaleConfig, load_params, parse_params
+
+
+ENV = {"runner": "CAMBRIAN_RUNNER", "address": "CAMBRIAN_DASK_ADDRESS", "workers": "CAMBRIAN_WORKERS",
+       "remote": "CAMBRIAN_REMOTE"}
+
+
+def settings(cfg: ScaleConfig) -> ScaleConfig:
+    """`cfg` with the CAMBRIAN_* environment overrides applied, validated like params.yaml."""
+    data = cfg.model_dump()
+    for key, var in ENV.items():
+        value = os.environ.get(var)
+        if value:
+            data[key] = int(value) if key == "workers" and value.lstrip("-").isdigit() else value
+    return parse_params({"scale": data}).scale
+
+
+def task_runner(cfg: ScaleConfig):
+    """The task runner `cfg` selects. Exports the remote to CAMBRIAN_REMOTE, where the store (in
+    this process and in local workers) reads it."""
+    cfg = settings(cfg)
+    if cfg.remote:
+        os.environ["CAMBRIAN_REMOTE"] = cfg.remote
+    if cfg.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.address:
+        return DaskTaskRunner(address=cfg.address)
+    env = {"CAMBRIAN_HOME": str(home() / "workers")} if cfg.remote else {}
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None, "env": env})
+
+
+def configured(flow_, params_path: str = "params.yaml"):
+    """`flow_` on the task runner that params' `scale` section (or CAMBRIAN_* env) selects."""
+    return flow_.with_options(task_runner=task_runner(load_params(params_path).scale))
