@@ -6,8 +6,9 @@ Each figure carries the machine it ran on and its ratio to a baseline measured i
     train       LoRA SFT tokens/s (the learner organelles use) vs full fine-tuning, same trainer and rows
     merge       seconds per merge method folding 3 organelles into the host, vs the plain LoRA soup
     dvc         `dvc repro` when nothing changed vs DVC's own start-up (`dvc version`)
-    generation  one generation on the default params, wall time per task (from Prefect's task
-                runs) as a share of the whole; with --runners, also on other task runners
+    generation  gen_1 on params.yaml, wall time per task (from the task runs a local Prefect
+                server recorded) as a share of the whole; --runners adds other task runners,
+                e.g. a LocalCluster of 1 and of 2 Dask workers, and their speed-up
 
 Needs the host and the challenges (`dvc repro host challenges`). On 2 CPU cores the whole run
 takes about an hour, most of it the naive loop and the generation:
@@ -115,62 +116,69 @@ def _timed(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - t, out.stdout + out.stderr
 
 
-def bench_dvc() -> dict:
-    """Only when the pipeline is up to date, so `dvc repro` really is a no-op (it never runs stages here)."""
+def bench_dvc(targets: list[str]) -> dict:
+    """Only when the targets (default: the whole pipeline) are up to date, so `dvc repro` really
+    is a no-op; it never runs a stage here."""
     dvc = [sys.executable, "-m", "dvc"]
-    _, status = _timed([*dvc, "status"])
+    _, status = _timed([*dvc, "status", *targets])
     if "up to date" not in status:
         return {"skipped": "the pipeline is not up to date (run `dvc repro` first): " + status.strip()[:200]}
     startup = min(_timed([*dvc, "version"])[0] for _ in range(3))
     noop = []
     for _ in range(3):
-        seconds, out = _timed([*dvc, "repro"])
+        seconds, out = _timed([*dvc, "repro", *targets])
         if "Running stage" in out:
             raise RuntimeError("dvc repro ran a stage: not a no-op")
         noop.append(seconds)
-    return {"repro_noop_s": figure(min(noop), "s", "dvc version (start-up)", startup, False)}
+    return {"repro_noop_s": figure(min(noop), "s", "dvc version (start-up)", startup, False),
+            "targets": targets or "the whole pipeline"}
 
 
 def bench_generation(host_dir: str, data: str, runners: list[str]) -> dict:
-    """gen_1 of the default params from the host, with an empty step cache, per runner."""
+    """gen_1 of params.yaml from the host, per runner, each with an empty step cache, reporting to
+    a Prefect API server (the per-task times are its task runs') and an MLflow server."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from cambrian.cluster import task_runner
+    from cambrian.cluster import local_servers, task_runner
     from cambrian.config import ScaleConfig, load_params
     from flows.generation import generation
 
     out = {}
-    for name in runners:
-        kind, _, workers = name.partition(":")
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            (root / "models").mkdir()
+    with tempfile.TemporaryDirectory() as tmp, local_servers(Path(tmp) / "servers") as (api, tracking):
+        os.environ.update(PREFECT_API_URL=api, MLFLOW_TRACKING_URI=tracking)  # for Dask workers too
+        for name in runners:
+            kind, _, workers = name.partition(":")
+            root = Path(tmp) / name.replace(":", "-")
+            (root / "models").mkdir(parents=True)
             (root / "models" / "base").symlink_to(Path(host_dir).resolve())
-            shutil.copytree(Path("runs/base"), root / "runs" / "base")
-            os.environ["CAMBRIAN_HOME"] = str(root / ".cambrian")
-            os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(root / ".cambrian" / "prefect")
+            shutil.copytree("runs/base", root / "runs" / "base")  # the host's record (dvc repro host)
+            os.environ.update(CAMBRIAN_HOME=str(root / ".cambrian"),
+                              PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(root / ".cambrian" / "prefect"))
             runner = task_runner(ScaleConfig(runner=kind, workers=int(workers or 1)))
-            t = time.perf_counter()
-            state = generation.with_options(task_runner=runner)(
-                "gen_1", "params.yaml", str(root / "models"), str(root / "runs"), data, str(root / "reports"),
-                return_state=True)
-            total = time.perf_counter() - t
-            state.result()
-        with get_client(sync_client=True) as client:
-            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-        per_task: dict[str, float] = {}
-        for run in tasks:
-            key = run.name.rsplit("-", 1)[0]
-            per_task[key] = per_task.get(key, 0.0) + run.total_run_time.total_seconds()
-        out[name] = {"wall_s": round(total, 1), "population": load_params("params.yaml").colony.population,
-                     "tasks": {k: figure(v, "s", "whole generation", total, False) for k, v in
-                               sorted(per_task.items(), key=lambda kv: -kv[1])}}
-    if len(out) > 1:
-        first = next(iter(out))
-        for name in list(out)[1:]:
-            out[name]["speedup_vs_" + first] = round(out[first]["wall_s"] / out[name]["wall_s"], 3)
+            with temporary_settings({PREFECT_API_URL: api}):
+                t = time.perf_counter()
+                state = generation.with_options(task_runner=runner)(
+                    "gen_1", "params.yaml", str(root / "models"), str(root / "runs"), data, str(root / "reports"),
+                    return_state=True)
+                total = time.perf_counter() - t
+                record = state.result()
+                with get_client(sync_client=True) as client:
+                    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            per_task: dict[str, float] = {}
+            for run in tasks:
+                key = run.name.rsplit("-", 1)[0]
+                per_task[key] = per_task.get(key, 0.0) + run.total_run_time.total_seconds()
+            out[name] = {"wall_s": round(total, 1), "child_sha": record["child_sha"],
+                         "gate_verdict": record["gate_verdict"],
+                         "population": load_params("params.yaml").colony.population,
+                         "tasks_s": {k: figure(v, "s", "whole generation", total, False)
+                                     for k, v in sorted(per_task.items(), key=lambda kv: -kv[1])}}
+    first = runners[0]
+    for name in runners[1:]:
+        out[name]["speedup_vs_" + first] = round(out[first]["wall_s"] / out[name]["wall_s"], 3)
     return out
 
 
@@ -181,6 +189,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     ap.add_argument("--runners", nargs="+", default=["threads"],
                     help="task runners for the generation section: threads, dask:N (a LocalCluster of N workers)")
+    ap.add_argument("--dvc-targets", nargs="*", default=[], help="stages for the no-op repro (default: all)")
     ap.add_argument("--out", default="reports/benchmarks.json")
     args = ap.parse_args()
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -195,7 +204,7 @@ def main() -> None:
         elif section == "merge":
             results[section] = bench_merge(args.host)
         elif section == "dvc":
-            results[section] = bench_dvc()
+            results[section] = bench_dvc(args.dvc_targets)
         else:
             results[section] = bench_generation(args.host, args.data, args.runners)
         results[section]["section_seconds"] = round(time.perf_counter() - t, 1)

@@ -1,17 +1,14 @@
 """The ladder end to end with real git, DVC, Prefect and MLflow in a temporary repository, on the
 tiny host: `dvc repro`, the no-op repro, a param change re-running only its generation, a gate
 rejection, rollback to exact bytes, and a killed generation resuming to the same hashes."""
-import contextlib
 import csv
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -225,32 +222,6 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     assert after == before
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _server(cmd: list[str], health: str, env: dict, log: Path):
-    """Start a server process and wait until `health` answers; stop it afterwards."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(health, timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-
-
 def test_two_generations_on_a_two_worker_dask_cluster_with_real_servers(repo, tmp_path):
     """The ladder's first two generations with learn steps on a 2-worker LocalCluster (prefect-dask),
     checkpoints travelling through a local DVC remote, Prefect reporting to a real API server and
@@ -261,17 +232,9 @@ def test_two_generations_on_a_two_worker_dask_cluster_with_real_servers(repo, tm
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    prefect_port, mlflow_port = _free_port(), _free_port()
-    prefect_api, mlflow_uri = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
-    bin_dir = Path(sys.executable).parent
-    server_env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-server"), "PREFECT_API_URL": "",
-                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job runners
-    prefect = [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]
-    mlflow = [str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-              "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-              "--artifacts-destination", str(tmp_path / "mlflow-artifacts")]
-    with _server(prefect, f"{prefect_api}/health", server_env, tmp_path / "prefect.log"), \
-            _server(mlflow, f"{mlflow_uri}/health", server_env, tmp_path / "mlflow.log"):
+    from cambrian.cluster import local_servers
+
+    with local_servers(tmp_path / "servers") as (prefect_api, mlflow_uri):
         r = _project(tmp_path / "scaled", lambda p: p.update(ladder={k: TINY["ladder"][k] for k in ("gen_1", "gen_2")}))
         r.run("dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))
         r.env.update(CAMBRIAN_RUNNER="dask", CAMBRIAN_WORKERS="2", CAMBRIAN_REMOTE="store",
