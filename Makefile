@@ -26,4 +26,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python benchmarks/eval_throughput.py
+	$(BIN)/python benchmarks/run_all.py

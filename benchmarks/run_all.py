@@ -39,6 +39,7 @@ from eval_throughput import machine, measure  # noqa: E402
 from cambrian.challenges import read_jsonl  # noqa: E402
 from cambrian.checkpoint import atomic_write_text  # noqa: E402
 from cambrian.config import MERGE_METHODS, ColonyConfig, MergeConfig  # noqa: E402
+from cambrian.engine import END_OF_TURN, chat_text  # noqa: E402
 from cambrian.host import load_host  # noqa: E402
 from cambrian.organelle import lora_config, new_adapter, read_adapter, write_adapter  # noqa: E402
 
@@ -60,7 +61,8 @@ def bench_eval(host: str) -> dict:
 
 
 def bench_train(host_dir: str, data: str) -> dict:
-    """The same SFT (trl, 12 steps of 8 rows) on a fresh LoRA and on every weight of the host."""
+    """The same SFT (trl, 12 steps of 8 rows) on a fresh LoRA and on every weight of the host;
+    seconds include saving the result (an adapter, or the whole model)."""
     from peft import PeftModel
 
     from tasks.learn import _sft
@@ -69,12 +71,11 @@ def bench_train(host_dir: str, data: str) -> dict:
     host, tok = load_host(host_dir)
     rows = [{"prompt": c.prompt, "answer": c.answer} for c in read_jsonl(Path(data) / "train.jsonl")]
     rows = random.Random(0).sample(rows, cfg.train_steps * cfg.train_batch)  # each row seen once
-    tokens = sum(len(tok.apply_chat_template(
-        [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}])) for r in rows)
+    tokens = sum(len(tok(chat_text(tok, r["prompt"]) + r["answer"] + END_OF_TURN)["input_ids"]) for r in rows)
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
+        full = copy.deepcopy(host).requires_grad_(True)  # every weight trains
         new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), 0, Path(tmp) / "lora")
-        full = copy.deepcopy(host).train()
         model = PeftModel.from_pretrained(host, Path(tmp) / "lora", is_trainable=True)
         for name, m in (("lora", model), ("full", full)):
             t = time.perf_counter()
@@ -110,9 +111,9 @@ def bench_merge(host_dir: str) -> dict:
     return {method: figure(s, "s", "soup", seconds["soup"], False) for method, s in seconds.items()}
 
 
-def _timed(cmd: list[str]) -> tuple[float, str]:
+def _timed(cmd: list[str], check: bool = True) -> tuple[float, str]:
     t = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=check)
     return time.perf_counter() - t, out.stdout + out.stderr
 
 
@@ -120,7 +121,7 @@ def bench_dvc(targets: list[str]) -> dict:
     """Only when the targets (default: the whole pipeline) are up to date, so `dvc repro` really
     is a no-op; it never runs a stage here."""
     dvc = [sys.executable, "-m", "dvc"]
-    _, status = _timed([*dvc, "status", *targets])
+    _, status = _timed([*dvc, "status", *targets], check=False)
     if "up to date" not in status:
         return {"skipped": "the pipeline is not up to date (run `dvc repro` first): " + status.strip()[:200]}
     startup = min(_timed([*dvc, "version"])[0] for _ in range(3))
@@ -139,6 +140,7 @@ def bench_generation(host_dir: str, data: str, runners: list[str]) -> dict:
     a Prefect API server (the per-task times are its task runs') and an MLflow server."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from cambrian.cluster import local_servers, task_runner
@@ -167,6 +169,7 @@ def bench_generation(host_dir: str, data: str, runners: list[str]) -> dict:
                 with get_client(sync_client=True) as client:
                     tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
                         id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+                APILogWorker.drain_all()  # before the server stops
             per_task: dict[str, float] = {}
             for run in tasks:
                 key = run.name.rsplit("-", 1)[0]
@@ -174,7 +177,7 @@ def bench_generation(host_dir: str, data: str, runners: list[str]) -> dict:
             out[name] = {"wall_s": round(total, 1), "child_sha": record["child_sha"],
                          "gate_verdict": record["gate_verdict"],
                          "population": load_params("params.yaml").colony.population,
-                         "tasks_s": {k: figure(v, "s", "whole generation", total, False)
+                         "tasks_s": {k: figure(v, "s", "whole generation (ratio: its share)", total, True)
                                      for k, v in sorted(per_task.items(), key=lambda kv: -kv[1])}}
     first = runners[0]
     for name in runners[1:]:
