@@ -292,7 +292,8 @@ class Params(Strict):
                 raise ValueError(f"ladder.{gid}: generation ids look like gen_1, gen_2, ...")
             if g.parent not in seen:
                 raise ValueError(f"ladder.{gid}.parent: {g.parent!r} is not 'base' or an earlier generation")
-            bad = set(g.overrides) - (set(type(self).model_fields) - {"ladder", "host", "challenges", "evomerge", "continual", "scale"})
+            fixed = {"ladder", "host", "challenges", "evomerge", "continual", "scale"}
+            bad = set(g.overrides) - (set(type(self).model_fields) - fixed)
             if bad:
                 raise ValueError(f"ladder.{gid}.overrides: cannot override {sorted(bad)}")
             seen.add(gid)

@@ -1,12 +1,13 @@
 """The EvoMerge flow (wiring only; the recipes and fitness are in tasks/evomerge.py).
 
 Parents are resolved to checkpoints (specialists are trained and cached), the 8 seed candidates
-are built and scored (specialists and candidates are submitted to the task runner, so with
-runner: dask they spread over the workers), then each round breeds the next population until `generations` rounds or a
-plateau. Every candidate is a cached task keyed on its genome and its parents' content hashes, its
-weights kept in the content-addressed store; each finished round is written to OUT/round_K.json,
-so a run resumes from its last finished round and ends exactly as an uninterrupted one. The best
-candidate is copied to OUT/best and, with each parent, answers the holdout split of every domain.
+are built and scored, then each round breeds the next population until `generations` rounds or a
+plateau; specialists and candidates are submitted to the task runner, so with `scale.runner: dask`
+they spread over the workers. Every candidate is a cached task keyed on its genome and its
+parents' content hashes, its weights kept in the content-addressed store; each finished round is
+written to OUT/round_K.json, so a run resumes from its last finished round and ends exactly as an
+uninterrupted one. The best candidate is copied to OUT/best and, with each parent, answers the
+holdout split of every domain.
 """
 from __future__ import annotations
 
