@@ -156,8 +156,7 @@ def bench_generation(host_dir: str, data: str, runners: list[str]) -> dict:
             (root / "models").mkdir(parents=True)
             (root / "models" / "base").symlink_to(Path(host_dir).resolve())
             shutil.copytree("runs/base", root / "runs" / "base")  # the host's record (dvc repro host)
-            os.environ.update(CAMBRIAN_HOME=str(root / ".cambrian"),
-                              PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(root / ".cambrian" / "prefect"))
+            os.environ.update(CAMBRIAN_HOME=str(root / ".cambrian"))
             runner = task_runner(ScaleConfig(runner=kind, workers=int(workers or 1)))
             with temporary_settings({PREFECT_API_URL: api}):
                 t = time.perf_counter()

@@ -138,7 +138,7 @@ def store_get(sha: str) -> Path:
     if not (path / MANIFEST).is_file() and not (remote_name() and pull(sha)):
         raise CheckpointError(f"checkpoint {sha[:12]} is not in the store {path.parent}"
                               f"{' nor in DVC remote ' + repr(remote_name()) if remote_name() else ''}: it was deleted "
-                              f"after a cached step made it; delete {home() / 'prefect'} to recompute")
+                              f"after a cached step made it; delete {home() / 'results'} to recompute")
     return path
 
 

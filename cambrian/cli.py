@@ -12,10 +12,7 @@ import typer
 
 for _var, _value in {"DO_NOT_TRACK": "true", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-                     # Prefect's cached step results live beside the store they point into.
-                     "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(Path(os.environ.get("CAMBRIAN_HOME", ".cambrian"),
-                                                                    "prefect").resolve())}.items():
+                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
     os.environ.setdefault(_var, _value)
 
 app = typer.Typer(help="Cambrian: evolve a small host LLM through small, gated, reversible generations.",

@@ -17,7 +17,8 @@ Family = Literal["math", "logic", "sorting", "sequence", "json_repair"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: no knob may be inf or nan (an infinite lora_alpha trains a NaN model).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class HostConfig(Strict):

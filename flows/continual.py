@@ -11,20 +11,20 @@ import json
 import statistics
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
 from cambrian.challenges import read_jsonl
 from cambrian.checkpoint import atomic_dir, verify
 from cambrian.config import load_params, parse_params
 from cambrian.host import load_host
-from flows.generation import CACHED, code_sha
+from flows.steps import step
 from tasks.continual import run_stream
 
 COLUMNS = ("final_seen_acc_avg", "final_forgetting", "final_bwt", "fwt", "seen_acc_auc", "non_finite_step_count")
 
 
-@task(name="continual-run", **CACHED)
-def run_step(code: str, parent_dir: str, parent_sha: str, data_dir: str, data_sha: str, params: dict, mode: str,
+@step("continual-run")
+def run_step(parent_dir: str, parent_sha: str, data_dir: str, data_sha: str, params: dict, mode: str,
              seed: int) -> dict:
     p = parse_params(params)
     model, tok = load_host(parent_dir, parent_sha)
@@ -71,7 +71,7 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
               out_dir: str = "reports/continual") -> dict:
     log = get_run_logger()
     params = load_params(params_path)
-    cc, code = params.continual, code_sha()
+    cc = params.continual
     host_sha, data_sha = verify(host_dir), verify(data_dir)
     # The cache key leaves out which modes and seeds this call runs: every run is keyed on its own.
     pdict = params.model_dump(include={"seed", "eval", "colony", "sleep", "continual"},
@@ -79,7 +79,7 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
     runs = []
     for mode in cc.modes:
         for seed in cc.seeds:
-            run = run_step(code, host_dir, host_sha, data_dir, data_sha, pdict, mode, seed)
+            run = run_step(host_dir, host_sha, data_dir, data_sha, pdict, mode, seed)
             log.info(f"{mode} seed {seed}: seen_acc {run['final_seen_acc_avg']:.3f} forgetting "
                      f"{run['final_forgetting']:.3f} bwt {run['final_bwt']:+.3f}")
             runs.append(run)

@@ -16,7 +16,7 @@ import random
 import shutil
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from safetensors.torch import load_file
 
@@ -27,14 +27,14 @@ from cambrian.config import MergeConfig, load_params, parse_params
 from cambrian.engine import Engine
 from cambrian.host import load_host
 from cambrian.organelle import lora_config, new_adapter
-from flows.generation import CACHED, code_sha
+from flows.steps import step
 from tasks.evomerge import DOMAINS, build, diversity, fitness, next_population, seed_genomes
 from tasks.learn import learn_gradient
 from tasks.merge import fold
 
 
-@task(name="specialist", **CACHED)
-def specialist_step(code: str, parent_dir: str, parent_sha: str, family: str, data_dir: str, data_sha: str,
+@step("specialist")
+def specialist_step(parent_dir: str, parent_sha: str, family: str, data_dir: str, data_sha: str,
                     params: dict) -> str:
     """The host fine-tuned on one family's train split (LoRA SFT, then folded in)."""
     p = parse_params(params)
@@ -62,8 +62,8 @@ def _state(folder: Path) -> dict:
     return state
 
 
-@task(name="candidate", **CACHED)
-def candidate_step(code: str, parents: list[str], genome: dict, data_dir: str, data_sha: str, params: dict) -> dict:
+@step("candidate")
+def candidate_step(parents: list[str], genome: dict, data_dir: str, data_sha: str, params: dict) -> dict:
     """Build one candidate from its genome (on the first parent's architecture and tokenizer),
     keep it in the store, score it on the probe split."""
     cfg = parse_params(params).evomerge
@@ -86,12 +86,12 @@ def candidate_step(code: str, parents: list[str], genome: dict, data_dir: str, d
 def _parents(names: list[str], host_dir: Path, data_dir: Path, data_sha: str, params) -> list[str]:
     """Each parent as a checkpoint in the store (specialists trained in parallel on the task
     runner's workers); returns their shas."""
-    code, host_sha = code_sha(), verify(host_dir)
+    host_sha = verify(host_dir)
     share(host_dir, host_sha), share(data_dir, data_sha)
     shas = []
     for name in names:
         if name.startswith("specialist:"):
-            shas.append(specialist_step.submit(code, str(host_dir), host_sha, name.split(":", 1)[1], str(data_dir),
+            shas.append(specialist_step.submit(str(host_dir), host_sha, name.split(":", 1)[1], str(data_dir),
                                                data_sha, params.for_steps()))
             continue
         work = scratch()
@@ -115,7 +115,7 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
     log = get_run_logger()
     params = load_params(params_path)
     cfg, out, data = params.evomerge, Path(out_dir), Path(data_dir)
-    data_sha, pdict, code = verify(data), params.for_steps(), code_sha()
+    data_sha, pdict = verify(data), params.for_steps()
     parents = _parents(cfg.parents, Path(host_dir), data, data_sha, params)
     n_layers = json.loads((Path(host_dir) / "config.json").read_text())["num_hidden_layers"]
     rounds = []
@@ -126,7 +126,7 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
             continue
         rng = random.Random(f"{cfg.seed}/evomerge/{k}")
         genomes = seed_genomes(n_layers, rng) if k == 0 else next_population(rounds[-1]["ranked"], rng, cfg.mutation_std)
-        futures = [candidate_step.submit(code, parents, g, str(data), data_sha, pdict) for g in genomes]
+        futures = [candidate_step.submit(parents, g, str(data), data_sha, pdict) for g in genomes]
         scored = [f.result() for f in futures]
         ranked = sorted(scored, key=lambda c: (-c["fitness"], c["sha"]))
         best = max([ranked[0], *(r["best"] for r in rounds)], key=lambda c: (c["fitness"], c["sha"]))

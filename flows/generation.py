@@ -6,9 +6,9 @@
 (sleep-consolidate: the merged child teaches the parent host, see tasks/sleep.py; off with
 sleep.in_generation: false, when the merged child goes to the gate as it is.)
 
-Every step but publish is a pure computation over content hashes, cached across processes by
-Prefect: the cache key is the step's inputs (the parent checkpoint's sha256, adapter shas, params,
-data sha) plus its source and a hash of Cambrian's code. Steps keep their files in the content-
+Every step but publish is a pure computation over content hashes, cached across processes
+(flows/steps.py: the key is the step's inputs — the parent checkpoint's sha256, adapter shas,
+params, data sha — and the code it runs; the result is plain JSON). Steps keep their files in the content-
 addressed store (.cambrian/store), outside DVC's outputs, so a re-run after a crash picks up every
 finished step. Only `publish` writes the stage's DVC outputs — the child checkpoint
 models/GEN and the generation's colony and telemetry RUNS/GEN — and it is never cached, because
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.cache_policies import NO_CACHE, TASK_SOURCE, Inputs
+from prefect.cache_policies import NO_CACHE
 
 from cambrian import ledger, tracking
 from cambrian.challenges import Challenge, read_jsonl
@@ -37,6 +37,7 @@ from cambrian.config import Params, load_params, parse_params
 from cambrian.engine import Engine, accuracy_by_family
 from cambrian.host import load_host
 from cambrian.organelle import Organelle, load_colony, save_population
+from flows.steps import step
 from tasks.assimilate import assimilate, gating
 from tasks.evaluate import run_episodes
 from tasks.gate import measure, should_stop, verdict
@@ -45,17 +46,6 @@ from tasks.merge import fold, soup_weights
 from tasks.settle import settle
 from tasks.sleep import consolidate
 from tasks.spawn import spawn
-
-CODE = [Path(__file__).parents[1] / d for d in ("cambrian", "tasks")]
-CACHED = {"cache_policy": Inputs(exclude=["parent_dir", "model_dir", "data_dir"]) + TASK_SOURCE, "persist_result": True}
-
-
-def code_sha() -> str:
-    """Hash of the library and step code: a cached result never outlives a change to it."""
-    h = hashlib.sha256()
-    for p in sorted(f for d in CODE for f in d.rglob("*.py")):
-        h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -70,8 +60,8 @@ def _colony(population: list[dict]) -> list[Organelle]:
     return [Organelle(**d) for d in population]
 
 
-@task(name="spawn", **CACHED)
-def spawn_step(code: str, parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
+@step("spawn")
+def spawn_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
                params: dict, gen: int) -> dict:
     host, _ = load_host(parent_dir, parent_sha)
     prev, out = scratch(), scratch()
@@ -83,8 +73,8 @@ def spawn_step(code: str, parent_dir: str, parent_sha: str, population: list[dic
     return {"population": [asdict(o) for o in colony], "adapters": shas}
 
 
-@task(name="learn", **CACHED)
-def learn_step(code: str, parent_dir: str, parent_sha: str, adapter: str, rows: list[dict], colony: dict,
+@step("learn")
+def learn_step(parent_dir: str, parent_sha: str, adapter: str, rows: list[dict], colony: dict,
                lr: float, seed: int) -> dict:
     host, tok = load_host(local(parent_dir, parent_sha), parent_sha)
     work = scratch()
@@ -101,8 +91,8 @@ def _engine_over(parent_dir: str, parent_sha: str, adapters: dict[str, str], par
     return model, Engine(model, tok, params.eval.batch_size, params.eval.slack_tokens)
 
 
-@task(name="evaluate", **CACHED)
-def evaluate_step(code: str, parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
+@step("evaluate")
+def evaluate_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
                   params: dict, gen: int) -> dict:
     p, colony = parse_params(params), _colony(population)
     _, engine = _engine_over(parent_dir, parent_sha, {o.id: adapters[o.id] for o in colony if o.alive}, p)
@@ -110,24 +100,24 @@ def evaluate_step(code: str, parent_dir: str, parent_sha: str, population: list[
     return {"episodes": episodes, "population": [asdict(o) for o in colony]}
 
 
-@task(name="settle-energy", **CACHED)
-def settle_step(code: str, population: list[dict], episodes: list[dict], steps: dict[str, int], params: dict,
+@step("settle-energy")
+def settle_step(population: list[dict], episodes: list[dict], steps: dict[str, int], params: dict,
                 gen: int) -> dict:
     colony = _colony(population)
     summary = settle(colony, episodes, steps, parse_params(params).energy, gen)
     return {"summary": summary, "population": [asdict(o) for o in colony]}
 
 
-@task(name="assimilate", **CACHED)
-def assimilate_step(code: str, parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
+@step("assimilate")
+def assimilate_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
                     settlement: dict, data_dir: str, data_sha: str, params: dict, gen: int) -> list[dict]:
     p, colony = parse_params(params), _colony(population)
     _, engine = _engine_over(parent_dir, parent_sha, {o.id: adapters[o.id] for o in colony if o.alive}, p)
     return assimilate(engine, colony, settlement, read_jsonl(Path(data_dir) / "holdout.jsonl"), p, gen)
 
 
-@task(name="merge", **CACHED)
-def merge_step(code: str, parent_dir: str, parent_sha: str, adapters: dict[str, str], weights: dict[str, float],
+@step("merge")
+def merge_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], weights: dict[str, float],
                params: dict) -> dict:
     host, tok = load_host(parent_dir, parent_sha, device="cpu")
     report = fold(host, {k: store_get(v) for k, v in adapters.items()}, weights, parse_params(params).merge)
@@ -137,8 +127,8 @@ def merge_step(code: str, parent_dir: str, parent_sha: str, adapters: dict[str, 
     return {"child": store_put(out, kind="host"), "report": report}
 
 
-@task(name="sleep-consolidate", **CACHED)
-def sleep_step(code: str, parent_dir: str, parent_sha: str, child_sha: str, replay: list[dict], params: dict,
+@step("sleep-consolidate")
+def sleep_step(parent_dir: str, parent_sha: str, child_sha: str, replay: list[dict], params: dict,
                gen: int) -> dict:
     """Distil the merged child (teacher) into the parent host (student) on replay of the parent's QA
     set and the new deltas plus pseudo-rehearsal, with EWC anchored at the parent."""
@@ -153,8 +143,8 @@ def sleep_step(code: str, parent_dir: str, parent_sha: str, child_sha: str, repl
     return {"child": store_put(out, kind="host"), "stats": stats}
 
 
-@task(name="gate", **CACHED)
-def gate_step(code: str, parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[dict], data_dir: str,
+@step("gate")
+def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[dict], data_dir: str,
               data_sha: str, families: list[str], params: dict) -> dict:
     p = parse_params(params)
     parent, tok = load_host(parent_dir, parent_sha)
@@ -165,8 +155,8 @@ def gate_step(code: str, parent_dir: str, parent_sha: str, child_sha: str, prior
     return measure(*engines, qa, holdout, p.gate)
 
 
-@task(name="score", **CACHED)
-def score_step(code: str, model_dir: str, model_sha: str, data_dir: str, data_sha: str, params: dict) -> dict:
+@step("score")
+def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, params: dict) -> dict:
     """The checkpoint's accuracy per family on the whole holdout split (beside reports/baseline.json)."""
     p = parse_params(params)
     model, tok = load_host(model_dir, model_sha)
@@ -266,7 +256,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     log = get_run_logger()
     params = load_params(params_path).for_generation(gid)
     models, runs, data = Path(models_dir), Path(runs_dir), Path(data_dir)
-    gen, code = int(gid.split("_")[1]), code_sha()
+    gen = int(gid.split("_")[1])
     pdict = params.for_steps()
     parent_dir, parent_sha, population, adapters, history = _parent(gid, params, models, runs)
     data_sha = verify(data)
@@ -277,41 +267,44 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     if stopped:
         colony, why, verdict_name = _colony(population), "the stop rule ended the ladder before it", "stopped"
     else:
-        sp = spawn_step(code, pd, parent_sha, population, adapters, pdict, gen)
+        sp = spawn_step(pd, parent_sha, population, adapters, pdict, gen)
         colony, adapters = _colony(sp["population"]), sp["adapters"]
         lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
         deltas, rows = _training_rows(colony, params, lineage, read_jsonl(data / "train.jsonl"), gen)
         living = [o for o in colony if o.alive]
-        futures = {o.id: learn_step.submit(code, pd, parent_sha, adapters[o.id], rows[o.id],
+        futures = {o.id: learn_step.submit(pd, parent_sha, adapters[o.id], rows[o.id],
                                            params.colony.model_dump(), o.lr, params.seed * 7919 + gen * 1009 + k)
                    for k, o in enumerate(living)}
         learned = {oid: f.result() for oid, f in futures.items()}
         adapters = {**adapters, **{oid: r["adapter"] for oid, r in learned.items()}}
         curves = {oid: r["curve"] for oid, r in learned.items()}
-        ev = evaluate_step(code, pd, parent_sha, [asdict(o) for o in colony], adapters, pdict, gen)
+        ev = evaluate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, pdict, gen)
         episodes = ev["episodes"]
-        st = settle_step(code, ev["population"], episodes, {k: len(v) for k, v in curves.items()}, pdict, gen)
+        st = settle_step(ev["population"], episodes, {k: len(v) for k, v in curves.items()}, pdict, gen)
         colony, summary = _colony(st["population"]), st["summary"]
         summary.update(bandit={o.id: o.arms for o in colony if o.alive}, learning_curves=curves,
                        accuracy=sum(e["correct"] for e in episodes) / max(1, len(episodes)))
-        attempts = assimilate_step(code, pd, parent_sha, [asdict(o) for o in colony], adapters, summary, str(data),
+        attempts = assimilate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, summary, str(data),
                                    data_sha, pdict, gen)
         prior = json.loads((runs / params.ladder[gid].parent / "summary.json").read_text()).get("gating", {}) \
             if lineage else {}
         summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
         weights = soup_weights(attempts, params.merge)
-        if not weights:
-            why, verdict_name = "nothing passed assimilation", "unchanged"
-        else:
-            merged = merge_step(code, pd, parent_sha, {k: adapters[k] for k in weights}, weights, pdict)
+        prior_qa = _read_jsonl(lineage[-1] / "qa.jsonl") if lineage else []
+        if weights:
+            merged = merge_step(pd, parent_sha, {k: adapters[k] for k in weights}, weights, pdict)
             child_sha, summary["merge"] = merged["child"], merged["report"]
-            prior_qa = _read_jsonl(lineage[-1] / "qa.jsonl") if lineage else []
             if params.sleep.in_generation:
                 replay = prior_qa + [r for oid in sorted(weights) for r in deltas[oid]]
-                slept = sleep_step(code, pd, parent_sha, child_sha, replay, pdict, gen)
+                slept = sleep_step(pd, parent_sha, child_sha, replay, pdict, gen)
                 child_sha, summary["sleep"] = slept["child"], slept["stats"]
+        if not weights:
+            why, verdict_name = "nothing passed assimilation", "unchanged"
+        elif child_sha == parent_sha:  # e.g. every sleep step was non-finite and skipped
+            why, verdict_name = "the child is its parent byte for byte: its organelles stay in the colony", "unchanged"
+        else:
             families = sorted({o.species for o in colony if o.id in weights})
-            metrics = gate_step(code, pd, parent_sha, child_sha, prior_qa, str(data), data_sha, families, pdict)
+            metrics = gate_step(pd, parent_sha, child_sha, prior_qa, str(data), data_sha, families, pdict)
             accepted, why = verdict(metrics, params.gate)
             verdict_name = "accepted" if accepted else "rejected"
             if accepted:
@@ -328,7 +321,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if verdict_name == "accepted" else \
         _read_jsonl(runs / params.ladder[gid].parent / "qa.jsonl")
     source = store_get(child_sha) if child_sha != parent_sha else parent_dir
-    summary["holdout"] = score_step(code, str(source), child_sha, str(data), data_sha, {"eval": pdict["eval"]})
+    summary["holdout"] = score_step(str(source), child_sha, str(data), data_sha, {"eval": pdict["eval"]})
     record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, deltas, metrics, history, stopped,
                      (time.perf_counter() - start) / 60)
     files = {"episodes.jsonl": _jsonl(episodes), "assimilation.jsonl": _jsonl(attempts), "qa.jsonl": _jsonl(qa),

@@ -11,11 +11,17 @@ whose generalization gain was below `stop_epsilon` while drift exceeded `stop_th
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from cambrian.challenges import Challenge
 from cambrian.config import GateConfig
 from cambrian.engine import Engine
+
+
+METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
+           "style_drift", "forbidden_rate")
 
 
 @torch.inference_mode()
@@ -57,11 +63,18 @@ def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challeng
          "style_drift": drift["kl"], "forbidden_rate": drift["forbidden_rate"],
          "tone_replies": drift["child_replies"], "n_recall": len(prior_qa), "n_generalization": len(holdout)}
     m["delta_generalization"] = (m["generalization_child"] - m["generalization_parent"]) if holdout else 0.0
+    m["nonfinite_tensors"] = sum(not torch.isfinite(p).all() for p in child_engine.model.parameters())
     return m
 
 
 def verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:
-    """(accepted, why) for the measured metrics."""
+    """(accepted, why) for the measured metrics. Non-finite weights or metrics always reject: every
+    comparison with NaN is False, so a NaN would otherwise pass each threshold below."""
+    if m["nonfinite_tensors"]:
+        return False, f"{m['nonfinite_tensors']} weight tensors of the child are not finite"
+    bad = sorted(k for k in METRICS if m[k] is not None and not math.isfinite(m[k]))
+    if bad:
+        return False, "non-finite gate metrics: " + ", ".join(f"{k}={m[k]}" for k in bad)
     if m["recall_child"] is not None and m["recall_parent"] - m["recall_child"] > cfg.recall_drop_max:
         return False, f"recall dropped {m['recall_parent']:.3f} -> {m['recall_child']:.3f} (max drop {cfg.recall_drop_max})"
     if m["delta_generalization"] < cfg.generalization_min_delta:

@@ -14,6 +14,7 @@ Two learners, chosen by `colony.learner`, with the same budget of `train_steps` 
 from __future__ import annotations
 
 import importlib.util
+import math
 import multiprocessing
 import random
 import sys
@@ -74,6 +75,7 @@ def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr
         args = SFTConfig(output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch,
                          gradient_accumulation_steps=1, learning_rate=lr, lr_scheduler_type="constant",
                          warmup_steps=0, logging_steps=1,
+                         logging_nan_inf_filter=False,  # a NaN loss must be seen as NaN, not logged as 0.0
                          save_strategy="no", report_to=[], seed=seed, data_seed=seed,
                          disable_tqdm=not sys.stderr.isatty(),  # a bar at a terminal, quiet in CI logs
                          # trl defaults to bf16 autocast, gradient checkpointing and a chunked loss: on a
@@ -169,7 +171,14 @@ def _set_weights(model, name: str, state: dict[str, torch.Tensor]) -> None:
 
 def learn(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, lr: float, seed: int) -> list[float]:
     """Train one organelle's adapter in place with the chosen learner; returns its learning curve
-    (loss per step for gradient, minibatch fitness per step for es)."""
+    (loss per step for gradient, minibatch fitness per step for es). A non-finite loss or weight
+    fails the step: nothing downstream may build on a NaN organelle."""
     if cfg.learner == "gradient":
-        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed)
-    return learn_es(host, tok, adapter, rows, cfg, seed)
+        curve = learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed)
+    else:
+        curve = learn_es(host, tok, adapter, rows, cfg, seed)
+    bad = [name for name, t in read_adapter(adapter)[1].items() if not torch.isfinite(t).all()]
+    if bad or not all(math.isfinite(x) for x in curve):
+        raise FloatingPointError(f"learning diverged: curve {[round(x, 4) for x in curve]}, {len(bad)} non-finite "
+                                 f"adapter tensors (lower colony.lr or colony.lora_alpha)")
+    return curve

@@ -26,6 +26,9 @@ def test_defaults_fill_missing_sections():
     ({"challenges": {"families": ["math", "poetry"]}}, "challenges.families.1", "math"),
     ({"challenges": {"levels": [4]}}, "challenges.levels.0", "1"),
     ({"challenges": {"families": ["math", "math"]}}, "challenges", "duplicates"),
+    ({"colony": {"lora_alpha": float("inf")}}, "colony.lora_alpha", "finite"),
+    ({"gate": {"max_kl": float("nan")}}, "gate.max_kl", "finite"),
+    ({"energy": {"level_weights": [1.0, float("inf"), 2.0]}}, "energy.level_weights.1", "finite"),
 ])
 def test_bad_params_name_the_key(data, key, words):
     with pytest.raises(ParamsError) as err:
@@ -40,6 +43,10 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("eval: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+    yaml_inf = tmp_path / "inf.yaml"
+    yaml_inf.write_text("colony:\n  lora_alpha: .inf\n")  # what the NaN child of issue 15 started from
+    with pytest.raises(ParamsError, match="colony.lora_alpha"):
+        load_params(yaml_inf)
     listy = tmp_path / "list.yaml"
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ParamsError, match="mapping"):

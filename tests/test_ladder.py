@@ -47,7 +47,6 @@ class Repo:
     def __init__(self, root: Path):
         self.root = root
         self.env = {**os.environ, "DVC_NO_ANALYTICS": "1", "CAMBRIAN_HOME": str(root / ".cambrian"),
-                    "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / ".cambrian" / "prefect"),
                     "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
                     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
@@ -198,11 +197,11 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     for out in ("models/gen_2", "runs/gen_2"):  # what DVC does before running the stage
         shutil.rmtree(repo.root / out)
     home = repo.root / ".cambrian-kill"
-    env = {**repo.env, "CAMBRIAN_HOME": str(home), "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect")}
+    env = {**repo.env, "CAMBRIAN_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "cambrian.cli", "generation", "gen_2"], cwd=repo.root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((home / "prefect").glob("*"))) < 3:  # spawn + 2 learn results
+    while time.time() < deadline and len(list((home / "results").glob("*.json"))) < 3:  # spawn + 2 learn results
         assert proc.poll() is None, "finished before it could be killed"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -212,8 +211,8 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     assert len(checkpoints) == 3 and all(verify(p) for p in checkpoints)  # every visible checkpoint is whole
 
     out = repo.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_2", CAMBRIAN_HOME=str(home),
-                   PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "prefect"), PREFECT_LOGGING_LEVEL="INFO")
-    assert "Task run 'spawn" in out and "Cached" in out
+                   PREFECT_LOGGING_LEVEL="INFO")
+    assert "spawn: from cache" in out and "learn: from cache" in out
     record = json.loads((repo.root / "runs/gen_2/generation.json").read_text())["ledger"]
     for key in set(COLUMNS) - {"walltime_min", "git_rev", "dvc_md5"}:
         assert str(record[key]) == reference[key], key

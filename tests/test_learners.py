@@ -1,11 +1,12 @@
 """The learners on the tiny host: both improve a toy family's fitness on the same budget."""
 import pytest
+import torch
 
 from cambrian.challenges import sample
 from cambrian.config import ColonyConfig, ESConfig
 from cambrian.engine import Engine
-from cambrian.organelle import load_colony, lora_config, new_adapter
-from tasks.learn import learn_es, learn_gradient
+from cambrian.organelle import load_colony, lora_config, new_adapter, read_adapter, write_adapter
+from tasks.learn import learn, learn_es, learn_gradient
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
 
@@ -46,3 +47,14 @@ def test_es_learner_improves_fitness_without_backprop(toy):
     after = _fitness(host, tok, adapter, rows)
     print("es fitness", before, after)
     assert after > before + 0.05
+
+
+def test_a_diverging_learner_fails_the_step_instead_of_logging_nan_as_zero(toy):
+    host, tok, adapter, rows = toy
+    config, state = read_adapter(adapter)
+    name = sorted(state)[0]
+    state[name] = torch.full_like(state[name], float("inf"))  # what an infinite lora_alpha amounts to
+    write_adapter(adapter, config, state)
+    cfg = ColonyConfig(target_modules=TARGETS, train_steps=2, train_batch=4)
+    with pytest.raises(FloatingPointError, match=r"learning diverged: curve \[nan, nan\]"):
+        learn(host, tok, adapter, rows, cfg, lr=1e-3, seed=0)  # trl alone would log these losses as 0.0

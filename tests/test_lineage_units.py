@@ -78,7 +78,7 @@ def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge
 
 def _m(**kw):
     base = {"recall_parent": 0.5, "recall_child": 0.5, "generalization_parent": 0.2, "generalization_child": 0.4,
-            "delta_generalization": 0.2, "style_drift": 0.1, "forbidden_rate": 0.0}
+            "delta_generalization": 0.2, "style_drift": 0.1, "forbidden_rate": 0.0, "nonfinite_tensors": 0}
     return {**base, **kw}
 
 
@@ -90,6 +90,15 @@ def test_gate_verdicts_name_the_failed_threshold():
     assert "style drift" in verdict(_m(style_drift=0.9), cfg)[1]
     assert "forbidden" in verdict(_m(forbidden_rate=0.5), cfg)[1]
     assert verdict(_m(recall_parent=None, recall_child=None), cfg)[0]  # the first generation has no prior QA
+
+
+def test_a_nan_child_or_metric_never_passes_the_gate():
+    cfg = GateConfig()
+    assert verdict(_m(nonfinite_tensors=6), cfg) == (False, "6 weight tensors of the child are not finite")
+    for key in ("style_drift", "generalization_child", "delta_generalization", "recall_child", "forbidden_rate"):
+        accepted, why = verdict(_m(**{key: float("nan")}), cfg)
+        assert not accepted and f"{key}=nan" in why, key
+    assert not verdict(_m(style_drift=float("inf")), cfg)[0]
 
 
 def test_stop_rule_needs_patience_generations_in_a_row():

@@ -1,0 +1,92 @@
+"""Cached pipeline steps, built once for every flow.
+
+`@step("name")` turns a plain function over plain data into a Prefect task whose result is cached
+across processes and machines, and which computes the same bytes wherever it runs:
+
+- key: sha256 of the step's name, the code it can run (cambrian/, tasks/ and the flow module that
+  defines it, helpers included) and its arguments as JSON. Arguments named in `PATHS` are left
+  out: every path travels with the content sha256 that stands for it.
+- result: plain JSON in CAMBRIAN_HOME/results/<key>.json, written atomically. Never a pickle: a
+  rewritten result file can at worst hand over wrong data (checkpoints and adapters named in it
+  are verified by sha when used), never run code. A file that is not the JSON this module wrote
+  for that key is ignored and the step recomputes.
+- threads: torch runs every step with exactly `THREADS` intra-op threads, in the flow's process and
+  in a Dask worker alike (workers start with OMP_NUM_THREADS=1). Float reductions are summed in an
+  order that depends on the thread count, so a fixed count is what makes the bytes independent of
+  the runner.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger
+
+from cambrian.checkpoint import atomic_write_text, home
+
+THREADS = 2
+PATHS = frozenset({"parent_dir", "model_dir", "data_dir"})
+_ROOT = Path(__file__).parents[1]
+
+
+@functools.cache
+def _code_sha(module_file: str) -> str:
+    h = hashlib.sha256()
+    for p in sorted([*(_ROOT / "cambrian").rglob("*.py"), *(_ROOT / "tasks").rglob("*.py"),
+                     Path(module_file), Path(__file__)]):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _log():
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called outside a flow (tests, notebooks)
+        return get_logger("cambrian")
+
+
+def cache_key(fn, arguments: dict) -> str:
+    inputs = {k: v for k, v in arguments.items() if k not in PATHS}
+    text = json.dumps([fn.__name__, _code_sha(inspect.getsourcefile(fn)), inputs], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cached(path: Path, key: str):
+    """(True, result) when `path` holds this key's result as written by this module, else (False, None)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(record, dict) or record.get("key") != key or "result" not in record:
+        return False, None
+    return True, record["result"]
+
+
+def step(name: str):
+    """Decorator: a cached, thread-pinned Prefect task named `name` (see the module docstring)."""
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            key = cache_key(fn, bound.arguments)
+            path = home() / "results" / f"{key}.json"
+            hit, result = _cached(path, key)
+            if hit:
+                _log().info(f"{name}: from cache ({key[:12]})")
+                return result
+            torch.set_num_threads(THREADS)
+            result = json.loads(json.dumps(fn(*bound.args, **bound.kwargs)))  # plain data only
+            atomic_write_text(path, json.dumps({"key": key, "step": name, "result": result}, sort_keys=True))
+            return result
+        return task(name=name, cache_policy=NO_CACHE, persist_result=False)(run)
+    return wrap

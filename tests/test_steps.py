@@ -1,0 +1,70 @@
+"""The cached-step decorator (flows/steps.py): results are plain JSON that is never executed, a
+tampered or foreign result is recomputed, and every step runs with the same torch thread count
+whatever the process it lands in was started with."""
+import json
+import pickle
+
+import torch
+
+from cambrian.checkpoint import home
+from flows.steps import THREADS, cache_key, step
+
+CALLS = []
+
+
+def _matmul_sum(seed: int, parent_dir: str = "") -> dict:
+    CALLS.append(seed)
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(384, 512, generator=g), torch.randn(512, 256, generator=g)
+    return {"threads": torch.get_num_threads(), "sum": (a @ b).sum().item(), "pair": (1, 2)}
+
+
+def _result_file(seed: int):
+    return home() / "results" / f"{cache_key(_matmul_sum, {'seed': seed, 'parent_dir': ''})}.json"
+
+
+class _Payload:
+    def __reduce__(self):  # unpickling this would create the marker file
+        return (open, (str(home() / "pwned"), "w"))
+
+
+def test_a_step_runs_with_fixed_threads_whatever_the_process_started_with():
+    run = step("matmul")(_matmul_sum).fn
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for ambient, seed in ((1, 11), (3, 12)):  # a Dask worker starts with 1; a flow process with the cores
+            torch.set_num_threads(ambient)
+            results.append(run(seed=seed))
+            assert results[-1]["threads"] == THREADS
+        torch.set_num_threads(1)
+        _result_file(11).unlink()
+        again = run(seed=11)
+        assert again == results[0]  # same bits of the float sum, though the caller had 1 thread, then 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_results_are_json_keyed_by_inputs_without_paths_and_reused():
+    run = step("matmul")(_matmul_sum).fn
+    CALLS.clear()
+    first = run(seed=21, parent_dir="/a")
+    assert first["pair"] == [1, 2]  # plain JSON data, the same on a cache hit as when computed
+    assert run(seed=21, parent_dir="/b") == first and CALLS == [21]  # a path is not part of the key
+    record = json.loads(_result_file(21).read_text())
+    assert record["result"] == first and record["step"] == "matmul"
+    run(seed=22)
+    assert CALLS == [21, 22]
+
+
+def test_a_tampered_result_is_recomputed_never_executed():
+    run = step("matmul")(_matmul_sum).fn
+    CALLS.clear()
+    honest = run(seed=31)
+    path = _result_file(31)
+    for forged in (pickle.dumps(_Payload()),  # what Prefect's pickle cache would have run
+                   json.dumps({"key": "0" * 64, "result": {"sum": 0.0}}).encode(),  # another key's record
+                   b'{"key": "' + path.stem.encode() + b'", "resu'):  # half-written
+        path.write_bytes(forged)
+        assert run(seed=31) == honest
+    assert CALLS == [31, 31, 31, 31] and not (home() / "pwned").exists()
