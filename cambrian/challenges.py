@@ -1,7 +1,8 @@
 """The challenge grid: five families of verifiable puzzles, each with difficulty levels 1-3.
 
-Every family is a seeded generator of (prompt, answer) plus a strict scorer. Scoring rules
-(surrounding whitespace is always ignored, nothing else is forgiven):
+Every family is a seeded generator of the puzzle's data and its answer, a set of phrasings that
+turn the data into a request, and a strict scorer. Scoring rules (surrounding whitespace is always
+ignored, nothing else is forgiven):
 - math, sequence: the reply is one integer (optional leading '-'), equal to the answer.
 - logic: the reply is `true` or `false` (any letter case), equal to the answer.
 - sorting: the reply is the integers in ascending order separated by commas (spaces optional).
@@ -9,8 +10,16 @@ Every family is a seeded generator of (prompt, answer) plus a strict scorer. Sco
   answer object; key order and spacing don't matter.
 Any extra text (a period, an explanation, a code fence) makes the reply wrong.
 
-Splits are a pure function of the prompt text (sha256 bucket), so train / probe / holdout can
-never share a prompt, whatever was generated when, and fresh challenges can be drawn at any time.
+Phrasings: each family has 8 ways to ask (question forms, operators in words or symbols, list
+separators and layouts, instruction before or after the data, with or without an answer-format
+hint). The first `TRAINED` of them are used everywhere; the last two are reserved: they appear
+only in the `transfer` part of the test split, so transfer accuracy measures skills on wordings
+that no training or selection row ever had. Only the wording varies; the answer format never does.
+
+Splits are a pure function of the prompt text (sha256 bucket), so train / probe / holdout / test
+can never share a prompt, whatever was generated when, and fresh challenges can be drawn at any
+time. probe and holdout are for selection (assimilation, gate); test is read only by the baseline,
+the score step, the report and the comparison of recipes: nothing that selects ever sees it.
 """
 from __future__ import annotations
 
@@ -24,10 +33,12 @@ from pathlib import Path
 from cambrian.checkpoint import atomic_dir, write_manifest
 from cambrian.config import ChallengeConfig
 
-SPLITS = ("train", "probe", "holdout")
+SPLITS = ("train", "probe", "holdout", "test")
+SELECTION = ("probe", "holdout")  # splits that selection steps may read; test is never one of them
 SYSTEM_PROMPT = "You solve puzzles. Reply with the answer only, no explanation."
 # Percent of the prompt space that belongs to each split (the rest is train).
-_HOLDOUT_PCT, _PROBE_PCT = 15, 15
+_PCT = {"holdout": 15, "probe": 15, "test": 15}
+TRAINED = 6  # phrasings 0..5 are used in every split; 6 and 7 only in the test split's transfer part
 
 
 @dataclass(frozen=True)
@@ -38,63 +49,77 @@ class Challenge:
     split: str
     prompt: str
     answer: str
+    phrasing: int = 0
+
+    @property
+    def transfer(self) -> bool:
+        """Asked in a reserved phrasing that no training or selection row uses."""
+        return self.phrasing >= TRAINED
 
 
 def split_of(prompt: str) -> str:
     bucket = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big") % 100
-    if bucket < _HOLDOUT_PCT:
-        return "holdout"
-    if bucket < _HOLDOUT_PCT + _PROBE_PCT:
-        return "probe"
+    for split, pct in _PCT.items():
+        if bucket < pct:
+            return split
+        bucket -= pct
     return "train"
 
 
-# --- generators: (rng, level) -> (prompt, answer) -------------------------------------------
+# --- generators: (rng, level) -> (data for the phrasings, answer) ----------------------------
 
-def _math(rng: random.Random, level: int) -> tuple[str, str]:
+def _listed(nums: list[int]) -> dict:
+    """A list of numbers in every layout the phrasings use."""
+    s = list(map(str, nums))
+    return {"comma": ", ".join(s), "space": " ".join(s), "semi": "; ".join(s), "slash": " / ".join(s),
+            "lines": "\n".join(s), "and": ", ".join(s[:-1]) + " and " + s[-1], "bracket": "[" + ", ".join(s) + "]"}
+
+
+def _math(rng: random.Random, level: int) -> tuple[dict, str]:
     if level == 1:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
-        expr, value = f"{a} + {b}", a + b
+        sym, words, value = f"{a} + {b}", f"{a} plus {b}", a + b
     elif level == 2:
         a, b = rng.randint(100, 999), rng.randint(100, 999)
         op = rng.choice("+-")
-        expr, value = f"{a} {op} {b}", a + b if op == "+" else a - b
+        sym, words = f"{a} {op} {b}", f"{a} {'plus' if op == '+' else 'minus'} {b}"
+        value = a + b if op == "+" else a - b
     else:
         a, b, c = rng.randint(11, 99), rng.randint(2, 9), rng.randint(10, 99)
-        expr, value = f"{a} * {b} + {c}", a * b + c
-    return f"Compute {expr}.", str(value)
+        sym, words, value = f"{a} * {b} + {c}", f"{a} times {b} plus {c}", a * b + c
+    return {"sym": sym, "words": words}, str(value)
 
 
-def _logic(rng: random.Random, level: int) -> tuple[str, str]:
-    def clause() -> tuple[str, bool]:
+def _logic(rng: random.Random, level: int) -> tuple[dict, str]:
+    def clause() -> tuple[str, str, bool]:
         a, b = rng.randint(1, 99), rng.randint(1, 99)
         kind = rng.randrange(3)
         if kind == 0:
-            return f"{a} is greater than {b}", a > b
+            return f"{a} is greater than {b}", f"{a} > {b}", a > b
         if kind == 1:
-            return f"{a} is even", a % 2 == 0
-        return f"{a} is less than {b}", a < b
+            return f"{a} is even", f"{a} is even", a % 2 == 0
+        return f"{a} is less than {b}", f"{a} < {b}", a < b
 
     if level == 1:
-        text, value = clause()
+        words, sym, value = clause()
     elif level == 2:
-        (t1, v1), (t2, v2) = clause(), clause()
+        (w1, s1, v1), (w2, s2, v2) = clause(), clause()
         op = rng.choice(["and", "or"])
-        text, value = f"{t1} {op} {t2}", (v1 and v2) if op == "and" else (v1 or v2)
+        words, sym, value = f"{w1} {op} {w2}", f"{s1} {op} {s2}", (v1 and v2) if op == "and" else (v1 or v2)
     else:
-        (t1, v1), (t2, v2), (t3, v3) = clause(), clause(), clause()
-        text, value = f"not ({t1}) and ({t2} or {t3})", (not v1) and (v2 or v3)
-    return f"True or false: {text}.", "true" if value else "false"
+        (w1, s1, v1), (w2, s2, v2), (w3, s3, v3) = clause(), clause(), clause()
+        words, sym = f"not ({w1}) and ({w2} or {w3})", f"not ({s1}) and ({s2} or {s3})"
+        value = (not v1) and (v2 or v3)
+    return {"words": words, "sym": sym}, "true" if value else "false"
 
 
-def _sorting(rng: random.Random, level: int) -> tuple[str, str]:
+def _sorting(rng: random.Random, level: int) -> tuple[dict, str]:
     n, lo, hi = {1: (3, 0, 9), 2: (5, 10, 99), 3: (7, -99, 999)}[level]
     nums = [rng.randint(lo, hi) for _ in range(n)]
-    return (f"Sort in ascending order: {', '.join(map(str, nums))}.",
-            ", ".join(map(str, sorted(nums))))
+    return _listed(nums), ", ".join(map(str, sorted(nums)))
 
 
-def _sequence(rng: random.Random, level: int) -> tuple[str, str]:
+def _sequence(rng: random.Random, level: int) -> tuple[dict, str]:
     start = rng.randint(1, 40)
     if level == 1:
         step = rng.randint(1, 12)
@@ -114,8 +139,7 @@ def _sequence(rng: random.Random, level: int) -> tuple[str, str]:
             terms = [start, rng.randint(1, 20)]
             while len(terms) < 6:
                 terms.append(terms[-1] + terms[-2])
-    shown, nxt = terms[:5], terms[5]
-    return f"What number comes next: {', '.join(map(str, shown))}, ?", str(nxt)
+    return _listed(terms[:5]), str(terms[5])
 
 
 _KEYS = ["id", "name", "age", "city", "score", "active", "tags", "count", "level", "color", "price", "owner"]
@@ -144,7 +168,7 @@ def _corrupt(rng: random.Random, text: str, obj: dict) -> str:
     return re.sub(r'"(\w+)":', r"\1:", text)  # unquoted keys
 
 
-def _json_repair(rng: random.Random, level: int) -> tuple[str, str]:
+def _json_repair(rng: random.Random, level: int) -> tuple[dict, str]:
     n = {1: 2, 2: 3, 3: 4}[level]
     keys = rng.sample(_KEYS, n)
     obj = {k: _json_value(rng, level) for k in keys}
@@ -154,10 +178,37 @@ def _json_repair(rng: random.Random, level: int) -> tuple[str, str]:
         broken = _corrupt(rng, broken, obj)
     if broken == answer:  # a corruption can be a no-op (e.g. no string keys left to unquote)
         broken = answer[:-1]
-    return f"Fix this JSON: {broken}", answer
+    return {"broken": broken}, answer
 
 
 GENERATORS = {"math": _math, "logic": _logic, "sorting": _sorting, "sequence": _sequence, "json_repair": _json_repair}
+# Eight phrasings per family: the first TRAINED are used in every split, the last two only in
+# the test split's transfer part. Each is a format string over its generator's data.
+PHRASINGS = {
+    "math": ["Compute {sym}.", "What is {words}?", "Calculate: {sym}", "{sym} = ?",
+             "Work out {words}. Give only the number.", "Evaluate the expression {sym}. Answer with an integer.",
+             "How much is {words}?", "Please tell me the value of {sym}."],
+    "logic": ["True or false: {words}.", "Is it true that {words}? Answer true or false.",
+              "Statement: {sym}. True or false?", "Decide whether this holds: {words}.",
+              "{sym} (true or false?)", 'Evaluate the claim "{words}" as true or false.',
+              "Tell me if the following is true or false: {sym}.",
+              "Check this statement and reply true or false: {words}."],
+    "sorting": ["Sort in ascending order: {comma}.", "Arrange these numbers from smallest to largest: {space}",
+                "Put in increasing order: {semi}", "Numbers: {bracket}. Sort them ascending, comma-separated.",
+                "Order from lowest to highest:\n{lines}", "Sort the list {bracket} in ascending order.",
+                "Can you sort these from least to greatest? {slash}",
+                "Here are some numbers: {and}. List them in ascending order."],
+    "sequence": ["What number comes next: {comma}, ?", "Continue the sequence: {comma}, ...",
+                 "Next term of {space}?", "Find the next number in the pattern {comma}.",
+                 "{comma}, __ (fill in the blank with one number)", "Sequence: {semi}. What follows?",
+                 "What is the sixth term of the sequence that starts {comma}?",
+                 "Give the number that should come after {and}."],
+    "json_repair": ["Fix this JSON: {broken}", "Repair the following malformed JSON and return valid JSON: {broken}",
+                    "This JSON is broken:\n{broken}\nReturn the corrected object.", "Make this valid JSON: {broken}",
+                    "Correct the syntax errors in {broken}", "{broken}\nFix the JSON above.",
+                    "Turn this into a valid JSON object: {broken}",
+                    "The following object has syntax mistakes. Output the repaired JSON only: {broken}"],
+}
 # Longest possible answer in tokens is well under these; generation stops here (plus slack).
 MAX_ANSWER_TOKENS = {"math": 6, "logic": 2, "sorting": 28, "sequence": 6, "json_repair": 64}
 
@@ -189,20 +240,27 @@ def score(family: str, reply: str, answer: str) -> bool:
 
 # --- sampling and datasets -------------------------------------------------------------------
 
-def sample(family: str, level: int, split: str, n: int, seed: int | str, exclude: set[str] = frozenset()) -> list[Challenge]:
-    """`n` distinct challenges of one cell, all in `split`, none whose prompt is in `exclude`."""
+def sample(family: str, level: int, split: str, n: int, seed: int | str, exclude: set[str] = frozenset(),
+           transfer: bool = False) -> list[Challenge]:
+    """`n` distinct challenges of one cell, all in `split`, none whose prompt is in `exclude`; asked
+    in the trained phrasings, or with `transfer` (test split only) in the reserved ones."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
-    rng = random.Random(f"{seed}/{family}/{level}/{split}")
+    if transfer and split != "test":
+        raise ValueError("reserved phrasings belong to the test split only")
+    phrasings = range(TRAINED, len(PHRASINGS[family])) if transfer else range(TRAINED)
+    rng = random.Random(f"{seed}/{family}/{level}/{split}{'/transfer' if transfer else ''}")
     out: dict[str, Challenge] = {}
     for _ in range(200 * n + 1000):
         if len(out) == n:
             break
-        prompt, answer = GENERATORS[family](rng, level)
+        data, answer = GENERATORS[family](rng, level)
+        k = rng.choice(phrasings)
+        prompt = PHRASINGS[family][k].format(**data)
         if prompt in out or prompt in exclude or split_of(prompt) != split:
             continue
         cid = hashlib.sha256(prompt.encode()).hexdigest()[:12]
-        out[prompt] = Challenge(cid, family, level, split, prompt, answer)
+        out[prompt] = Challenge(cid, family, level, split, prompt, answer, k)
     if len(out) < n:
         raise ValueError(f"could only draw {len(out)} of {n} distinct {family} level-{level} {split} challenges: "
                          f"lower challenges.{split}_per_cell in params.yaml")
@@ -210,9 +268,15 @@ def sample(family: str, level: int, split: str, n: int, seed: int | str, exclude
 
 
 def build_splits(cfg: ChallengeConfig, seed: int) -> dict[str, list[Challenge]]:
-    counts = {"train": cfg.train_per_cell, "probe": cfg.probe_per_cell, "holdout": cfg.holdout_per_cell}
-    return {split: [c for f in cfg.families for lv in cfg.levels for c in sample(f, lv, split, counts[split], seed)]
-            for split in SPLITS}
+    """Every split of the grid; test holds `test_per_cell` trained-phrasing rows and
+    `transfer_per_cell` reserved-phrasing rows per cell."""
+    counts = {"train": cfg.train_per_cell, "probe": cfg.probe_per_cell, "holdout": cfg.holdout_per_cell,
+              "test": cfg.test_per_cell}
+    splits = {split: [c for f in cfg.families for lv in cfg.levels for c in sample(f, lv, split, counts[split], seed)]
+              for split in SPLITS}
+    splits["test"] += [c for f in cfg.families for lv in cfg.levels
+                       for c in sample(f, lv, "test", cfg.transfer_per_cell, seed, transfer=True)]
+    return splits
 
 
 def write_jsonl(path: Path, rows: list[Challenge]) -> None:

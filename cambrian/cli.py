@@ -46,7 +46,7 @@ def host(params: Path = PARAMS, out: Path = typer.Option(Path("models/base"), he
 
 @app.command()
 def challenges(params: Path = PARAMS, out: Path = typer.Option(Path("data/challenges"), help="Folder to write.")):
-    """Generate the challenge grid: disjoint train / probe / holdout JSONL splits, content-hashed."""
+    """Generate the challenge grid: disjoint train / probe / holdout / test JSONL splits, content-hashed."""
     from cambrian.challenges import write_dataset
     p = _params(params)
     sha = write_dataset(p.challenges, p.seed, out)
@@ -58,26 +58,25 @@ def baseline(params: Path = PARAMS,
              host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
              data: Path = typer.Option(Path("data/challenges"), help="Challenge folder (from `cambrian challenges`)."),
              out: Path = typer.Option(Path("reports/baseline.json"), help="Report to write.")):
-    """Score the bare host on the holdout split, per family and level: the bar evolution must clear."""
+    """Score the bare host on the test split per family, in trained and in reserved phrasings: the
+    bar evolution must clear."""
     from cambrian.challenges import read_jsonl
     from cambrian.checkpoint import atomic_write_text, read_manifest, verify
-    from cambrian.engine import Engine, accuracy_by_family
+    from cambrian.engine import Engine, test_accuracy
     from cambrian.host import load_host
 
     p = _params(params)
     data_sha = verify(data)
     model, tok = load_host(host_dir)
-    rows = read_jsonl(data / "holdout.jsonl")
     engine = Engine(model, tok, p.eval.batch_size, p.eval.slack_tokens)
-    table = accuracy_by_family(rows, engine.correct(rows))
-    report = {"host": str(host_dir), "host_sha256": read_manifest(host_dir)["sha256"], "data_sha256": data_sha,
-              "split": "holdout", "families": table,
-              "overall": sum(f["correct"] for f in table.values()) / len(rows),
+    scores = test_accuracy(engine, read_jsonl(data / "test.jsonl"))
+    report = {"host_sha256": read_manifest(host_dir)["sha256"], "data_sha256": data_sha, **scores,
+              **{f"{part}_mean": sum(t.values()) / len(t) for part, t in scores.items()},
               "new_tokens": engine.new_tokens, "seconds": round(engine.seconds, 2)}
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    for fam, row in table.items():
-        typer.echo(f"{fam:12s} {row['correct']:4d}/{row['n']:<4d} {row['accuracy']:.3f}")
-    typer.echo(f"{'overall':12s} {report['overall']:.3f}  ({out})")
+    for fam in scores["test"]:
+        typer.echo(f"{fam:12s} test {scores['test'][fam]:.3f}  transfer {scores['transfer'][fam]:.3f}")
+    typer.echo(f"{'mean':12s} test {report['test_mean']:.3f}  transfer {report['transfer_mean']:.3f}  ({out})")
 
 
 DIRS = {"models_dir": typer.Option("models", "--models", help="Where checkpoints go (models/base is the host)."),
@@ -158,7 +157,7 @@ def evomerge(params: Path = PARAMS,
 @app.command()
 def report(runs: Path = typer.Argument(Path("runs"), help="The ladder's run folders (runs/gen_N)."),
            params: Path = PARAMS,
-           baseline: Path = typer.Option(Path("reports/baseline.json"), help="The bare host's holdout accuracy."),
+           baseline: Path = typer.Option(Path("reports/baseline.json"), help="The bare host's test accuracy."),
            out: Path = typer.Option(Path("reports"), help="Writes OUT/report.md and OUT/plots/."),
            last: int = typer.Option(10, min=1, help="Assimilation attempts listed in full.")):
     """Write the ladder's report: ROI and energy over generations, ROI volatility, energy Gini and

@@ -36,6 +36,8 @@ class ChallengeConfig(Strict):
     train_per_cell: int = Field(200, ge=1, le=100_000)
     probe_per_cell: int = Field(20, ge=1, le=10_000)
     holdout_per_cell: int = Field(20, ge=1, le=10_000)
+    test_per_cell: int = Field(20, ge=1, le=10_000)  # test split, trained phrasings: read by no selection step
+    transfer_per_cell: int = Field(20, ge=1, le=10_000)  # test split, reserved phrasings only
 
     @model_validator(mode="after")
     def _unique(self) -> "ChallengeConfig":
@@ -147,6 +149,8 @@ class GateConfig(Strict):
         "Write two sentences about the sea.", "Explain what a library is to a child.",
         "Give one tip for staying focused.", "What do bees do in winter?"], min_length=1)
     reply_tokens: int = Field(32, ge=1, le=1024)  # tokens generated per neutral prompt
+    max_ppl_increase: float = Field(0.05, ge=0.0)  # child's general-text perplexity <= parent's * (1 + this)
+    ppl_passages: int = Field(16, ge=1, le=1000)  # prose paragraphs of pydoc_data.topics measured
     # Stop rule: stop the ladder after `stop_patience` generations in a row with
     # delta generalization < stop_epsilon while delta drift > stop_theta.
     stop_epsilon: float = Field(0.01, ge=0.0)

@@ -173,3 +173,13 @@ def accuracy_by_family(challenges: Sequence[Challenge], correct: Sequence[bool])
     return {f: {"accuracy": v["correct"] / v["n"], "correct": v["correct"], "n": v["n"],
                 "by_level": {k: a / n for k, (a, n) in sorted(v["levels"].items())}}
             for f, v in sorted(table.items())}
+
+
+def test_accuracy(engine: Engine, test: Sequence[Challenge]) -> dict[str, dict[str, float]]:
+    """Accuracy per family on the test split, {"test": ..., "transfer": ...}: its part asked in the
+    trained phrasings and its part asked in the reserved ones."""
+    ok = engine.correct(test)
+    return {part: {f: v["accuracy"] for f, v in accuracy_by_family(
+                [c for c in test if c.transfer == reserved], [k for c, k in zip(test, ok) if c.transfer == reserved]
+            ).items()}
+            for part, reserved in (("test", False), ("transfer", True))}

@@ -1,7 +1,7 @@
 """The generation flow — one rung of the ladder — and the ladder flow. Wiring only.
 
     spawn -> learn (one task per organelle) -> evaluate -> settle energy -> assimilate -> merge
-          -> sleep-consolidate -> gate / rollback -> score (holdout per family) -> publish
+          -> sleep-consolidate -> gate / rollback -> score (test split per family) -> publish
 
 (sleep-consolidate: the merged child teaches the parent host, see tasks/sleep.py; off with
 sleep.in_generation: false, when the merged child goes to the gate as it is.)
@@ -34,7 +34,7 @@ from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, 
                                  write_manifest)
 from cambrian.cluster import configured
 from cambrian.config import Params, load_params, parse_params
-from cambrian.engine import Engine, accuracy_by_family
+from cambrian.engine import Engine, test_accuracy
 from cambrian.host import load_host
 from cambrian.organelle import Organelle, load_colony, save_population
 from flows.steps import step
@@ -157,12 +157,12 @@ def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[d
 
 @step("score")
 def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, params: dict) -> dict:
-    """The checkpoint's accuracy per family on the whole holdout split (beside reports/baseline.json)."""
+    """The checkpoint's accuracy per family on the test split, in trained and in reserved phrasings
+    (beside reports/baseline.json). The only step of a generation that reads the test split."""
     p = parse_params(params)
     model, tok = load_host(model_dir, model_sha)
-    holdout = read_jsonl(Path(data_dir) / "holdout.jsonl")
-    table = accuracy_by_family(holdout, Engine(model, tok, p.eval.batch_size, p.eval.slack_tokens).correct(holdout))
-    return {family: v["accuracy"] for family, v in table.items()}
+    return test_accuracy(Engine(model, tok, p.eval.batch_size, p.eval.slack_tokens),
+                         read_jsonl(Path(data_dir) / "test.jsonl"))
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -217,14 +217,15 @@ def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_n
            "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
            "eval_recall": "" if m.get("recall_child") is None else m["recall_child"],
            "eval_generalization": m.get("generalization_child", ""), "eval_style_drift": m.get("style_drift", ""),
+           "ppl_parent": m.get("ppl_parent", ""), "ppl_child": m.get("ppl_child", ""),
            "gate_verdict": verdict_name, "gate_reason": why, "git_rev": ledger.git_rev(),
            "dvc_stage": f"generation@{gid}"}
     stop = stopped or bool(metrics and should_stop([h["gate"] for h in history] + [metrics], params.gate))
     dvc_metrics = {"accepted": verdict_name == "accepted", "assimilated": len(summary.get("assimilated", [])),
                    "colony_accuracy": summary.get("accuracy", 0.0), "survivors": summary.get("survivors", 0),
-                   **{f"holdout_{f}": a for f, a in summary["holdout"].items()},
+                   **{f"{part}_{f}": a for part, table in summary["scores"].items() for f, a in table.items()},
                    **{k: m[k] for k in ("recall_child", "generalization_parent", "generalization_child",
-                                        "style_drift", "forbidden_rate") if k in m}}
+                                        "style_drift", "forbidden_rate", "ppl_parent", "ppl_child") if k in m}}
     return {"ledger": row, "gate": metrics, "stop": stop, "metrics": dvc_metrics}
 
 
@@ -321,7 +322,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if verdict_name == "accepted" else \
         _read_jsonl(runs / params.ladder[gid].parent / "qa.jsonl")
     source = store_get(child_sha) if child_sha != parent_sha else parent_dir
-    summary["holdout"] = score_step(str(source), child_sha, str(data), data_sha, {"eval": pdict["eval"]})
+    summary["scores"] = score_step(str(source), child_sha, str(data), data_sha, {"eval": pdict["eval"]})
     record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, deltas, metrics, history, stopped,
                      (time.perf_counter() - start) / 60)
     files = {"episodes.jsonl": _jsonl(episodes), "assimilation.jsonl": _jsonl(attempts), "qa.jsonl": _jsonl(qa),

@@ -4,7 +4,9 @@ Measured on the parent and the child side by side:
 - recall: accuracy on the parent generation's QA set (the data delta it assimilated);
 - generalization: accuracy on the holdout split of the families in the new delta;
 - style drift: on neutral prompts, the mean per-token KL(parent || child) along the parent's own
-  greedy replies, and the share of the child's replies containing a forbidden phrase.
+  greedy replies, and the share of the child's replies containing a forbidden phrase;
+- general ability: perplexity on a fixed slice of English prose that ships with Python (the
+  paragraphs of `pydoc_data.topics`), so a child that learned puzzles by forgetting language fails.
 The verdict applies the thresholds of `gate` in params.yaml; a rejected child is replaced by its
 parent, byte for byte. The stop rule ends the ladder after `stop_patience` generations in a row
 whose generalization gain was below `stop_epsilon` while drift exceeded `stop_theta`.
@@ -21,7 +23,7 @@ from cambrian.engine import Engine
 
 
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
-           "style_drift", "forbidden_rate")
+           "style_drift", "forbidden_rate", "ppl_parent", "ppl_child")
 
 
 @torch.inference_mode()
@@ -51,6 +53,26 @@ def style_drift(parent_engine: Engine, child_engine: Engine, cfg: GateConfig) ->
             "forbidden_rate": forbidden / len(prompts), "child_replies": child_replies}
 
 
+def prose(n: int) -> list[str]:
+    """The first `n` prose paragraphs (no code, no grammar rules) of Python's own help topics."""
+    from pydoc_data.topics import topics
+
+    paragraphs = (p.replace("\n", " ") for key in sorted(topics) for p in topics[key].split("\n\n"))
+    return [p for p in paragraphs if len(p) > 200 and not p.startswith(" ") and "::=" not in p][:n]
+
+
+@torch.inference_mode()
+def perplexity(engine: Engine, texts: list[str], max_tokens: int = 256) -> float:
+    """exp of the mean next-token NLL over the texts (plain text, no chat template)."""
+    nll, count = 0.0, 0
+    for text in texts:
+        ids = torch.tensor([engine.tok(text, add_special_tokens=False)["input_ids"][:max_tokens]], device=engine.device)
+        logits = engine.model(input_ids=ids).logits[0, :-1].float()
+        nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        count += ids.shape[1] - 1
+    return math.exp(nll / count)
+
+
 def _acc(engine: Engine, rows: list[Challenge]) -> float | None:
     return sum(engine.correct(rows)) / len(rows) if rows else None
 
@@ -63,6 +85,8 @@ def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challeng
          "style_drift": drift["kl"], "forbidden_rate": drift["forbidden_rate"],
          "tone_replies": drift["child_replies"], "n_recall": len(prior_qa), "n_generalization": len(holdout)}
     m["delta_generalization"] = (m["generalization_child"] - m["generalization_parent"]) if holdout else 0.0
+    texts = prose(cfg.ppl_passages)
+    m["ppl_parent"], m["ppl_child"] = perplexity(parent_engine, texts), perplexity(child_engine, texts)
     m["nonfinite_tensors"] = sum(not torch.isfinite(p).all() for p in child_engine.model.parameters())
     return m
 
@@ -82,6 +106,9 @@ def verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:
                        f"(min delta {cfg.generalization_min_delta})")
     if m["style_drift"] > cfg.max_kl:
         return False, f"style drift KL {m['style_drift']:.3f} > {cfg.max_kl}"
+    if m["ppl_child"] > m["ppl_parent"] * (1 + cfg.max_ppl_increase):
+        return False, (f"general-text perplexity {m['ppl_parent']:.2f} -> {m['ppl_child']:.2f} "
+                       f"(max increase {cfg.max_ppl_increase:.0%})")
     if m["forbidden_rate"] > cfg.max_forbidden_rate:
         return False, f"forbidden-phrase rate {m['forbidden_rate']:.2f} > {cfg.max_forbidden_rate}"
     return True, (f"generalization {m['generalization_parent']:.3f} -> {m['generalization_child']:.3f}, "

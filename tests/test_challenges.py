@@ -2,14 +2,27 @@ import json
 
 import pytest
 
-from cambrian.challenges import (GENERATORS, MAX_ANSWER_TOKENS, SPLITS, build_splits, read_jsonl, sample, score,
-                                 split_of, write_dataset)
+from cambrian.challenges import (GENERATORS, MAX_ANSWER_TOKENS, PHRASINGS, SPLITS, TRAINED, build_splits, read_jsonl,
+                                 sample, score, split_of, write_dataset)
 from cambrian.checkpoint import CheckpointError, verify
 from cambrian.config import FAMILIES, ChallengeConfig
 
 
 def test_every_family_has_generator_and_budget():
-    assert set(GENERATORS) == set(FAMILIES) == set(MAX_ANSWER_TOKENS)
+    assert set(GENERATORS) == set(FAMILIES) == set(MAX_ANSWER_TOKENS) == set(PHRASINGS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_has_eight_phrasings_two_of_them_reserved_for_transfer(family):
+    assert len(set(PHRASINGS[family])) >= 8 and len(PHRASINGS[family]) - TRAINED >= 2
+    trained = [c for lv in (1, 2, 3) for c in sample(family, lv, "train", 60, 0)]
+    assert {c.phrasing for c in trained} == set(range(TRAINED))  # every trained phrasing is used
+    transfer = [c for lv in (1, 2, 3) for c in sample(family, lv, "test", 20, 0, transfer=True)]
+    assert {c.phrasing for c in transfer} == set(range(TRAINED, len(PHRASINGS[family])))
+    for c in transfer:  # only the wording varies: the gold answer is what the strict scorer wants
+        assert c.split == "test" and c.transfer and score(family, c.answer, c.answer)
+    with pytest.raises(ValueError, match="test split only"):
+        sample(family, 1, "train", 1, 0, transfer=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -32,14 +45,18 @@ def test_levels_differ_in_difficulty():
 
 
 def test_splits_are_disjoint_and_follow_prompt_hash():
-    cfg = ChallengeConfig(train_per_cell=60, probe_per_cell=20, holdout_per_cell=20)
+    cfg = ChallengeConfig(train_per_cell=60, probe_per_cell=20, holdout_per_cell=20, test_per_cell=10,
+                          transfer_per_cell=10)
     splits = build_splits(cfg, seed=0)
     prompts = {s: {c.prompt for c in rows} for s, rows in splits.items()}
-    assert not prompts["train"] & prompts["probe"]
-    assert not prompts["train"] & prompts["holdout"]
-    assert not prompts["probe"] & prompts["holdout"]
+    for a in SPLITS:
+        for b in SPLITS:
+            assert a == b or not prompts[a] & prompts[b], (a, b)
     for s, rows in splits.items():
         assert all(split_of(c.prompt) == s for c in rows)
+        assert all(c.transfer == (c.phrasing >= TRAINED) for c in rows)
+        assert s == "test" or not any(c.transfer for c in rows)  # reserved phrasings live in test only
+    assert sum(c.transfer for c in splits["test"]) == sum(not c.transfer for c in splits["test"]) == 10 * 5 * 3
     # Fresh draws with another seed stay in their split too: training can never see a holdout prompt.
     fresh = build_splits(cfg, seed=99)
     assert not {c.prompt for c in fresh["holdout"]} & prompts["train"]
@@ -114,6 +131,8 @@ def test_dataset_files_are_content_hashed_and_reproducible(tmp_path):
     assert {p.name for p in (tmp_path / "a").iterdir()} == {f"{s}.jsonl" for s in SPLITS} | {"cambrian.json"}
     rows = read_jsonl(tmp_path / "a" / "holdout.jsonl")
     assert len(rows) == 3 * 5 * 3 and all(r.split == "holdout" for r in rows)
+    test = read_jsonl(tmp_path / "a" / "test.jsonl")
+    assert len(test) == (cfg.test_per_cell + cfg.transfer_per_cell) * 5 * 3 and {r.split for r in test} == {"test"}
     with open(tmp_path / "a" / "train.jsonl", "a") as f:
         f.write('{"tampered": true}\n')
     with pytest.raises(CheckpointError):

@@ -134,9 +134,32 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     shown = repo.run("dvc", "plots", "show", "--json")
     plots = json.loads(shown[shown.index("{"):])
     assert {"roi", "energy", "gate"} <= set(plots["data"])
-    assert set(json.loads((repo.root / "runs/gen_1/summary.json").read_text())["holdout"]) == set(FAMILIES)
+    scores = json.loads((repo.root / "runs/gen_1/summary.json").read_text())["scores"]
+    assert set(scores) == {"test", "transfer"} and set(scores["test"]) == set(scores["transfer"]) == set(FAMILIES)
     sleep = json.loads((repo.root / "runs/gen_1/summary.json").read_text())["sleep"]  # sleep-consolidate ran
     assert len(sleep["kd"]) == 2 and sleep["fisher_source_mode"] == "mixed_replay_pseudo"
+
+
+def test_no_selection_step_ever_sees_a_test_challenge(repo):
+    """Every prompt that spawn, learn, evaluate, assimilate, merge, sleep and gate worked on is
+    logged in the run folders; none is a test prompt. Of the generation's steps only `score` names
+    the test split's file."""
+    import inspect
+
+    from cambrian.challenges import read_jsonl, split_of
+    from flows import generation
+
+    test = {c.prompt for c in read_jsonl(repo.root / "data/challenges/test.jsonl")}
+    seen = []
+    for run in (repo.root / "runs").glob("gen_*"):
+        for f in [run / "episodes.jsonl", run / "qa.jsonl", *(run / "deltas").glob("*.jsonl")]:
+            seen += [json.loads(x)["prompt"] for x in f.read_text().splitlines()]
+    assert len(seen) > 50 and not set(seen) & test and {split_of(p) for p in seen} == {"train"}
+    steps = [generation.spawn_step, generation.learn_step, generation.evaluate_step, generation.settle_step,
+             generation.assimilate_step, generation.merge_step, generation.sleep_step, generation.gate_step]
+    for s in steps:
+        assert "test" not in inspect.getsource(s.fn.__wrapped__), s.name
+    assert "test.jsonl" in inspect.getsource(generation.score_step.fn.__wrapped__)
 
 
 def test_second_repro_is_a_noop(repo):

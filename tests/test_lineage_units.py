@@ -71,14 +71,16 @@ def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge
     holdout = sample("math", 1, "holdout", 3, 0)
     same = measure(Engine(parent, tok), Engine(child, tok), [], holdout, cfg)
     assert same["style_drift"] == pytest.approx(0.0, abs=1e-6) and same["recall_child"] is None
+    assert same["ppl_child"] == same["ppl_parent"] > 1.0 and same["nonfinite_tensors"] == 0
     fold(child, {"a": trained_adapter}, {"a": 3.0}, MergeConfig())
     moved = measure(Engine(parent, tok), Engine(child, tok), holdout, holdout, cfg)
-    assert moved["style_drift"] > 1e-3 and moved["n_recall"] == 3
+    assert moved["style_drift"] > 1e-3 and moved["n_recall"] == 3 and moved["ppl_child"] != moved["ppl_parent"]
 
 
 def _m(**kw):
     base = {"recall_parent": 0.5, "recall_child": 0.5, "generalization_parent": 0.2, "generalization_child": 0.4,
-            "delta_generalization": 0.2, "style_drift": 0.1, "forbidden_rate": 0.0, "nonfinite_tensors": 0}
+            "delta_generalization": 0.2, "style_drift": 0.1, "forbidden_rate": 0.0, "nonfinite_tensors": 0,
+            "ppl_parent": 20.0, "ppl_child": 20.5}
     return {**base, **kw}
 
 
@@ -89,13 +91,16 @@ def test_gate_verdicts_name_the_failed_threshold():
     assert "generalization" in verdict(_m(generalization_child=0.1, delta_generalization=-0.1), cfg)[1]
     assert "style drift" in verdict(_m(style_drift=0.9), cfg)[1]
     assert "forbidden" in verdict(_m(forbidden_rate=0.5), cfg)[1]
+    assert verdict(_m(ppl_child=21.0), cfg)[0]  # +5.0%: at the limit
+    assert verdict(_m(ppl_child=21.1), cfg) == (False, "general-text perplexity 20.00 -> 21.10 (max increase 5%)")
     assert verdict(_m(recall_parent=None, recall_child=None), cfg)[0]  # the first generation has no prior QA
 
 
 def test_a_nan_child_or_metric_never_passes_the_gate():
     cfg = GateConfig()
     assert verdict(_m(nonfinite_tensors=6), cfg) == (False, "6 weight tensors of the child are not finite")
-    for key in ("style_drift", "generalization_child", "delta_generalization", "recall_child", "forbidden_rate"):
+    for key in ("style_drift", "generalization_child", "delta_generalization", "recall_child", "forbidden_rate",
+                "ppl_child"):
         accepted, why = verdict(_m(**{key: float("nan")}), cfg)
         assert not accepted and f"{key}=nan" in why, key
     assert not verdict(_m(style_drift=float("inf")), cfg)[0]
