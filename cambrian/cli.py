@@ -184,6 +184,22 @@ def continual(params: Path = PARAMS,
     typer.echo(flow(str(params), str(host_dir), str(data), str(out))["table"])
 
 
+@app.command()
+def compare(params: Path = PARAMS,
+            host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
+            data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),
+            out: Path = typer.Option(Path("reports"), help="Writes OUT/compare.md and OUT/compare.json.")):
+    """Compare the ladder with the simple baselines on the same SFT budget (params compare): plain
+    (one LoRA per family, folded in by task arithmetic), multitask (one LoRA on all families), the
+    ladder as configured, and the ladder without each mechanism in turn. Every recipe is scored on
+    the test split (trained and held-out phrasings) and general-text perplexity; mean and 95%
+    interval over seeds. Every cell is cached: an interrupted comparison resumes."""
+    _params(params)
+    from flows.compare import compare as flow
+    flow(str(params), str(host_dir), str(data), str(out))
+    typer.echo((out / "compare.md").read_text())
+
+
 def deployments():
     """The deployments `cambrian serve` offers the Prefect UI."""
     from cambrian.cluster import configured

@@ -95,6 +95,7 @@ class ColonyConfig(Strict):
 
 
 class BanditConfig(Strict):
+    routing: Literal["ucb1", "uniform"] = "ucb1"  # uniform: every arm equally often (an ablation)
     exploration: float = Field(1.0, ge=0.0, le=100.0)  # UCB1 bonus weight c in mean + c*sqrt(2 ln N / n)
 
 
@@ -246,6 +247,17 @@ class ContinualConfig(Strict):
         return self
 
 
+class CompareConfig(Strict):
+    """`cambrian compare`: the ladder against the simple baselines and its own ablations."""
+    recipes: list[Literal["plain", "multitask", "ladder", "no_economy", "uniform_routing", "no_assimilation_test",
+                          "no_sleep", "no_replay"]] = Field(
+        default_factory=lambda: ["plain", "multitask", "ladder", "no_economy", "uniform_routing",
+                                 "no_assimilation_test", "no_sleep", "no_replay"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # plain, multitask, ladder
+    ablation_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # each ablation
+    rows: int = Field(2304, ge=1, le=10_000_000)  # SFT rows of each baseline (steps x colony.train_batch)
+
+
 class Tracking(Strict):
     experiment: str = Field("cambrian", min_length=1)  # MLflow experiment; server from MLFLOW_TRACKING_URI
 
@@ -284,6 +296,7 @@ class Params(Strict):
     evomerge: EvoMergeConfig = EvoMergeConfig()
     sleep: SleepConfig = SleepConfig()
     continual: ContinualConfig = ContinualConfig()
+    compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
     # The ladder G1..GN: one DVC stage per entry (dvc.yaml foreach), each on its parent's output.
     ladder: dict[str, LadderGen] = Field(default_factory=lambda: {
@@ -297,7 +310,7 @@ class Params(Strict):
                 raise ValueError(f"ladder.{gid}: generation ids look like gen_1, gen_2, ...")
             if g.parent not in seen:
                 raise ValueError(f"ladder.{gid}.parent: {g.parent!r} is not 'base' or an earlier generation")
-            fixed = {"ladder", "host", "challenges", "evomerge", "continual", "scale"}
+            fixed = {"ladder", "host", "challenges", "evomerge", "continual", "compare", "scale"}
             bad = set(g.overrides) - (set(type(self).model_fields) - fixed)
             if bad:
                 raise ValueError(f"ladder.{gid}.overrides: cannot override {sorted(bad)}")

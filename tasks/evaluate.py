@@ -7,7 +7,7 @@ challenges from it; all organelles' challenges share one mixed-adapter batch. Th
 from __future__ import annotations
 
 
-from cambrian.bandit import arm, parse_arm, ucb1, update
+from cambrian.bandit import arm, parse_arm, route, update
 from cambrian.challenges import sample, score
 from cambrian.config import Params
 from cambrian.engine import Engine
@@ -23,7 +23,7 @@ def run_episodes(engine: Engine, organelles: list[Organelle], params: Params, ge
             for o in living}
     episodes: list[dict] = []
     for rnd in range(cfg.episodes // cfg.pull_size):
-        picks = {o.id: ucb1(o.arms, arms[o.id], params.bandit.exploration) for o in living}
+        picks = {o.id: route(o.arms, arms[o.id], params.bandit.routing, params.bandit.exploration) for o in living}
         jobs = []
         for o in living:
             family, level = parse_arm(picks[o.id])

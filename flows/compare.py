@@ -1,0 +1,139 @@
+"""The comparison flow: the ladder against the simple baselines and against itself without each
+mechanism, on the same host, data and test split (wiring only; recipes are in tasks/compare.py).
+
+    plain, multitask                 one cached step per (recipe, seed): train, fold, measure
+    ladder and its ablations         the ladder flow in its own workspace under CAMBRIAN_HOME/compare
+                                     (params.yaml + `ABLATIONS[recipe]`, seed), its last generation measured
+
+Every cell is cached, so the table can be built up over several sessions. Writes OUT/compare.json
+(every cell and the aggregates) and OUT/compare.md (mean and 95% t-interval over seeds per recipe).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger
+from scipy import stats
+
+from cambrian import ledger
+from cambrian.challenges import read_jsonl
+from cambrian.checkpoint import atomic_write_text, home, verify
+from cambrian.config import load_params, parse_params
+from cambrian.host import load_host
+from flows.generation import ladder
+from flows.steps import step
+from tasks.compare import ABLATIONS, BASELINES, measure, train_baseline
+
+
+@step("compare-baseline")
+def baseline_step(parent_dir: str, parent_sha: str, data_dir: str, data_sha: str, recipe: str, seed: int,
+                  params: dict) -> dict:
+    p = parse_params(params)
+    host, tok = load_host(parent_dir, parent_sha)
+    start = time.perf_counter()
+    rows = train_baseline(host, tok, recipe, read_jsonl(Path(data_dir) / "train.jsonl"), p, seed)
+    minutes = (time.perf_counter() - start) / 60
+    return {**measure(host, tok, read_jsonl(Path(data_dir) / "test.jsonl"), p), "rows": rows, "minutes": minutes}
+
+
+@step("compare-score")
+def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, params: dict) -> dict:
+    p = parse_params(params)
+    model, tok = load_host(model_dir, model_sha)
+    return measure(model, tok, read_jsonl(Path(data_dir) / "test.jsonl"), p)
+
+
+def _ladder_cell(recipe: str, seed: int, params_path: str, host_dir: Path, host_sha: str, data_dir: str,
+                 data_sha: str) -> dict:
+    """Run the ladder of params.yaml with the recipe's overrides and this seed in its own workspace."""
+    data = yaml.safe_load(Path(params_path).read_text()) or {}
+    data["seed"] = seed
+    for section, values in ABLATIONS[recipe].items():
+        data[section] = {**data.get(section, {}), **values}
+    p = parse_params(data)
+    root = home() / "compare" / f"{recipe}-{seed}"
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    if not (root / "models" / "base").exists():
+        (root / "models" / "base").symlink_to(host_dir.resolve(), target_is_directory=True)
+    ledger.write_base(root / "runs" / "base", host_sha)
+    atomic_write_text(root / "params.yaml", yaml.safe_dump(p.model_dump(), sort_keys=False))
+    ladder(str(root / "params.yaml"), str(root / "models"), str(root / "runs"), data_dir, str(root / "reports"))
+    last = list(p.ladder)[-1]
+    sha = verify(root / "models" / last)
+    rows, minutes = 0, 0.0
+    for gid in p.ladder:
+        summary = json.loads((root / "runs" / gid / "summary.json").read_text())
+        rows += sum(map(len, summary.get("learning_curves", {}).values())) * p.colony.train_batch
+        rows += len(summary.get("sleep", {}).get("kd", [])) * p.sleep.batch
+        minutes += ledger.record(root / "runs" / gid)["ledger"]["walltime_min"]
+    return {**score_step(str(root / "models" / last), sha, data_dir, data_sha, p.for_steps()),
+            "rows": rows, "minutes": minutes}
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval; 0 for a single seed)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def aggregate(cells: list[dict], host: dict, families: list[str]) -> dict:
+    """Per recipe: mean and 95% interval over its seeds of every column."""
+    out = {}
+    for recipe in dict.fromkeys(c["recipe"] for c in cells):
+        mine = [c for c in cells if c["recipe"] == recipe]
+        cols = {**{f"test_{f}": [c["test"][f] for c in mine] for f in families},
+                "test_mean": [statistics.fmean(c["test"][f] for f in families) for c in mine],
+                "transfer_mean": [statistics.fmean(c["transfer"][f] for f in families) for c in mine],
+                "ppl_change": [c["ppl"] / host["ppl"] - 1 for c in mine],
+                "rows": [c["rows"] for c in mine], "minutes": [c["minutes"] for c in mine]}
+        out[recipe] = {"seeds": [c["seed"] for c in mine], **{k: _interval(v) for k, v in cols.items()}}
+    return out
+
+
+def table(agg: dict, host: dict, families: list[str]) -> str:
+    cols = [*(f"test_{f}" for f in families), "test_mean", "transfer_mean", "ppl_change", "rows", "minutes"]
+    fmt = lambda c, m, h: (f"{m:.0f}" if c == "rows" else f"{m:.1f}" if c == "minutes" else f"{m:+.3f}"
+                           if c == "ppl_change" else f"{m:.3f}") + (f" ± {h:.3f}" if h and c not in ("rows", "minutes") else "")
+    lines = ["Strict accuracy on the test split (no training or selection step reads it); transfer: the same skills "
+             "asked in phrasings no training row uses. Mean ± half-width of the 95% t-interval over the seeds shown; "
+             "ppl_change: general-text perplexity relative to the bare host; rows: SFT rows seen.", "",
+             "| recipe | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|",
+             f"| bare host | - | " + " | ".join(
+                 [*(f"{host['test'][f]:.3f}" for f in families), f"{statistics.fmean(host['test'].values()):.3f}",
+                  f"{statistics.fmean(host['transfer'].values()):.3f}", "+0.000", "0", "0"]) + " |"]
+    for recipe, a in agg.items():
+        lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(fmt(c, *a[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="compare")
+def compare(params_path: str = "params.yaml", host_dir: str = "models/base", data_dir: str = "data/challenges",
+            out_dir: str = "reports") -> dict:
+    """Every recipe of `compare.recipes` on its seeds; writes OUT/compare.json and OUT/compare.md."""
+    log = get_run_logger()
+    params = load_params(params_path)
+    cfg, families = params.compare, params.challenges.families
+    host_sha, data_sha = verify(host_dir), verify(data_dir)
+    pdict = params.for_steps()
+    host = score_step(host_dir, host_sha, data_dir, data_sha, pdict)
+    cells = []
+    for recipe in cfg.recipes:
+        for seed in (cfg.seeds if recipe in (*BASELINES, "ladder") else cfg.ablation_seeds):
+            cell = baseline_step(host_dir, host_sha, data_dir, data_sha, recipe, seed, pdict) if recipe in BASELINES \
+                else _ladder_cell(recipe, seed, params_path, Path(host_dir), host_sha, data_dir, data_sha)
+            cells.append({"recipe": recipe, "seed": seed, **cell})
+            log.info(f"compare {recipe} seed {seed}: test mean {statistics.fmean(cell['test'].values()):.3f}, "
+                     f"transfer mean {statistics.fmean(cell['transfer'].values()):.3f}, {cell['rows']} SFT rows, "
+                     f"{cell['minutes']:.1f} min")
+    agg = aggregate(cells, host, families)
+    out = Path(out_dir)
+    atomic_write_text(out / "compare.json", json.dumps({"host": host, "cells": cells, "recipes": agg}, indent=1,
+                                                       sort_keys=True) + "\n")
+    atomic_write_text(out / "compare.md", table(agg, host, families))
+    return agg

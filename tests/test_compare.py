@@ -1,0 +1,43 @@
+"""`cambrian compare` on the tiny host: baselines and a ladder ablation on counted SFT budgets,
+scored on the test split, aggregated with 95% t-intervals; cells come from the cache on a re-run."""
+import json
+
+import pytest
+import yaml
+
+from cambrian.config import FAMILIES, parse_params
+from flows.compare import _interval, compare
+from tests.test_ladder import TINY
+
+
+def test_interval_is_the_95_percent_t_interval():
+    mean, half = _interval([0.5, 0.7, 0.6])
+    assert mean == pytest.approx(0.6) and half == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)
+    assert _interval([0.4]) == (0.4, 0.0)
+
+
+def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir, tmp_path):
+    params = {**TINY, "ladder": {"gen_1": {"parent": "base"}},
+              "compare": {"recipes": ["plain", "multitask", "no_sleep"], "seeds": [0, 1], "ablation_seeds": [0],
+                          "rows": 20}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(parse_params(params).model_dump(), sort_keys=False))
+    agg = compare(str(path), str(tiny_host_dir), str(tiny_data_dir), str(tmp_path / "reports"))
+    result = json.loads((tmp_path / "reports" / "compare.json").read_text())
+    cells = result["cells"]
+    assert [(c["recipe"], c["seed"]) for c in cells] == [("plain", 0), ("plain", 1), ("multitask", 0),
+                                                        ("multitask", 1), ("no_sleep", 0)]
+    # Same budget, counted: plain gives each of 5 families 20 // (4 * 5) = 1 step of batch 4.
+    assert [c["rows"] for c in cells[:4]] == [20, 20, 20, 20]
+    assert cells[4]["rows"] == 3 * 2 * 4  # the tiny ladder: 3 organelles x 2 steps x batch 4, no sleep
+    for c in cells:
+        assert set(c["test"]) == set(c["transfer"]) == set(FAMILIES)
+        assert c["ppl"] > 1.0
+    assert cells[0]["ppl"] != cells[1]["ppl"]  # seeds differ
+    assert agg["plain"]["seeds"] == [0, 1] and agg["no_sleep"]["rows"] == (24.0, 0.0)
+    table = (tmp_path / "reports" / "compare.md").read_text()
+    assert "| bare host |" in table and "| plain | 2 |" in table and "| no_sleep | 1 |" in table
+    compare(str(path), str(tiny_host_dir), str(tiny_data_dir), str(tmp_path / "again"))
+    cached = json.loads((tmp_path / "again" / "compare.json").read_text())["cells"]
+    assert cached[:4] == cells[:4]  # baseline cells come from the cache, wall time included
+    assert {**cached[4], "minutes": 0} == {**cells[4], "minutes": 0}  # the ladder's steps too
