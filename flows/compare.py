@@ -104,7 +104,7 @@ def table(agg: dict, host: dict, families: list[str]) -> str:
              "asked in phrasings no training row uses. Mean ± half-width of the 95% t-interval over the seeds shown; "
              "ppl_change: general-text perplexity relative to the bare host; rows: SFT rows seen.", "",
              "| recipe | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|",
-             f"| bare host | - | " + " | ".join(
+             "| bare host | - | " + " | ".join(
                  [*(f"{host['test'][f]:.3f}" for f in families), f"{statistics.fmean(host['test'].values()):.3f}",
                   f"{statistics.fmean(host['transfer'].values()):.3f}", "+0.000", "0", "0"]) + " |"]
     for recipe, a in agg.items():

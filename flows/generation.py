@@ -8,8 +8,8 @@ sleep.in_generation: false, when the merged child goes to the gate as it is.)
 
 Every step but publish is a pure computation over content hashes, cached across processes
 (flows/steps.py: the key is the step's inputs — the parent checkpoint's sha256, adapter shas,
-params, data sha — and the code it runs; the result is plain JSON). Steps keep their files in the content-
-addressed store (.cambrian/store), outside DVC's outputs, so a re-run after a crash picks up every
+params, data sha — and the code it runs; the result is plain JSON). Steps keep their files in the
+content-addressed store (.cambrian/store), outside DVC's outputs, so a re-run after a crash picks up every
 finished step. Only `publish` writes the stage's DVC outputs — the child checkpoint
 models/GEN and the generation's colony and telemetry RUNS/GEN — and it is never cached, because
 DVC deletes a stage's outputs before running it.
