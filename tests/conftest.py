@@ -37,5 +37,6 @@ def tiny_data_dir(tmp_path_factory):
     from cambrian.config import ChallengeConfig
 
     out = tmp_path_factory.mktemp("data") / "challenges"
-    write_dataset(ChallengeConfig(train_per_cell=12, probe_per_cell=3, holdout_per_cell=3), 0, out)
+    write_dataset(ChallengeConfig(train_per_cell=12, probe_per_cell=3, holdout_per_cell=3, test_per_cell=3,
+                                  transfer_per_cell=3), 0, out)
     return out

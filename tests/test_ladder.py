@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "seed": 1,
     "host": {"source": "tiny-random"},
-    "challenges": {"train_per_cell": 12, "probe_per_cell": 3, "holdout_per_cell": 3},
+    "challenges": {"train_per_cell": 12, "probe_per_cell": 3, "holdout_per_cell": 3, "test_per_cell": 3,
+                   "transfer_per_cell": 3},
     "colony": {"population": 3, "lora_rank": 4, "lora_alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj"],
                "train_steps": 2, "train_batch": 4, "delta_size": 6, "episodes": 4, "pull_size": 2},
     "energy": {"initial": 1.0, "ticket": 0.8},
