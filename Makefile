@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 # The ladder and its report; EvoMerge and the continual benchmark are long experiments, one
-# command each: dvc repro evomerge | continual. The comparison of recipes: cambrian compare.
+# command each: dvc repro evomerge | continual | compare.
 repro: install
 	dvc repro report ledger
 

@@ -1,11 +1,13 @@
 """`cambrian` command line: one command per DVC stage, plus tools for people.
 
-Run `cambrian --help` (or `cambrian COMMAND --help`) for what each command does.
+Run `cambrian --help` (or `cambrian COMMAND --help`) for what each command does. A failure the
+user caused is one line on stderr and exit status 2; add `--debug` anywhere for the traceback.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -18,6 +20,7 @@ for _var, _value in {"DO_NOT_TRACK": "true", "HF_HUB_DISABLE_TELEMETRY": "1", "T
 app = typer.Typer(help="Cambrian: evolve a small host LLM through small, gated, reversible generations.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+FLOWS = {"generation", "ladder", "evomerge", "continual", "compare", "serve"}  # commands that talk to Prefect
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to validate and use.")
 
 
@@ -27,9 +30,23 @@ def _params(path: Path):
 
 
 @app.command()
-def check(params: Path = PARAMS):
-    """Validate params.yaml and print the resolved configuration (defaults filled in)."""
-    typer.echo(json.dumps(_params(params).model_dump(), indent=2))
+def check(params: Path = PARAMS,
+          ok: Path = typer.Option(None, help="Also verify every checkpoint a generation starts from (where it "
+                                             "exists), then write this file: the `params` DVC stage, which "
+                                             "every stage depends on, so bad params or a damaged parent stop "
+                                             "`dvc repro` before DVC removes any stage's outputs.")):
+    """Validate params.yaml (every generation's overrides included) and print the resolved
+    configuration (defaults filled in)."""
+    p = _params(params)
+    if ok is None:
+        typer.echo(json.dumps(p.model_dump(), indent=2))
+        return
+    from cambrian import ledger
+    from cambrian.checkpoint import atomic_write_text
+    for parent in dict.fromkeys(g.parent for g in p.ladder.values()):
+        if (Path("runs") / parent / "generation.json").is_file():
+            ledger.verify_generation(Path("models") / parent, Path("runs") / parent)
+    atomic_write_text(ok, "params valid, parents verified\n")  # the same bytes every time: nothing downstream re-runs
 
 
 @app.command()
@@ -110,6 +127,23 @@ def ladder(params: Path = PARAMS, models_dir: str = DIRS["models_dir"], runs_dir
         typer.echo(f"{row['GEN_ID']}: {row['gate_verdict']} ({row['gate_reason']})")
 
 
+@app.command()
+def track(params: Path = PARAMS, runs_dir: Path = typer.Option(Path("runs"), "--runs")):
+    """Log every finished generation of the ladder to MLflow from its run folder, e.g. those that
+    ran while the tracking server was down. Generations already logged are skipped (no duplicates)."""
+    from cambrian import ledger, tracking
+    p = _params(params)
+    done = [g for g in p.ladder if (runs_dir / g / "generation.json").is_file()]
+    ids = [tracking.log_generation(ledger.record(runs_dir / g),
+                                   json.loads((runs_dir / g / "summary.json").read_text()), p.for_generation(g))
+           for g in done]
+    missing = [g for g, i in zip(done, ids) if i is None]
+    if missing:
+        typer.echo(f"error: MLflow at {tracking.tracking_uri()} did not take {', '.join(missing)}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{len(done)} generations are in MLflow at {tracking.tracking_uri()}")
+
+
 @app.command("ledger")
 def write_ledger(params: Path = PARAMS, runs_dir: Path = typer.Option(Path("runs"), "--runs"),
                  out: Path = typer.Option(Path("models/lineage_ledger.csv"), help="Ledger to write."),
@@ -127,13 +161,15 @@ def write_ledger(params: Path = PARAMS, runs_dir: Path = typer.Option(Path("runs
 @app.command()
 def rollback(to: str = typer.Option(..., "--to", help="Generation to roll back to, e.g. gen_1 (or 1)."),
              rev: str = typer.Option(None, help="Git revision whose ledger to restore (default: the newest "
-                                                 "commit in which the generation was the last of the ladder).")):
+                                                 "commit in which the generation was the last of the ladder)."),
+             force: bool = typer.Option(False, "--force", help="Overwrite uncommitted edits to params.yaml, "
+                                                                "dvc.yaml and dvc.lock.")):
     """Restore the pipeline state in which generation N was the newest: git restores dvc.yaml,
     dvc.lock, params.yaml and the ledger of that commit, `dvc checkout` restores the bytes, and
     the checkpoint is verified against the ledger's sha256. Commit the result to make it the new head."""
     from cambrian.rollback import rollback as run
     gid = to if to.startswith("gen_") else f"gen_{to}"
-    commit, sha = run(gid, rev)
+    commit, sha = run(gid, rev, force)
     typer.echo(f"rolled back to {gid} as of {commit[:10]}: models/{gid} sha256 {sha} (matches the ledger)")
 
 
@@ -234,14 +270,38 @@ def export_generation(gid: str = typer.Argument(..., help="Generation to export 
     typer.echo(f"{gid} (sha256 {sha[:12]}) exported to {path.parent}/hf and {path}")
 
 
+def _one_line(known: tuple[type[Exception], ...]) -> None:
+    """Prefect logs a failed flow's or task's exception with its traceback; for a failure the user
+    caused, our one line says it all (the flow run's state in the Prefect UI still names it)."""
+    import logging
+
+    class Known(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not (record.exc_info and isinstance(record.exc_info[1], known))
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(Known())
+
+
 def main() -> None:
-    """Entry point: known failures (bad params, missing or corrupt checkpoint, wrong model) print
-    one clear line and exit 2 instead of a traceback."""
+    """Entry point: known failures (bad params, missing or corrupt checkpoint, wrong model, a
+    server that does not answer) print one clear line and exit 2; `--debug` shows the traceback."""
     from cambrian.checkpoint import CheckpointError
+    from cambrian.cluster import ServerError, check_api
     from cambrian.config import ParamsError
+    known = (ParamsError, CheckpointError, ServerError)
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
     try:
+        if set(sys.argv[1:2]) & FLOWS and not {"--help", "-h"} & set(sys.argv):
+            check_api()
+            if not debug:
+                _one_line(known)
         app()
-    except (ParamsError, CheckpointError) as err:
+    except known as err:
+        if debug:
+            raise
         typer.echo(f"error: {err}", err=True)
         raise SystemExit(2)
 

@@ -14,8 +14,10 @@ disk. A LocalCluster's workers then get a store of their own (CAMBRIAN_HOME/work
 checkpoint they use does travel through the remote, as it would between machines.
 
 Workers on other machines run in a clone of the project (same code, same `.dvc/config`) with
-CAMBRIAN_REMOTE set, and read Prefect's results from shared storage (PREFECT_DEFAULT_RESULT_STORAGE_BLOCK)
-so cached steps are found by every process.
+CAMBRIAN_REMOTE set; each keeps its own step results (flows/steps.py).
+
+`check_api` fails fast, in one line, when PREFECT_API_URL names a server that is down or silent
+(Prefect's own client would retry for minutes).
 """
 from __future__ import annotations
 
@@ -71,6 +73,25 @@ def task_runner(cfg: ScaleConfig):
 def configured(flow_, params_path: str = "params.yaml"):
     """`flow_` on the task runner that params' `scale` section (or CAMBRIAN_* env) selects."""
     return flow_.with_options(task_runner=task_runner(load_params(params_path).scale))
+
+
+class ServerError(RuntimeError):
+    """A server the user configured does not answer."""
+
+
+def check_api(timeout: float | None = None) -> None:
+    """If PREFECT_API_URL is set, its /health must answer within `timeout` seconds (default:
+    CAMBRIAN_API_TIMEOUT, else 5); an unset URL means Prefect's own temporary local server."""
+    url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not url:
+        return
+    timeout = timeout if timeout is not None else float(os.environ.get("CAMBRIAN_API_TIMEOUT", "5"))
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=timeout)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise ServerError(f"the Prefect API at {url} does not answer ({reason}, {timeout:g} s): start it with "
+                          f"`prefect server start`, or unset PREFECT_API_URL to use a temporary local one") from None
 
 
 def free_port() -> int:

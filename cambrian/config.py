@@ -70,14 +70,14 @@ class ESConfig(Strict):
 
 
 class ColonyConfig(Strict):
-    population: int = Field(8, ge=1, le=256)
+    population: int = Field(5, ge=1, le=256)
     lora_rank: int = Field(8, ge=1, le=256)
     lora_alpha: float = Field(16.0, gt=0.0)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1)
     learner: Literal["gradient", "es"] = "gradient"
-    train_steps: int = Field(12, ge=0, le=100_000)  # learner updates per organelle per generation
+    train_steps: int = Field(16, ge=0, le=100_000)  # learner updates per organelle per generation
     train_batch: int = Field(8, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     replay_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of training rows from earlier deltas
@@ -191,7 +191,7 @@ class EvoMergeConfig(Strict):
 class SleepConfig(Strict):
     """Complementary learning systems: a fast hippocampus (wake) consolidated into the host (sleep).
     In a generation of the ladder the merged child is the teacher and the parent host the student."""
-    in_generation: bool = True  # run the sleep-consolidate step between merge and gate
+    in_generation: bool = True  # fold assimilated organelles by distillation (else: by merge)
     experts: int = Field(4, ge=1, le=64)  # K LoRA experts on every target layer of the host
     top_k: int = Field(2, ge=1, le=64)  # experts mixed per token by each layer's router
     rank: int = Field(8, ge=1, le=256)
@@ -201,7 +201,7 @@ class SleepConfig(Strict):
     wake_lr: float = Field(2e-3, gt=0.0, le=1.0)
     balance: float = Field(0.01, ge=0.0)  # weight of the router's load-balancing loss
     replay_capacity: int = Field(256, ge=1, le=1_000_000)  # episodic buffer (reservoir) size in rows
-    steps: int = Field(8, ge=0, le=100_000)  # distillation updates per sleep
+    steps: int = Field(16, ge=0, le=100_000)  # distillation updates per sleep
     batch: int = Field(8, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0.0, le=1.0)  # the cortical adapter's lr (folded into the host after sleep)
     cortex_rank: int = Field(16, ge=1, le=1024)
@@ -281,6 +281,15 @@ class LadderGen(Strict):
     overrides: dict = Field(default_factory=dict)
 
 
+def _overridden(data: dict, overrides: dict) -> dict:
+    """`data` with each overridden top-level section updated by (or, if not a mapping, set to) its value."""
+    data = dict(data)
+    for section, values in overrides.items():
+        data[section] = {**data[section], **values} if isinstance(values, dict) and isinstance(data[section], dict) \
+            else values
+    return data
+
+
 class Params(Strict):
     seed: int = Field(0, ge=0)
     host: HostConfig = HostConfig()
@@ -314,6 +323,11 @@ class Params(Strict):
             bad = set(g.overrides) - (set(type(self).model_fields) - fixed)
             if bad:
                 raise ValueError(f"ladder.{gid}.overrides: cannot override {sorted(bad)}")
+            try:  # the generation's own params must be valid too, checked before any generation runs
+                type(self).model_validate({**_overridden(self.model_dump(exclude={"ladder"}), g.overrides), "ladder": {}})
+            except ValidationError as err:
+                raise ValueError("; ".join(f"ladder.{gid}.overrides.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                           for e in err.errors())) from None
             seen.add(gid)
         return self
 
@@ -325,13 +339,7 @@ class Params(Strict):
         """These params with the generation's overrides applied (and validated)."""
         if gid not in self.ladder:
             raise ParamsError(f"unknown generation {gid!r}; the ladder has {list(self.ladder)}")
-        data = self.model_dump()
-        for section, values in self.ladder[gid].overrides.items():
-            if not isinstance(values, dict) or not isinstance(data[section], dict):
-                data[section] = values
-            else:
-                data[section] = {**data[section], **values}
-        return parse_params(data)
+        return parse_params(_overridden(self.model_dump(), self.ladder[gid].overrides))
 
     def lineage(self, gid: str) -> list[str]:
         """Generation ids from the first after base down to `gid`."""
@@ -349,8 +357,8 @@ class ParamsError(ValueError):
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {key}: {e['msg']}")
+        msg = e["msg"].removeprefix("Value error, ")  # our own checks name their key in the message
+        lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {msg}" if e["loc"] else f"  {msg}")
     return "invalid params:\n" + "\n".join(lines)
 
 

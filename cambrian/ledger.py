@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from cambrian.checkpoint import CheckpointError, atomic_dir, atomic_write_text, verify
+from cambrian.checkpoint import CheckpointError, atomic_dir, atomic_write_text, verify, write_manifest
 
 COLUMNS = ["GEN_ID", "parent_sha", "child_sha", "data_delta_sha", "steps", "lr", "walltime_min", "loss_start",
            "loss_end", "eval_recall", "eval_generalization", "eval_style_drift", "ppl_parent", "ppl_child", "gate_verdict", "gate_reason",
@@ -45,10 +45,12 @@ def write(path: str | Path, rows: list[dict]) -> None:
 
 
 def record(run: Path) -> dict:
-    path = run / "generation.json"
-    if not path.is_file():
+    """A finished generation's record, after its run folder (colony, deltas, QA set, telemetry) is
+    verified against the manifest publish wrote: a damaged or edited file is refused."""
+    if not (run / "generation.json").is_file():
         raise CheckpointError(f"{run} has no generation.json: not a finished generation")
-    return json.loads(path.read_text())
+    verify(run)
+    return json.loads((run / "generation.json").read_text())
 
 
 def verify_generation(checkpoint: Path, run: Path) -> str:
@@ -73,6 +75,7 @@ def write_base(run: Path, sha: str) -> None:
         (tmp / "colony" / "population.json").write_text("[]\n")
         (tmp / "generation.json").write_text(json.dumps({"ledger": row, "gate": None, "stop": False, "metrics": {}},
                                                         indent=1, sort_keys=True) + "\n")
+        write_manifest(tmp, kind="run", generation="base")
 
 
 def gather_telemetry(gids: list[str], runs: Path, out: Path) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from cambrian.checkpoint import atomic_dir, atomic_write_text
 
-VERDICT_COLOURS = {"accepted": "#2e7d32", "rejected": "#c62828", "unchanged": "#9e9e9e", "stopped": "#212121"}
+VERDICT_COLOURS = {"accepted": "#2e7d32", "rejected": "#c62828", "unchanged": "#9e9e9e", "stopped": "#212121",
+                   "rolled back": "#ef6c00"}
 CURVES = ["roi_mean", "roi_median", "roi_std", "energy_mean", "energy_gini", "effective_population",
           "recall_parent", "recall_child", "generalization_parent", "generalization_child", "style_drift"]
 
@@ -218,6 +219,17 @@ def plot_gate(rows: list[dict], path: Path, thresholds: dict) -> None:
     _save(plt, fig, path)
 
 
+def step_minutes(timeline: list) -> dict[str, float]:
+    """Minutes per step from a generation's timeline of (step, minutes elapsed) marks; the learn
+    marks ("learn 2/5") are summed into one "learn"."""
+    out, before = {}, 0.0
+    for what, minutes in timeline:
+        name = what.split(" ")[0]
+        out[name] = out.get(name, 0.0) + minutes - before
+        before = minutes
+    return out
+
+
 def markdown(data: dict, rows: list[dict], last: int) -> str:
     out = ["# Cambrian ladder report", "",
            "Figures in `plots/`; `dvc plots show` draws the same per-generation curves.", "",
@@ -249,7 +261,16 @@ def markdown(data: dict, rows: list[dict], last: int) -> str:
             out.append(f"| {f} ({part}) | {data['baseline'][part].get(f, float('nan')):.3f} | " + " | ".join(
                 f"{g['summary'].get('scores', {}).get(part, {}).get(f, float('nan')):.3f}" for g in data["gens"]) + " |")
     out += ["", "![accuracy](plots/accuracy.png)", "![lineage](plots/lineage.png)", "![gate](plots/gate.png)", ""]
-    return "\n".join(out)
+    minutes = {g["gid"]: step_minutes(g["record"].get("timeline", [])) for g in data["gens"]}
+    steps = list(dict.fromkeys(k for m in minutes.values() for k in m))
+    out += ["## Where the time went", "",
+            "Minutes per step as this run measured them (a step served from the cache costs ~0).", "",
+            "| generation | " + " | ".join(steps) + " | total |", "|---" * (len(steps) + 2) + "|"]
+    for g in data["gens"]:
+        m = minutes[g["gid"]]
+        out.append(f"| {g['gid']} | " + " | ".join(f"{m[k]:.1f}" if k in m else "-" for k in steps) +
+                   f" | {float(g['record']['ledger']['walltime_min']):.1f} |")
+    return "\n".join(out) + "\n"
 
 
 def write(gids: list[str], runs: Path, baseline: Path, out: Path, thresholds: dict, last: int = 10) -> Path:

@@ -54,8 +54,14 @@ def find_commit(gid: str, rev: str | None = None) -> str:
     raise CheckpointError(f"no commit has {gid} as the last generation of its ledger; name one with --rev")
 
 
-def rollback(gid: str, rev: str | None = None) -> tuple[str, str]:
-    """Restore the state of `commit` in which `gid` exists; return (commit, verified sha)."""
+def rollback(gid: str, rev: str | None = None, force: bool = False) -> tuple[str, str]:
+    """Restore the state of `commit` in which `gid` exists; return (commit, verified sha). Refuses
+    to overwrite uncommitted edits to the pipeline files unless `force`."""
+    edited = _git("status", "--porcelain", "--", *PIPELINE).split("\n")
+    edited = [line[3:] for line in edited if line.strip()]
+    if edited and not force:
+        raise CheckpointError(f"uncommitted edits to {', '.join(edited)} would be overwritten: commit or stash "
+                              f"them, or pass --force")
     commit = find_commit(gid, rev)
     rows = {r["GEN_ID"]: r for r in _ledger_at(commit)}
     if gid not in rows:

@@ -61,5 +61,6 @@ def log_generation(record: dict, summary: dict, params: Params) -> str | None:
                     mlflow.log_metrics({k: float(org[k]) for k in ("accuracy", "reward", "cost", "roi", "energy")})
             return run.info.run_id
     except Exception as err:  # tracking must never take a generation down
-        log.warning("MLflow logging failed (%s): %s", tracking_uri(), err)
+        log.warning("MLflow logging failed (%s): %s; `cambrian track` logs it later from the run folder",
+                    tracking_uri(), err)
         return None

@@ -3,7 +3,8 @@ mechanism, on the same host, data and test split (wiring only; recipes are in ta
 
     plain, multitask                 one cached step per (recipe, seed): train, fold, measure
     ladder and its ablations         the ladder flow in its own workspace under CAMBRIAN_HOME/compare
-                                     (params.yaml + `ABLATIONS[recipe]`, seed), its last generation measured
+                                     (params.yaml + `ABLATIONS[recipe]`, seed), its last generation measured;
+                                     its generations are runs of the MLflow experiment "<experiment>-compare"
 
 Every cell is cached, so the table can be built up over several sessions. Writes OUT/compare.json
 (every cell and the aggregates) and OUT/compare.md (mean and 95% t-interval over seeds per recipe).
@@ -52,6 +53,8 @@ def _ladder_cell(recipe: str, seed: int, params_path: str, host_dir: Path, host_
     """Run the ladder of params.yaml with the recipe's overrides and this seed in its own workspace."""
     data = yaml.safe_load(Path(params_path).read_text()) or {}
     data["seed"] = seed
+    # The cells' generations are MLflow runs of their own experiment, apart from the ladder's.
+    data["tracking"] = {"experiment": f"{parse_params(data).tracking.experiment}-compare"}
     for section, values in ABLATIONS[recipe].items():
         data[section] = {**data.get(section, {}), **values}
     p = parse_params(data)
@@ -96,10 +99,16 @@ def aggregate(cells: list[dict], host: dict, families: list[str]) -> dict:
     return out
 
 
+def _format(column: str, mean: float, half: float) -> str:
+    """A table cell: rows as a count, minutes to 0.1, the rest to 3 decimals with the interval."""
+    if column in ("rows", "minutes"):
+        return f"{mean:.0f}" if column == "rows" else f"{mean:.1f}"
+    text = f"{mean:+.3f}" if column == "ppl_change" else f"{mean:.3f}"
+    return text + (f" ± {half:.3f}" if half else "")
+
+
 def table(agg: dict, host: dict, families: list[str]) -> str:
     cols = [*(f"test_{f}" for f in families), "test_mean", "transfer_mean", "ppl_change", "rows", "minutes"]
-    fmt = lambda c, m, h: (f"{m:.0f}" if c == "rows" else f"{m:.1f}" if c == "minutes" else f"{m:+.3f}"
-                           if c == "ppl_change" else f"{m:.3f}") + (f" ± {h:.3f}" if h and c not in ("rows", "minutes") else "")
     lines = ["Strict accuracy on the test split (no training or selection step reads it); transfer: the same skills "
              "asked in phrasings no training row uses. Mean ± half-width of the 95% t-interval over the seeds shown; "
              "ppl_change: general-text perplexity relative to the bare host; rows: SFT rows seen.", "",
@@ -108,7 +117,7 @@ def table(agg: dict, host: dict, families: list[str]) -> str:
                  [*(f"{host['test'][f]:.3f}" for f in families), f"{statistics.fmean(host['test'].values()):.3f}",
                   f"{statistics.fmean(host['transfer'].values()):.3f}", "+0.000", "0", "0"]) + " |"]
     for recipe, a in agg.items():
-        lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(fmt(c, *a[c]) for c in cols) + " |")
+        lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(_format(c, *a[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,10 +1,12 @@
 """The generation flow — one rung of the ladder — and the ladder flow. Wiring only.
 
-    spawn -> learn (one task per organelle) -> evaluate -> settle energy -> assimilate -> merge
-          -> sleep-consolidate -> gate / rollback -> score (test split per family) -> publish
+    spawn -> learn (one task per organelle) -> evaluate -> settle energy -> assimilate
+          -> sleep-consolidate (or merge) -> gate / rollback -> score (test split per family) -> publish
 
-(sleep-consolidate: the merged child teaches the parent host, see tasks/sleep.py; off with
-sleep.in_generation: false, when the merged child goes to the gate as it is.)
+The organelles that pass assimilation are folded into the parent host one of two ways: by
+sleep-consolidate (default; each organelle teaches the rows of its own delta to one cortical
+adapter that is then folded in, see tasks/sleep.py), or, with sleep.in_generation: false, by
+merge (their weights combined by a mergekit method with soup weights).
 
 Every step but publish is a pure computation over content hashes, cached across processes
 (flows/steps.py: the key is the step's inputs — the parent checkpoint's sha256, adapter shas,
@@ -128,13 +130,15 @@ def merge_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], weigh
 
 
 @step("sleep-consolidate")
-def sleep_step(parent_dir: str, parent_sha: str, child_sha: str, replay: list[dict], params: dict,
+def sleep_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], replay: list[dict], params: dict,
                gen: int) -> dict:
-    """Distil the merged child (teacher) into the parent host (student) on replay of the parent's QA
-    set and the new deltas plus pseudo-rehearsal, with EWC anchored at the parent."""
+    """Fold the assimilated organelles into the parent host by distillation: each organelle
+    teaches the rows of its own delta, the parent its QA set (recall), with EWC anchored at the
+    parent; the student's cortical adapter is then folded into the host weights."""
     p = parse_params(params)
     student, tok = load_host(parent_dir, parent_sha)
-    teacher, _ = load_host(store_get(child_sha), child_sha)
+    teacher, _ = load_host(parent_dir, parent_sha)
+    teacher = load_colony(teacher, {k: store_get(v) for k, v in adapters.items()})
     _, stats = consolidate(student, tok, teacher, replay, p.sleep, p.colony.target_modules, None,
                            ewc=p.sleep.ewc_lambda > 0, seed=p.seed * 7919 + gen)
     out = scratch()
@@ -177,6 +181,7 @@ def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, c
         for name, text in files.items():
             atomic_write_text(tmp / name, text)
         atomic_write_text(tmp / "generation.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
+        write_manifest(tmp, kind="run", generation=gid)  # verified whenever a later step reads the folder
     atomic_write_text(report, json.dumps(record["metrics"], indent=1, sort_keys=True) + "\n")
     with atomic_dir(checkpoint) as tmp:
         for f in source.iterdir():
@@ -203,6 +208,28 @@ def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path],
             kin = [r for k in (o.id, *o.parents) for r in earlier.get(k, [])]
             deltas[o.id], rows[o.id] = training_data(o, train, last_episodes, kin, params.colony, rng)
     return deltas, rows
+
+
+class Progress:
+    """Logs each finished step with the generation's elapsed time and, when the parent generation's
+    wall time is known, an estimate of what is left; `marks` is the timeline (step, minutes)."""
+
+    def __init__(self, gid: str, expected: float | None):
+        self.gid, self.expected, self.start, self.marks = gid, expected, time.perf_counter(), []
+
+    def done(self, what: str) -> None:
+        minutes = (time.perf_counter() - self.start) / 60
+        self.marks.append([what, round(minutes, 3)])
+        left = f", about {max(self.expected - minutes, 0.1):.1f} min left (the parent took {self.expected:.1f})" \
+            if self.expected else ""
+        get_run_logger().info(f"{self.gid}: {what} done, {minutes:.1f} min elapsed{left}")
+
+
+def _before_streak(gid: str, params: Params, history: list[dict]) -> str:
+    """The generation whose checkpoint the stop rule restores: the parent of the first of the last
+    `stop_patience` gated generations (the streak ending with `gid`)."""
+    gated = [h["ledger"]["GEN_ID"] for h in history if h["gate"]] + [gid]
+    return params.ladder[gated[-params.gate.stop_patience]].parent
 
 
 def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_name: str, why: str, summary: dict,
@@ -233,13 +260,14 @@ def _parent(gid: str, params: Params, models: Path, runs: Path) -> tuple[Path, s
     """(checkpoint folder, verified sha, population, adapter shas in the store, ancestors' records
     oldest first, the host's excluded) of gid's parent."""
     parent = params.ladder[gid].parent
-    sha = ledger.verify_generation(models / parent, runs / parent)
+    sha = ledger.verify_generation(models / parent, runs / parent)  # the checkpoint and its run folder
     share(models / parent, sha)  # learn steps may run on other machines
     colony = runs / parent / "colony"
     population = json.loads((colony / "population.json").read_text())
     adapters = {}
     for d in population:
         if d["alive"]:
+            verify(colony / "adapters" / d["id"])  # a damaged adapter is refused, not adopted
             work = scratch()
             shutil.copytree(colony / "adapters" / d["id"], work / "a")
             adapters[d["id"]] = store_put(work / "a", kind="organelle")
@@ -263,6 +291,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     data_sha = verify(data)
     pd = str(parent_dir)
 
+    progress = Progress(gid, next((h["ledger"]["walltime_min"] for h in reversed(history)
+                                   if h["ledger"]["gate_verdict"] != "stopped"), None))
     stopped = bool(history) and history[-1].get("stop", False)
     episodes, summary, attempts, deltas, metrics, child_sha = [], {}, [], {}, None, parent_sha
     if stopped:
@@ -270,17 +300,22 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     else:
         sp = spawn_step(pd, parent_sha, population, adapters, pdict, gen)
         colony, adapters = _colony(sp["population"]), sp["adapters"]
+        progress.done("spawn")
         lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
         deltas, rows = _training_rows(colony, params, lineage, read_jsonl(data / "train.jsonl"), gen)
         living = [o for o in colony if o.alive]
         futures = {o.id: learn_step.submit(pd, parent_sha, adapters[o.id], rows[o.id],
                                            params.colony.model_dump(), o.lr, params.seed * 7919 + gen * 1009 + k)
                    for k, o in enumerate(living)}
-        learned = {oid: f.result() for oid, f in futures.items()}
+        learned = {}
+        for k, (oid, f) in enumerate(futures.items()):
+            learned[oid] = f.result()
+            progress.done(f"learn {k + 1}/{len(futures)}")
         adapters = {**adapters, **{oid: r["adapter"] for oid, r in learned.items()}}
         curves = {oid: r["curve"] for oid, r in learned.items()}
         ev = evaluate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, pdict, gen)
         episodes = ev["episodes"]
+        progress.done("evaluate")
         st = settle_step(ev["population"], episodes, {k: len(v) for k, v in curves.items()}, pdict, gen)
         colony, summary = _colony(st["population"]), st["summary"]
         summary.update(bandit={o.id: o.arms for o in colony if o.alive}, learning_curves=curves,
@@ -289,16 +324,19 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
                                    data_sha, pdict, gen)
         prior = json.loads((runs / params.ladder[gid].parent / "summary.json").read_text()).get("gating", {}) \
             if lineage else {}
+        progress.done("assimilate")
         summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
         weights = soup_weights(attempts, params.merge)
         prior_qa = _read_jsonl(lineage[-1] / "qa.jsonl") if lineage else []
-        if weights:
+        if weights and params.sleep.in_generation:  # fold by distillation from each organelle
+            replay = prior_qa + [{**r, "teacher": oid} for oid in sorted(weights) for r in deltas[oid]]
+            slept = sleep_step(pd, parent_sha, {k: adapters[k] for k in weights}, replay, pdict, gen)
+            child_sha, summary["sleep"] = slept["child"], slept["stats"]
+        elif weights:  # fold by merging the organelles' weights (mergekit)
             merged = merge_step(pd, parent_sha, {k: adapters[k] for k in weights}, weights, pdict)
             child_sha, summary["merge"] = merged["child"], merged["report"]
-            if params.sleep.in_generation:
-                replay = prior_qa + [r for oid in sorted(weights) for r in deltas[oid]]
-                slept = sleep_step(pd, parent_sha, child_sha, replay, pdict, gen)
-                child_sha, summary["sleep"] = slept["child"], slept["stats"]
+        if weights:
+            progress.done("sleep-consolidate" if params.sleep.in_generation else "merge")
         if not weights:
             why, verdict_name = "nothing passed assimilation", "unchanged"
         elif child_sha == parent_sha:  # e.g. every sleep step was non-finite and skipped
@@ -307,8 +345,16 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
             families = sorted({o.species for o in colony if o.id in weights})
             metrics = gate_step(pd, parent_sha, child_sha, prior_qa, str(data), data_sha, families, pdict)
             accepted, why = verdict(metrics, params.gate)
+            progress.done("gate")
             verdict_name = "accepted" if accepted else "rejected"
-            if accepted:
+            tripped = should_stop([h["gate"] for h in history] + [metrics], params.gate)
+            if accepted and tripped:  # the streak's children drift without gain: revert to before it
+                restored = _before_streak(gid, params, history)
+                child_sha, source = ledger.verify_generation(models / restored, runs / restored), models / restored
+                verdict_name = "rolled back"
+                why += (f"; the stop rule fired ({params.gate.stop_patience} generations without gain while "
+                        f"drifting): {restored}'s checkpoint restored")
+            elif accepted:
                 for o in colony:
                     if o.id in weights:  # its knowledge now lives in the host: it leaves the colony
                         o.alive = False
@@ -321,10 +367,13 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     # parent unchanged, the parent's.
     qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if verdict_name == "accepted" else \
         _read_jsonl(runs / params.ladder[gid].parent / "qa.jsonl")
-    source = store_get(child_sha) if child_sha != parent_sha else parent_dir
+    if verdict_name != "rolled back":
+        source = store_get(child_sha) if child_sha != parent_sha else parent_dir
     summary["scores"] = score_step(str(source), child_sha, str(data), data_sha, {"eval": pdict["eval"]})
+    progress.done("score")
     record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, deltas, metrics, history, stopped,
                      (time.perf_counter() - start) / 60)
+    record["timeline"] = progress.marks  # minutes since the start at the end of each step (beside the wall time)
     files = {"episodes.jsonl": _jsonl(episodes), "assimilation.jsonl": _jsonl(attempts), "qa.jsonl": _jsonl(qa),
              "summary.json": json.dumps(summary, indent=1, sort_keys=True) + "\n",
              **{f"deltas/{oid}.jsonl": _jsonl(rows) for oid, rows in deltas.items()}}

@@ -6,7 +6,8 @@ across processes and machines, and which computes the same bytes wherever it run
 - key: sha256 of the step's name, the code it can run (cambrian/, tasks/ and the flow module that
   defines it, helpers included) and its arguments as JSON. Arguments named in `PATHS` are left
   out: every path travels with the content sha256 that stands for it.
-- result: plain JSON in CAMBRIAN_HOME/results/<key>.json, written atomically. Never a pickle: a
+- result: plain JSON in CAMBRIAN_HOME/results/<key>.json, written atomically with the seconds it
+  took (benchmarks/ reads them for the per-step table). Never a pickle: a
   rewritten result file can at worst hand over wrong data (checkpoints and adapters named in it
   are verified by sha when used), never run code. A file that is not the JSON this module wrote
   for that key is ignored and the step recomputes.
@@ -21,6 +22,7 @@ import functools
 import hashlib
 import inspect
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -85,8 +87,12 @@ def step(name: str):
                 _log().info(f"{name}: from cache ({key[:12]})")
                 return result
             torch.set_num_threads(THREADS)
+            start = time.perf_counter()
             result = json.loads(json.dumps(fn(*bound.args, **bound.kwargs)))  # plain data only
-            atomic_write_text(path, json.dumps({"key": key, "step": name, "result": result}, sort_keys=True))
+            seconds = round(time.perf_counter() - start, 3)
+            atomic_write_text(path, json.dumps({"key": key, "step": name, "seconds": seconds, "result": result},
+                                               sort_keys=True))
+            _log().info(f"{name}: computed in {seconds:.1f} s ({key[:12]})")
             return result
         return task(name=name, cache_policy=NO_CACHE, persist_result=False)(run)
     return wrap

@@ -1,4 +1,10 @@
-"""sleep-consolidate: distil host + hippocampus (teacher) into the host (student), with EWC.
+"""sleep-consolidate: distil a teacher into the host (student), with EWC.
+
+Two teachers: in the continual benchmark, host + hippocampus; in the ladder, the organelles that
+passed assimilation, each teaching the rows of its own data delta (a replay row names its teacher
+adapter in "teacher"; rows without one — the parent's QA set — are taught by the parent host, which
+anchors recall). Averaging the organelles' weights first would scale each skill by its share of the
+soup; distilling from each organelle keeps every skill at full strength.
 
 The student is the host plus a fresh single-expert "cortical" LoRA; after sleep that adapter is
 folded into the host weights, so the host itself has changed and the hippocampus can be recycled.
@@ -24,11 +30,12 @@ from __future__ import annotations
 import random
 
 import torch
+from peft import PeftModel
 from tqdm.auto import tqdm
 
 from cambrian.challenges import MAX_ANSWER_TOKENS, Challenge
 from cambrian.config import SleepConfig
-from cambrian.engine import Engine
+from cambrian.engine import BASE, Engine
 from cambrian.hippocampus import LoRABank, encode, target_linears
 
 
@@ -81,12 +88,19 @@ def gold_nll(logits, labels) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
 
 
+def teacher_logits(teacher, ids, mask, rows: list[dict]) -> torch.Tensor:
+    """The teacher's logits for a batch; a teacher with adapters (PeftModel) answers each row
+    with the adapter the row names (the bare host where it names none)."""
+    kwargs = {"adapter_names": [r.get("teacher") or BASE for r in rows]} if isinstance(teacher, PeftModel) else {}
+    return teacher(input_ids=ids, attention_mask=mask, **kwargs).logits
+
+
 def pseudo_rows(teacher, tok, prompts: list[dict], batch_size: int) -> list[dict]:
-    """Replay prompts answered by the teacher with its own greedy reply."""
+    """Replay prompts answered by their teacher with its own greedy reply."""
     if not prompts:
         return []
     engine = Engine(teacher, tok, batch_size=batch_size)
-    replies = engine.generate([r["prompt"] for r in prompts], [None] * len(prompts),
+    replies = engine.generate([r["prompt"] for r in prompts], [r.get("teacher") for r in prompts],
                               [MAX_ANSWER_TOKENS[r["family"]] + 4 for r in prompts], desc="pseudo-rehearsal")
     return [{**r, "answer": reply, "source": "pseudo"} for r, reply in zip(prompts, replies)]
 
@@ -143,7 +157,7 @@ def consolidate(student, tok, teacher, replay: list[dict], cfg: SleepConfig, tar
         ids, mask, labels = encode(tok, rows, student.device)
         cortex.enabled = False
         with torch.no_grad():
-            target = teacher(input_ids=ids, attention_mask=mask).logits
+            target = teacher_logits(teacher, ids, mask, rows)
         cortex.enabled = True
         logits = student(input_ids=ids, attention_mask=mask).logits
         kd = distill_kl(target, logits, labels, cfg.temperature)

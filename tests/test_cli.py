@@ -16,7 +16,7 @@ def test_help_lists_every_stage_command():
     out = cambrian("--help")
     assert out.returncode == 0
     for command in ("check", "host", "challenges", "baseline", "generation", "ladder", "ledger", "rollback",
-                    "evomerge", "continual", "export", "serve"):
+                    "evomerge", "continual", "export", "serve", "track", "compare"):
         assert command in out.stdout
 
 
@@ -43,3 +43,22 @@ def test_served_deployments_take_typed_parameters():
     schema = by_name["generation"]._parameter_openapi_schema.model_dump()
     assert schema["properties"]["gid"]["type"] == "string" and "gid" in schema["required"]
     assert by_name["dvc-repro"]._parameter_openapi_schema.model_dump()["properties"]["force"]["type"] == "boolean"
+
+
+def test_a_prefect_server_down_or_silent_is_one_line_in_seconds():
+    import socket
+    import time
+
+    from cambrian.cluster import free_port
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        for url in (f"http://127.0.0.1:{free_port()}/api", f"http://127.0.0.1:{silent.getsockname()[1]}/api"):
+            start = time.monotonic()
+            out = subprocess.run([sys.executable, "-m", "cambrian.cli", "generation", "gen_1"], cwd=REPO,
+                                 capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": url,
+                                      "CAMBRIAN_API_TIMEOUT": "2"})
+            assert out.returncode == 2 and time.monotonic() - start < 60
+            assert out.stderr.count("\n") == 1 and f"the Prefect API at {url} does not answer" in out.stderr

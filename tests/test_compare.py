@@ -16,7 +16,10 @@ def test_interval_is_the_95_percent_t_interval():
     assert _interval([0.4]) == (0.4, 0.0)
 
 
-def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir, tmp_path):
+def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = {**TINY, "ladder": {"gen_1": {"parent": "base"}},
               "compare": {"recipes": ["plain", "multitask", "no_sleep"], "seeds": [0, 1], "ablation_seeds": [0],
                           "rows": 20}}
@@ -37,6 +40,10 @@ def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir
     assert agg["plain"]["seeds"] == [0, 1] and agg["no_sleep"]["rows"] == (24.0, 0.0)
     table = (tmp_path / "reports" / "compare.md").read_text()
     assert "| bare host |" in table and "| plain | 2 |" in table and "| no_sleep | 1 |" in table
+    client = MlflowClient()  # the ladder cell's generation is tracked apart from the ladder's experiment
+    assert client.get_experiment_by_name("cambrian") is None
+    runs = client.search_runs([client.get_experiment_by_name("cambrian-compare").experiment_id])
+    assert [r.data.tags["cambrian.generation"] for r in runs] == ["gen_1"]
     compare(str(path), str(tiny_host_dir), str(tiny_data_dir), str(tmp_path / "again"))
     cached = json.loads((tmp_path / "again" / "compare.json").read_text())["cells"]
     assert cached[:4] == cells[:4]  # baseline cells come from the cache, wall time included

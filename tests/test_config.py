@@ -29,6 +29,11 @@ def test_defaults_fill_missing_sections():
     ({"colony": {"lora_alpha": float("inf")}}, "colony.lora_alpha", "finite"),
     ({"gate": {"max_kl": float("nan")}}, "gate.max_kl", "finite"),
     ({"energy": {"level_weights": [1.0, float("inf"), 2.0]}}, "energy.level_weights.1", "finite"),
+    # A generation's overrides are validated with the rest, before any generation runs.
+    ({"ladder": {"gen_1": {"parent": "base"}, "gen_2": {"parent": "gen_1", "overrides": {"colony": {"lrr": 0.1}}}}},
+     "ladder.gen_2.overrides.colony.lrr", "Extra inputs"),
+    ({"ladder": {"gen_1": {"parent": "base", "overrides": {"gate": {"max_kl": -1.0}}}}},
+     "ladder.gen_1.overrides.gate.max_kl", "greater than"),
 ])
 def test_bad_params_name_the_key(data, key, words):
     with pytest.raises(ParamsError) as err:

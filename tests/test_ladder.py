@@ -37,10 +37,12 @@ TINY = {
               "experts": 2, "top_k": 1, "rank": 4},
     "continual": {"order": ["math", "logic"], "modes": ["full_cls"], "seeds": [7], "train_rows": 4,
                   "eval_per_task": 2},
-    # gen_2 trips the stop rule on its own (any drift, no gain), so gen_3 must not evolve at all.
-    "ladder": {"gen_1": {"parent": "base"},
-               "gen_2": {"parent": "gen_1", "overrides": {"gate": {"stop_patience": 1, "stop_theta": 0.0}}},
-               "gen_3": {"parent": "gen_2"}},
+    "compare": {"recipes": ["plain", "multitask"], "seeds": [0], "rows": 20},
+    # gen_3 trips the stop rule on its own (any drift, no gain): it is rolled back to gen_2, and gen_4
+    # must not evolve at all.
+    "ladder": {"gen_1": {"parent": "base"}, "gen_2": {"parent": "gen_1"},
+               "gen_3": {"parent": "gen_2", "overrides": {"gate": {"stop_patience": 1, "stop_theta": 0.0}}},
+               "gen_4": {"parent": "gen_3"}},
 }
 
 
@@ -98,7 +100,7 @@ def repo(tmp_path_factory):
 def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     ledger = repo.ledger()
     assert list(next(iter(ledger.values()))) == COLUMNS
-    assert list(ledger) == ["base", "gen_1", "gen_2", "gen_3"]
+    assert list(ledger) == ["base", "gen_1", "gen_2", "gen_3", "gen_4"]
     for gid, row in ledger.items():
         assert verify(repo.root / "models" / gid, row["child_sha"]) == row["child_sha"]
         assert row["dvc_md5"].endswith(".dir")
@@ -106,17 +108,23 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     assert ledger["gen_2"]["parent_sha"] == ledger["gen_1"]["child_sha"]
     assert ledger["gen_1"]["gate_verdict"] == "accepted" and int(ledger["gen_1"]["steps"]) == 3 * 2
     assert ledger["gen_1"]["child_sha"] != ledger["base"]["child_sha"]  # organelles were merged in
-    # The stop rule: gen_2 gained nothing while drifting, so gen_3 is gen_2 unchanged.
-    assert ledger["gen_3"]["gate_verdict"] == "stopped" and ledger["gen_3"]["child_sha"] == ledger["gen_2"]["child_sha"]
-    assert (repo.root / "runs/gen_3/colony/population.json").read_bytes() == \
-        (repo.root / "runs/gen_2/colony/population.json").read_bytes()
+    # The stop rule: gen_3 gained nothing while drifting, so its child is rolled back to gen_2's
+    # checkpoint (the last before the streak) and gen_4 is gen_3 unchanged.
+    assert ledger["gen_3"]["gate_verdict"] == "rolled back", ledger["gen_3"]
+    assert ledger["gen_3"]["gate_reason"].endswith("gen_2's checkpoint restored")
+    assert ledger["gen_3"]["child_sha"] == ledger["gen_2"]["child_sha"]
+    assert ledger["gen_4"]["gate_verdict"] == "stopped" and ledger["gen_4"]["child_sha"] == ledger["gen_3"]["child_sha"]
+    assert (repo.root / "runs/gen_4/colony/population.json").read_bytes() == \
+        (repo.root / "runs/gen_3/colony/population.json").read_bytes()
     # Telemetry per generation, gathered for the ladder.
-    for gid in ("gen_1", "gen_2"):  # the generations that evolved
+    for gid in ("gen_1", "gen_2", "gen_3"):  # the generations that evolved
         summary = json.loads((repo.root / "runs" / gid / "summary.json").read_text())
         for key in ("roi_mean", "roi_median", "roi_max", "roi_std", "energy_mean", "energy_gini", "culled",
                     "effective_population", "species_shares", "bandit", "rewards", "costs", "tickets", "topups",
                     "taxes", "learning_curves", "organelles", "assimilated"):
             assert key in summary, key
+        marks = [m[0] for m in ledger_record(repo, gid)["timeline"]]  # the generation's steps, timed
+        assert marks[0] == "spawn" and marks[1].startswith("learn 1/") and marks[-1] == "score"
         dead = {o["id"] for o in json.loads((repo.root / "runs" / gid / "colony" / "population.json").read_text())
                 if not o["alive"]}
         assert set(summary["culled"]) | set(summary["assimilated"]) == dead
@@ -124,12 +132,14 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
         assert attempts and {"control_mean", "treatment_mean", "uplift", "min_effect", "p_value", "holdout_pass",
                              "topup", "reason", "passed"} <= set(attempts[0])
     lines = (repo.root / "reports" / "gen_summaries.jsonl").read_text().splitlines()
-    assert [json.loads(x)["generation"] for x in lines] == ["gen_1", "gen_2", "gen_3"]
+    assert [json.loads(x)["generation"] for x in lines] == ["gen_1", "gen_2", "gen_3", "gen_4"]
     metrics = repo.run("dvc", "metrics", "show")
     assert "gen_1.json" in metrics and "evomerge.json" in metrics
     assert json.loads((repo.root / "reports/continual/results.json").read_text())["runs"][0]["mode"] == "full_cls"
+    assert "| multitask | 1 |" in (repo.root / "reports/compare.md").read_text()  # the compare stage
     report = (repo.root / "reports/report.md").read_text()
-    assert "| gen_1 | accepted |" in report and "| gen_3 | stopped |" in report
+    assert "## Where the time went" in report and "| generation | spawn | learn | evaluate |" in report
+    assert "| gen_1 | accepted |" in report and "| gen_3 | rolled back |" in report and "| gen_4 | stopped |" in report
     for name in ("ecology", "species", "assimilation", "accuracy", "lineage", "gate"):
         assert (repo.root / "reports/plots" / f"{name}.png").stat().st_size > 10_000, name
     shown = repo.run("dvc", "plots", "show", "--json")
@@ -174,7 +184,7 @@ def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo):
     client = MlflowClient(repo.env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("cambrian").experiment_id])
     top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert sorted(r.data.tags["cambrian.generation"] for r in top) == ["gen_1", "gen_2", "gen_3"]
+    assert sorted(r.data.tags["cambrian.generation"] for r in top) == ["gen_1", "gen_2", "gen_3", "gen_4"]
     ledger = repo.ledger()
     for r in top:
         gid = r.data.tags["cambrian.generation"]
@@ -182,14 +192,28 @@ def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo):
         assert r.data.tags["prefect.flow_run_id"] and "git.revision" in r.data.tags
         assert "colony_accuracy" in r.data.metrics
         nested = [n for n in runs if n.data.tags.get("mlflow.parentRunId") == r.info.run_id]
-        assert len(nested) == (0 if gid == "gen_3" else 3)
+        assert len(nested) == (0 if gid == "gen_4" else 3)
+
+
+def test_track_back_fills_mlflow_from_the_run_folders_once(repo, tmp_path):
+    """Generations that ran while MLflow was unreachable are logged later by `cambrian track`."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'later.db'}"  # a tracking store that saw none of the ladder
+    for _ in range(2):
+        assert "4 generations are in MLflow" in repo.run(sys.executable, "-m", "cambrian.cli", "track",
+                                                         MLFLOW_TRACKING_URI=uri)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cambrian").experiment_id])
+    assert sorted(r.data.tags["cambrian.generation"] for r in runs if "mlflow.parentRunId" not in r.data.tags) == \
+        ["gen_1", "gen_2", "gen_3", "gen_4"]
 
 
 def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(repo):
     first = repo.ledger()
 
     def strict(p):
-        p["ladder"]["gen_2"]["overrides"]["gate"]["generalization_min_delta"] = 0.5
+        p["ladder"]["gen_2"]["overrides"] = {"gate": {"generalization_min_delta": 0.5}}
     repo.params(strict)
     status = repo.run("dvc", "status")
     assert "generation@gen_2" in status and "generation@gen_1" not in status
@@ -204,6 +228,14 @@ def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(re
     repo.run("git", "add", "-A")
     repo.run("git", "commit", "-qm", "strict gate")
 
+    # Uncommitted edits to the pipeline files are not overwritten without --force.
+    params = repo.root / "params.yaml"
+    params.write_text(params.read_text() + "# a local edit\n")
+    cmd = [sys.executable, "-m", "cambrian.cli", "rollback", "--to", "2", "--rev", "HEAD~1"]
+    refused = subprocess.run(cmd, cwd=repo.root, env=repo.env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "uncommitted edits to params.yaml" in refused.stderr
+    repo.run("git", "checkout", "params.yaml")
+
     # Roll back to the accepted gen_2 of the first commit: exact bytes, as the ledger says.
     out = repo.run(sys.executable, "-m", "cambrian.cli", "rollback", "--to", "2", "--rev", "HEAD~1")
     assert "matches the ledger" in out
@@ -212,12 +244,63 @@ def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(re
     assert "up to date" in repo.run("dvc", "status")
 
 
+def test_bad_params_or_a_damaged_parent_stop_dvc_before_any_output_is_removed(repo):
+    """DVC removes a stage's outputs before its command runs: the `params` stage, which every stage
+    depends on, must fail first and keep every output."""
+    params, weights = repo.root / "params.yaml", repo.root / "models/gen_1/model.safetensors"
+    good_params, good_weights = params.read_text(), weights.read_bytes()
+    kept = [repo.root / p for p in ("models/gen_1", "models/gen_2", "reports/baseline.json", "reports/gen_2.json")]
+    bad = yaml.safe_load(good_params)
+    bad["eval"]["batch_size"] = 0
+    for edit, cmd, words in (
+            (lambda: params.write_text(yaml.safe_dump(bad, sort_keys=False)), ["dvc", "repro"], "eval.batch_size"),
+            (lambda: weights.write_bytes(good_weights[:-1] + bytes([good_weights[-1] ^ 1])),
+             ["dvc", "repro", "-f", "generation@gen_2"], "models/gen_1 is corrupt")):
+        edit()
+        try:
+            out = subprocess.run(cmd, cwd=repo.root, env=repo.env, capture_output=True, text=True)
+        finally:
+            params.write_text(good_params)
+            weights.write_bytes(good_weights)
+        assert out.returncode != 0 and words in out.stdout + out.stderr, (out.stdout + out.stderr)[-2000:]
+        assert all(p.exists() for p in kept)
+    out = repo.run("dvc", "repro")  # nothing was lost: at most the cheap check itself runs again
+    assert [line for line in out.splitlines() if line.startswith("Running stage")] in ([], ["Running stage 'params':"])
+
+
+def test_a_damaged_file_in_a_parent_run_folder_is_refused(repo):
+    """One flipped byte in an organelle adapter or a data delta of the parent's run folder: the
+    next generation refuses to start (nothing adopted, nothing re-manifested over the damage)."""
+    run = repo.root / "runs/gen_3"  # rolled back: its organelles are alive
+    adapter = next((run / "colony" / "adapters").iterdir()) / "adapter_model.safetensors"
+    delta = next((run / "deltas").iterdir())
+    for path in (adapter, delta):
+        good = path.read_bytes()
+        path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+        try:
+            out = subprocess.run([sys.executable, "-m", "cambrian.cli", "generation", "gen_4"], cwd=repo.root,
+                                 env=repo.env, capture_output=True, text=True)
+        finally:
+            path.write_bytes(good)
+        assert out.returncode == 2 and "runs/gen_3 is corrupt" in out.stderr, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr + out.stdout  # one line; `--debug` shows the traceback
+
+
+def _run_files(run: Path) -> dict:
+    """A run folder's bytes, but for the record and manifest (they hold the wall time)."""
+    return {p.relative_to(run): p.read_bytes() for p in run.rglob("*")
+            if p.is_file() and p.relative_to(run).as_posix() not in ("generation.json", "cambrian.json")}
+
+
+def ledger_record(repo, gid: str) -> dict:
+    return json.loads((repo.root / "runs" / gid / "generation.json").read_text())
+
+
 def test_killed_generation_resumes_to_the_same_bytes(repo):
     """Kill `cambrian generation gen_2` once some steps have finished, with a fresh cache; the
     re-run reuses them and publishes the same checkpoint and colony as the uninterrupted run."""
     reference = repo.ledger()["gen_2"]
-    before = {p.relative_to(repo.root / "runs/gen_2"): p.read_bytes()
-              for p in (repo.root / "runs/gen_2").rglob("*") if p.is_file() and p.name != "generation.json"}
+    before = _run_files(repo.root / "runs/gen_2")
     for out in ("models/gen_2", "runs/gen_2"):  # what DVC does before running the stage
         shutil.rmtree(repo.root / out)
     home = repo.root / ".cambrian-kill"
@@ -232,7 +315,7 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     proc.wait()
     assert not (repo.root / "models/gen_2").exists()  # nothing half-written at the final paths
     checkpoints = [repo.root / "models/base", *(repo.root / "models").glob("gen_*")]
-    assert len(checkpoints) == 3 and all(verify(p) for p in checkpoints)  # every visible checkpoint is whole
+    assert len(checkpoints) == 4 and all(verify(p) for p in checkpoints)  # every visible checkpoint is whole
 
     out = repo.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_2", CAMBRIAN_HOME=str(home),
                    PREFECT_LOGGING_LEVEL="INFO")
@@ -240,8 +323,7 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     record = json.loads((repo.root / "runs/gen_2/generation.json").read_text())["ledger"]
     for key in set(COLUMNS) - {"walltime_min", "git_rev", "dvc_md5"}:
         assert str(record[key]) == reference[key], key
-    after = {p.relative_to(repo.root / "runs/gen_2"): p.read_bytes()
-             for p in (repo.root / "runs/gen_2").rglob("*") if p.is_file() and p.name != "generation.json"}
+    after = _run_files(repo.root / "runs/gen_2")
     assert after == before
 
 

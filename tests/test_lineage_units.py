@@ -155,10 +155,17 @@ def test_swapped_generation_checkpoint_is_refused(tmp_path):
     run.mkdir()
     from cambrian.checkpoint import folder_sha
     (run / "generation.json").write_text(json.dumps({"ledger": {"child_sha": folder_sha(tmp_path / "gen_1")}}))
+    with pytest.raises(CheckpointError, match="no cambrian.json"):
+        verify_generation(tmp_path / "gen_1", run)  # a run folder publish did not finish
+    write_manifest(run, kind="run")
     assert verify_generation(tmp_path / "gen_1", run)
     with pytest.raises(CheckpointError, match="not the expected checkpoint"):
         verify_generation(tmp_path / "other", run)  # a valid checkpoint, but not this generation's
     (tmp_path / "gen_1" / "model.safetensors").write_bytes(b"oNe")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        verify_generation(tmp_path / "gen_1", run)
+    (tmp_path / "gen_1" / "model.safetensors").write_bytes(b"one")
+    (run / "qa.jsonl").write_text("{}\n")  # any file added to or edited in the run folder
     with pytest.raises(CheckpointError, match="corrupt"):
         verify_generation(tmp_path / "gen_1", run)
 
@@ -201,3 +208,10 @@ def test_tracking_to_a_dead_server_fails_fast_and_never_raises(monkeypatch):
     start = time.perf_counter()
     assert tracking.log_generation(record, {}, parse_params({})) is None
     assert time.perf_counter() - start < 60  # the default retry policy would stall for minutes
+
+
+def test_step_minutes_come_from_the_timeline_with_learn_summed():
+    from cambrian.report import step_minutes
+
+    timeline = [["spawn", 0.1], ["learn 1/2", 0.6], ["learn 2/2", 1.6], ["evaluate", 2.0], ["score", 2.5]]
+    assert step_minutes(timeline) == pytest.approx({"spawn": 0.1, "learn": 1.5, "evaluate": 0.4, "score": 0.5})
