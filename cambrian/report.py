@@ -149,7 +149,7 @@ def plot_accuracy(data: dict, path: Path) -> None:
                     label=f"{f} ({'new phrasings' if part == 'transfer' else 'test'})")
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("test accuracy (strict)")
-    ax.set_title("per-family test accuracy vs the bare host (dashed: held-out phrasings)")
+    ax.set_title("test accuracy per family (dashed: held-out phrasings)", fontsize=10)
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     _save(plt, fig, path)
 
