@@ -332,11 +332,11 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
             replay = prior_qa + [{**r, "teacher": oid} for oid in sorted(weights) for r in deltas[oid]]
             slept = sleep_step(pd, parent_sha, {k: adapters[k] for k in weights}, replay, pdict, gen)
             child_sha, summary["sleep"] = slept["child"], slept["stats"]
+            progress.done("sleep-consolidate")
         elif weights:  # fold by merging the organelles' weights (mergekit)
             merged = merge_step(pd, parent_sha, {k: adapters[k] for k in weights}, weights, pdict)
             child_sha, summary["merge"] = merged["child"], merged["report"]
-        if weights:
-            progress.done("sleep-consolidate" if params.sleep.in_generation else "merge")
+            progress.done("merge")
         if not weights:
             why, verdict_name = "nothing passed assimilation", "unchanged"
         elif child_sha == parent_sha:  # e.g. every sleep step was non-finite and skipped

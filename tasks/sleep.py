@@ -4,7 +4,8 @@ Two teachers: in the continual benchmark, host + hippocampus; in the ladder, the
 passed assimilation, each teaching the rows of its own data delta (a replay row names its teacher
 adapter in "teacher"; rows without one — the parent's QA set — are taught by the parent host, which
 anchors recall). Averaging the organelles' weights first would scale each skill by its share of the
-soup; distilling from each organelle keeps every skill at full strength.
+soup; distilling from each organelle teaches every skill undiluted (how much of it the student
+keeps in a few steps is measured in the README's walk-through).
 
 The student is the host plus a fresh single-expert "cortical" LoRA; after sleep that adapter is
 folded into the host weights, so the host itself has changed and the hippocampus can be recycled.
