@@ -250,9 +250,9 @@ class ContinualConfig(Strict):
 class CompareConfig(Strict):
     """`cambrian compare`: the ladder against the simple baselines and its own ablations."""
     recipes: list[Literal["plain", "multitask", "ladder", "no_economy", "uniform_routing", "no_assimilation_test",
-                          "no_sleep", "no_replay"]] = Field(
+                          "no_sleep", "no_ewc", "no_replay"]] = Field(
         default_factory=lambda: ["plain", "multitask", "ladder", "no_economy", "uniform_routing",
-                                 "no_assimilation_test", "no_sleep", "no_replay"], min_length=1)
+                                 "no_assimilation_test", "no_sleep", "no_ewc", "no_replay"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # plain, multitask, ladder
     ablation_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # each ablation
     rows: int = Field(2304, ge=1, le=10_000_000)  # SFT rows of each baseline (steps x colony.train_batch)

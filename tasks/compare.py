@@ -29,7 +29,8 @@ ABLATIONS = {
     "uniform_routing": {"bandit": {"routing": "uniform"}},
     "no_assimilation_test": {"assimilate": {"min_roi": 0.0, "alpha": 1.0, "min_effect": -1.0,
                                             "holdout_min_effect": -1.0}},  # every organelle is merged
-    "no_sleep": {"sleep": {"in_generation": False}},  # the merged child is published as it is
+    "no_sleep": {"sleep": {"in_generation": False}},  # organelles folded by merge instead of distillation
+    "no_ewc": {"sleep": {"ewc_lambda": 0.0}},  # distillation without the EWC anchor at the parent
     "no_replay": {"colony": {"replay_ratio": 0.0}},
 }
 RECIPES = (*BASELINES, *ABLATIONS)

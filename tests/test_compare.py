@@ -48,3 +48,10 @@ def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir
     cached = json.loads((tmp_path / "again" / "compare.json").read_text())["cells"]
     assert cached[:4] == cells[:4]  # baseline cells come from the cache, wall time included
     assert {**cached[4], "minutes": 0} == {**cells[4], "minutes": 0}  # the ladder's steps too
+
+
+def test_every_recipe_the_config_accepts_is_one_compare_can_run():
+    from cambrian.config import CompareConfig
+    from tasks.compare import RECIPES
+
+    assert CompareConfig().recipes == list(RECIPES)
