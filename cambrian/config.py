@@ -70,19 +70,20 @@ class ESConfig(Strict):
 
 
 class ColonyConfig(Strict):
-    population: int = Field(5, ge=1, le=256)
+    population: int = Field(1, ge=1, le=256)
+    species: Literal["all", "family"] = "all"  # all: generalists (every family); family: one each, round-robin
     lora_rank: int = Field(8, ge=1, le=256)
     lora_alpha: float = Field(16.0, gt=0.0)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1)
     learner: Literal["gradient", "es"] = "gradient"
-    train_steps: int = Field(16, ge=0, le=100_000)  # learner updates per organelle per generation
+    train_steps: int = Field(96, ge=0, le=100_000)  # learner updates per organelle per generation
     train_batch: int = Field(8, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     replay_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of training rows from earlier deltas
-    delta_size: int = Field(48, ge=1, le=100_000)  # new train challenges per organelle per generation
-    episodes: int = Field(16, ge=1, le=10_000)  # challenges each organelle answers per generation
+    delta_size: int = Field(576, ge=1, le=100_000)  # new train challenges per organelle per generation
+    episodes: int = Field(32, ge=1, le=10_000)  # challenges each organelle answers per generation
     pull_size: int = Field(2, ge=1, le=1_000)  # challenges per bandit pull
     mutation: MutationConfig = MutationConfig()
     es: ESConfig = ESConfig()
@@ -107,7 +108,7 @@ class EnergyConfig(Strict):
     success_bonus: float = Field(1.0, ge=0.0)  # once per generation when accuracy >= bonus_accuracy
     bonus_accuracy: float = Field(0.5, ge=0.0, le=1.0)
     token_cost: float = Field(0.002, ge=0.0)  # per generated token
-    step_cost: float = Field(0.02, ge=0.0)  # per learner update
+    step_cost: float = Field(0.005, ge=0.0)  # per learner update
     cost_scale: float = Field(1.0, ge=0.0)
     topup_roi: float = Field(1.5, ge=0.0)  # organelles at or above this ROI get a top-up...
     topup_cap: float = Field(2.0, ge=0.0)  # ...of at most this much energy
@@ -141,6 +142,7 @@ class MergeConfig(Strict):
 
 class GateConfig(Strict):
     recall_drop_max: float = Field(0.05, ge=0.0, le=1.0)  # child may lose at most this on the prior QA set
+    recall_rows: int = Field(150, ge=1, le=100_000)  # prior QA rows answered (a fixed sample when there are more)
     generalization_min_delta: float = Field(0.0, ge=-1.0, le=1.0)  # child - parent on the delta's holdout
     max_kl: float = Field(0.5, ge=0.0)  # mean per-token KL(parent || child) on neutral prompts
     max_forbidden_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of neutral replies with a forbidden phrase
@@ -190,8 +192,9 @@ class EvoMergeConfig(Strict):
 
 class SleepConfig(Strict):
     """Complementary learning systems: a fast hippocampus (wake) consolidated into the host (sleep).
-    In a generation of the ladder the merged child is the teacher and the parent host the student."""
-    in_generation: bool = True  # fold assimilated organelles by distillation (else: by merge)
+    In a generation of the ladder (`in_generation`) the assimilated organelles are the teachers and
+    the parent host the student."""
+    in_generation: bool = False  # fold assimilated organelles by distillation (else: by merge)
     experts: int = Field(4, ge=1, le=64)  # K LoRA experts on every target layer of the host
     top_k: int = Field(2, ge=1, le=64)  # experts mixed per token by each layer's router
     rank: int = Field(8, ge=1, le=256)
@@ -250,9 +253,9 @@ class ContinualConfig(Strict):
 class CompareConfig(Strict):
     """`cambrian compare`: the ladder against the simple baselines and its own ablations."""
     recipes: list[Literal["plain", "multitask", "ladder", "no_economy", "uniform_routing", "no_assimilation_test",
-                          "no_sleep", "no_ewc", "no_replay"]] = Field(
+                          "no_replay", "sleep", "specialists"]] = Field(
         default_factory=lambda: ["plain", "multitask", "ladder", "no_economy", "uniform_routing",
-                                 "no_assimilation_test", "no_sleep", "no_ewc", "no_replay"], min_length=1)
+                                 "no_assimilation_test", "no_replay", "sleep", "specialists"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # plain, multitask, ladder
     ablation_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # each ablation
     rows: int = Field(2304, ge=1, le=10_000_000)  # SFT rows of each baseline (steps x colony.train_batch)

@@ -17,12 +17,18 @@ from safetensors.torch import load_file, save_file
 from cambrian.checkpoint import atomic_dir, atomic_write_text, verify, write_manifest
 
 WEIGHTS = "adapter_model.safetensors"
+ALL = "all"  # the species of a generalist: it learns, and is tested on, every family
+
+
+def families_of(species: str, families: list[str]) -> list[str]:
+    """The families an organelle of `species` learns and is tested on."""
+    return list(families) if species == ALL else [species]
 
 
 @dataclass
 class Organelle:
     id: str
-    species: str  # family specialty: where its training data comes from
+    species: str  # a family (a specialist) or ALL (a generalist): where its training data comes from
     parents: list[str]
     born: int  # generation of birth
     rank: int

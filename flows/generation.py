@@ -1,12 +1,13 @@
 """The generation flow — one rung of the ladder — and the ladder flow. Wiring only.
 
     spawn -> learn (one task per organelle) -> evaluate -> settle energy -> assimilate
-          -> sleep-consolidate (or merge) -> gate / rollback -> score (test split per family) -> publish
+          -> merge (or sleep-consolidate) -> gate / rollback -> score (test split per family) -> publish
 
-The organelles that pass assimilation are folded into the parent host one of two ways: by
-sleep-consolidate (default; each organelle teaches the rows of its own delta to one cortical
-adapter that is then folded in, see tasks/sleep.py), or, with sleep.in_generation: false, by
-merge (their weights combined by a mergekit method with soup weights).
+The organelles that pass assimilation are folded into the parent host one of two ways: by merge
+(default; their weights combined by a mergekit method with soup weights, which is exact for the
+default colony of one generalist), or, with sleep.in_generation: true, by sleep-consolidate (each
+organelle teaches the rows of its own delta to one cortical adapter that is then folded in, see
+tasks/sleep.py).
 
 Every step but publish is a pure computation over content hashes, cached across processes
 (flows/steps.py: the key is the step's inputs — the parent checkpoint's sha256, adapter shas,
@@ -38,7 +39,7 @@ from cambrian.cluster import configured
 from cambrian.config import Params, load_params, parse_params
 from cambrian.engine import Engine, test_accuracy
 from cambrian.host import load_host
-from cambrian.organelle import Organelle, load_colony, save_population
+from cambrian.organelle import Organelle, families_of, load_colony, save_population
 from flows.steps import step
 from tasks.assimilate import assimilate, gating
 from tasks.evaluate import run_episodes
@@ -155,7 +156,9 @@ def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[d
     child, _ = load_host(store_get(child_sha), child_sha)
     holdout = [c for c in read_jsonl(Path(data_dir) / "holdout.jsonl") if c.family in families]
     engines = [Engine(m, tok, p.eval.batch_size, p.eval.slack_tokens) for m in (parent, child)]
-    qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"]) for r in prior_qa]
+    keep = random.Random(f"{p.seed}/recall").sample(range(len(prior_qa)), min(len(prior_qa), p.gate.recall_rows))
+    qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"])
+          for r in (prior_qa[i] for i in sorted(keep))]  # recall on a fixed sample, in file order
     return measure(*engines, qa, holdout, p.gate)
 
 
@@ -260,19 +263,21 @@ def _parent(gid: str, params: Params, models: Path, runs: Path) -> tuple[Path, s
     """(checkpoint folder, verified sha, population, adapter shas in the store, ancestors' records
     oldest first, the host's excluded) of gid's parent."""
     parent = params.ladder[gid].parent
-    sha = ledger.verify_generation(models / parent, runs / parent)  # the checkpoint and its run folder
+    # Every run folder of the lineage is verified against its manifest (a damaged adapter is
+    # refused, not adopted), then the parent's checkpoint against the sha its record holds.
+    history = [ledger.record(runs / g) for g in params.lineage(parent)]
+    own = history[-1] if history else ledger.record(runs / parent)
+    sha = verify(models / parent, own["ledger"]["child_sha"])
     share(models / parent, sha)  # learn steps may run on other machines
     colony = runs / parent / "colony"
     population = json.loads((colony / "population.json").read_text())
     adapters = {}
     for d in population:
         if d["alive"]:
-            verify(colony / "adapters" / d["id"])  # a damaged adapter is refused, not adopted
             work = scratch()
             shutil.copytree(colony / "adapters" / d["id"], work / "a")
             adapters[d["id"]] = store_put(work / "a", kind="organelle")
             shutil.rmtree(work)
-    history = [ledger.record(runs / g) for g in params.lineage(parent)]
     return models / parent, sha, population, adapters, history
 
 
@@ -342,7 +347,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         elif child_sha == parent_sha:  # e.g. every sleep step was non-finite and skipped
             why, verdict_name = "the child is its parent byte for byte: its organelles stay in the colony", "unchanged"
         else:
-            families = sorted({o.species for o in colony if o.id in weights})
+            families = sorted({f for o in colony if o.id in weights
+                               for f in families_of(o.species, params.challenges.families)})
             metrics = gate_step(pd, parent_sha, child_sha, prior_qa, str(data), data_sha, families, pdict)
             accepted, why = verdict(metrics, params.gate)
             progress.done("gate")

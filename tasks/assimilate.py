@@ -2,12 +2,13 @@
 
 Candidates are living organelles whose ROI in this generation's settlement reached
 `assimilate.min_roi`. Each is tested against the bare host (control) on fresh probe-split
-challenges of its species — the same challenges for both, so the test is paired: McNemar's exact
-test on the discordant pairs (one-sided: treatment better). It passes when p <= alpha and the uplift
-(treatment accuracy - control accuracy) is at least `min_effect`, and then the holdout check: on the
-species' holdout split its uplift must exceed `holdout_min_effect`. Every attempt is returned as a
-record (written to assimilation.jsonl): control and treatment means, uplift vs threshold, p-value,
-holdout verdict, top-up status and the reason for the verdict.
+challenges of its species (of every family for a generalist) — the same challenges for both, so
+the test is paired: McNemar's exact test on the discordant pairs (one-sided: treatment better). It
+passes when p <= alpha and the uplift (treatment accuracy - control accuracy) is at least
+`min_effect`, and then the holdout check: on the species' holdout split its uplift must exceed
+`holdout_min_effect`. Every attempt is returned as a record (written to assimilation.jsonl):
+control and treatment means, uplift vs threshold, p-value, holdout verdict, top-up status and the
+reason for the verdict.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections import Counter
 from cambrian.challenges import Challenge, sample
 from cambrian.config import Params
 from cambrian.engine import Engine
-from cambrian.organelle import Organelle
+from cambrian.organelle import Organelle, families_of
 
 
 def mcnemar_p(treatment: list[bool], control: list[bool]) -> float:
@@ -38,9 +39,10 @@ def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, ho
     candidates = [o for o in organelles if o.alive and per_org.get(o.id, {}).get("roi", 0.0) >= cfg.min_roi]
     jobs: list[tuple[str, Organelle, Challenge]] = []  # (kind, organelle, challenge), host and organelle paired
     for o in candidates:
-        probes = [c for lv in params.challenges.levels
-                  for c in sample(o.species, lv, "probe", cfg.probes_per_level, f"{params.seed}/assimilate/{gen}/{o.id}")]
-        jobs += [("probe", o, c) for c in probes] + [("holdout", o, c) for c in holdout if c.family == o.species]
+        mine = families_of(o.species, params.challenges.families)
+        probes = [c for f in mine for lv in params.challenges.levels
+                  for c in sample(f, lv, "probe", cfg.probes_per_level, f"{params.seed}/assimilate/{gen}/{o.id}")]
+        jobs += [("probe", o, c) for c in probes] + [("holdout", o, c) for c in holdout if c.family in mine]
     # Host and organelles answer in one mixed-adapter batch.
     challenges = [c for _, _, c in jobs] * 2
     ok = engine.correct(challenges, [None] * len(jobs) + [o.id for _, o, _ in jobs])

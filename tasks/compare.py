@@ -29,9 +29,13 @@ ABLATIONS = {
     "uniform_routing": {"bandit": {"routing": "uniform"}},
     "no_assimilation_test": {"assimilate": {"min_roi": 0.0, "alpha": 1.0, "min_effect": -1.0,
                                             "holdout_min_effect": -1.0}},  # every organelle is merged
-    "no_sleep": {"sleep": {"in_generation": False}},  # organelles folded by merge instead of distillation
-    "no_ewc": {"sleep": {"ewc_lambda": 0.0}},  # distillation without the EWC anchor at the parent
     "no_replay": {"colony": {"replay_ratio": 0.0}},
+    # Folded by distillation (sleep) instead of an exact merge; 16 of each generation's 96 steps go to the sleep.
+    "sleep": {"colony": {"train_steps": 80}, "sleep": {"in_generation": True}},
+    # One specialist per family, each distilled into the host by sleep (the default until it lost to
+    # one generalist on the same budget, README): 3 x (5 x 16 + 16) x 8 rows.
+    "specialists": {"colony": {"species": "family", "population": 5, "train_steps": 16, "delta_size": 48,
+                               "episodes": 16}, "energy": {"step_cost": 0.02}, "sleep": {"in_generation": True}},
 }
 RECIPES = (*BASELINES, *ABLATIONS)
 

@@ -1,6 +1,7 @@
 """spawn: fill the colony up to its size with fresh organelles, mutated clones and crossovers.
 
-- generation 0 (or an extinct colony): fresh adapters, species dealt round-robin over families;
+- generation 0 (or an extinct colony): fresh adapters, species dealt round-robin over families
+  (`colony.species: family`) or every one a generalist that learns all families (`all`);
 - later: survivors carry over; each empty slot gets a child of a survivor picked with
   probability proportional to energy — a crossover of two same-species survivors (their weight
   deltas averaged and re-factored by SVD) with probability `crossover_prob`, else a clone with
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from cambrian.config import Params
-from cambrian.organelle import Organelle, deltas, factor, lora_config, new_adapter, read_adapter, write_adapter
+from cambrian.organelle import ALL, Organelle, deltas, factor, lora_config, new_adapter, read_adapter, write_adapter
 
 
 def _fresh(host, params: Params, oid: str, species: str, gen: int, out: Path, seed: int) -> Organelle:
@@ -54,7 +55,7 @@ def spawn(host, organelles: list[Organelle], params: Params, gen: int, parent_ad
           out: Path) -> list[Organelle]:
     """Return the generation's population; adapters of every member are written under `out`."""
     rng = random.Random(f"{params.seed}/spawn/{gen}")
-    families = params.challenges.families
+    families = params.challenges.families if params.colony.species == "family" else [ALL]
     survivors = [o for o in organelles if o.alive]
     out.mkdir(parents=True, exist_ok=True)
     for o in survivors:

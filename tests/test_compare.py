@@ -1,11 +1,13 @@
-"""`cambrian compare` on the tiny host: baselines and a ladder ablation on counted SFT budgets,
+"""`cambrian compare` on the tiny host: baselines and the default ladder on counted SFT budgets,
 scored on the test split, aggregated with 95% t-intervals; cells come from the cache on a re-run."""
 import json
 
 import pytest
 import yaml
 
+from cambrian.checkpoint import home
 from cambrian.config import FAMILIES, parse_params
+from cambrian.organelle import ALL
 from flows.compare import _interval, compare
 from tests.test_ladder import TINY
 
@@ -20,8 +22,10 @@ def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    params = {**TINY, "ladder": {"gen_1": {"parent": "base"}},
-              "compare": {"recipes": ["plain", "multitask", "no_sleep"], "seeds": [0, 1], "ablation_seeds": [0],
+    # The ladder cell (an ablation: one seed) runs the default path: generalists folded in by a merge.
+    params = {**TINY, "colony": {**TINY["colony"], "species": "all"}, "sleep": {**TINY["sleep"], "in_generation": False},
+              "ladder": {"gen_1": {"parent": "base"}},
+              "compare": {"recipes": ["plain", "multitask", "no_economy"], "seeds": [0, 1], "ablation_seeds": [0],
                           "rows": 20}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(parse_params(params).model_dump(), sort_keys=False))
@@ -29,17 +33,20 @@ def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir
     result = json.loads((tmp_path / "reports" / "compare.json").read_text())
     cells = result["cells"]
     assert [(c["recipe"], c["seed"]) for c in cells] == [("plain", 0), ("plain", 1), ("multitask", 0),
-                                                        ("multitask", 1), ("no_sleep", 0)]
+                                                        ("multitask", 1), ("no_economy", 0)]
     # Same budget, counted: plain gives each of 5 families 20 // (4 * 5) = 1 step of batch 4.
     assert [c["rows"] for c in cells[:4]] == [20, 20, 20, 20]
-    assert cells[4]["rows"] == 3 * 2 * 4  # the tiny ladder: 3 organelles x 2 steps x batch 4, no sleep
+    assert cells[4]["rows"] == 3 * 2 * 4  # the tiny ladder: 3 generalists x 2 steps x batch 4, no sleep
     for c in cells:
         assert set(c["test"]) == set(c["transfer"]) == set(FAMILIES)
         assert c["ppl"] > 1.0
     assert cells[0]["ppl"] != cells[1]["ppl"]  # seeds differ
-    assert agg["plain"]["seeds"] == [0, 1] and agg["no_sleep"]["rows"] == (24.0, 0.0)
+    assert agg["plain"]["seeds"] == [0, 1] and agg["no_economy"]["rows"] == (24.0, 0.0)
+    run = home() / "compare" / "no_economy-0" / "runs" / "gen_1"
+    assert {o["species"] for o in json.loads((run / "colony" / "population.json").read_text())} == {ALL}
+    assert "merge" in json.loads((run / "summary.json").read_text())  # folded by a merge, no sleep
     table = (tmp_path / "reports" / "compare.md").read_text()
-    assert "| bare host |" in table and "| plain | 2 |" in table and "| no_sleep | 1 |" in table
+    assert "| bare host |" in table and "| plain | 2 |" in table and "| no_economy | 1 |" in table
     client = MlflowClient()  # the ladder cell's generation is tracked apart from the ladder's experiment
     assert client.get_experiment_by_name("cambrian") is None
     runs = client.search_runs([client.get_experiment_by_name("cambrian-compare").experiment_id])

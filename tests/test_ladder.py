@@ -24,7 +24,9 @@ TINY = {
     "host": {"source": "tiny-random"},
     "challenges": {"train_per_cell": 12, "probe_per_cell": 3, "holdout_per_cell": 3, "test_per_cell": 3,
                    "transfer_per_cell": 3},
-    "colony": {"population": 3, "lora_rank": 4, "lora_alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj"],
+    # The tiny ladder runs the specialists path (one family each, folded by sleep); the default
+    # generalist path runs in tests/test_compare.py's ladder cell.
+    "colony": {"population": 3, "species": "family", "lora_rank": 4, "lora_alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj"],
                "train_steps": 2, "train_batch": 4, "delta_size": 6, "episodes": 4, "pull_size": 2},
     "energy": {"initial": 1.0, "ticket": 0.8},
     # The untrained tiny host cannot show a significant uplift: let every candidate through.
@@ -33,7 +35,7 @@ TINY = {
     "gate": {"neutral_prompts": ["Hello there.", "Describe the sea."], "reply_tokens": 8},
     "evomerge": {"parents": ["base", "specialist:math", "specialist:logic"], "specialist_steps": 1,
                  "specialist_rows": 4, "generations": 0, "probes_per_domain": 1},
-    "sleep": {"steps": 2, "batch": 4, "fisher_samples": 2, "cortex_rank": 4, "wake_steps": 1, "wake_batch": 2,
+    "sleep": {"in_generation": True, "steps": 2, "batch": 4, "fisher_samples": 2, "cortex_rank": 4, "wake_steps": 1, "wake_batch": 2,
               "experts": 2, "top_k": 1, "rank": 4},
     "continual": {"order": ["math", "logic"], "modes": ["full_cls"], "seeds": [7], "train_rows": 4,
                   "eval_per_task": 2},

@@ -1,15 +1,23 @@
-"""spawn: fresh organelles, exact clones, crossovers that average the parents' weight deltas."""
+"""spawn: fresh organelles (specialists or generalists), exact clones, crossovers that average the
+parents' weight deltas."""
+import random
+
 import torch
 
-from cambrian.config import parse_params
-from cambrian.organelle import Organelle, deltas, lora_config, new_adapter, read_adapter, write_adapter
+from cambrian.challenges import read_jsonl
+from cambrian.config import FAMILIES, parse_params
+from cambrian.engine import Engine
+from cambrian.host import load_host
+from cambrian.organelle import ALL, Organelle, deltas, load_colony, lora_config, new_adapter, read_adapter, write_adapter
+from tasks.assimilate import assimilate
+from tasks.learn import data_delta
 from tasks.spawn import spawn
 
 TARGETS = ["q_proj", "v_proj"]
 
 
 def _params(**mutation):
-    return parse_params({"colony": {"population": 4, "lora_rank": 4, "lora_alpha": 8.0, "target_modules": TARGETS,
+    return parse_params({"colony": {"population": 4, "species": "family", "lora_rank": 4, "lora_alpha": 8.0, "target_modules": TARGETS,
                                     "mutation": mutation}, "energy": {"species_share_cap": 1.0}})
 
 
@@ -59,3 +67,18 @@ def test_crossover_averages_the_parents_deltas(tiny_host, tmp_path):
     d0, d1 = (deltas(*read_adapter(tmp_path / "prev" / p)) for p in ("p0", "p1"))
     for k in got:  # rank 8 holds the sum of two rank-4 deltas exactly
         assert torch.allclose(got[k], (d0[k] + d1[k]) / 2, atol=1e-5)
+
+
+def test_generalists_learn_and_are_tested_on_every_family(tiny_host_dir, tiny_data_dir, tmp_path):
+    host, tok = load_host(tiny_host_dir)
+    p = parse_params({"colony": {"population": 2, "species": "all", "lora_rank": 4, "lora_alpha": 8.0,
+                                 "target_modules": TARGETS}, "assimilate": {"probes_per_level": 2}})
+    colony = spawn(host, [], p, 0, None, tmp_path / "g0")
+    assert [o.species for o in colony] == [ALL, ALL]
+    delta = data_delta(colony[0], read_jsonl(tiny_data_dir / "train.jsonl"), [], 60, random.Random(0))
+    assert {r["family"] for r in delta} == set(FAMILIES)  # a specialist's delta holds its family only
+    engine = Engine(load_colony(host, {o.id: tmp_path / "g0" / o.id for o in colony}), tok, batch_size=64)
+    settlement = {"organelles": {o.id: {"roi": 1.0, "topup": 0.0} for o in colony}}
+    attempts = assimilate(engine, colony, settlement, read_jsonl(tiny_data_dir / "holdout.jsonl"), p, 0)
+    # Probed on 2 challenges per level of every family, against the host on the same challenges.
+    assert [a["n_probe"] for a in attempts] == [2 * len(p.challenges.levels) * len(FAMILIES)] * 2
