@@ -7,7 +7,7 @@ task-vector methods) and by distillation (tasks/sleep.py: each organelle teaches
 from the parent, and from the soup: merge then distil). Each result is scored like a generation:
 strict test and transfer accuracy per family and general-text perplexity.
 
-    python benchmarks/fold_methods.py            # ~20 minutes on 2 CPU cores
+    python benchmarks/fold_methods.py            # ~16 minutes on 2 CPU cores
 """
 from __future__ import annotations
 

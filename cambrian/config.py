@@ -365,6 +365,26 @@ def _describe(err: ValidationError) -> str:
     return "invalid params:\n" + "\n".join(lines)
 
 
+class Undeclared:
+    """Stands for a params section a step did not declare: reading from it is an error."""
+
+    def __init__(self, section: str):
+        self._section = section
+
+    def __getattr__(self, name: str):
+        raise ParamsError(f"params section {self._section!r} is read by a step that does not declare it "
+                          f"(@step(..., sections=...) in flows/): its cache key would miss it")
+
+
+def restricted(data: dict) -> Params:
+    """Params from a step's declared sections only (see flows/steps.py): every other section is
+    `Undeclared`, so a step cannot depend on a value its cache key does not hold."""
+    p = parse_params(data)
+    for name in Params.model_fields.keys() - data.keys():
+        object.__setattr__(p, name, Undeclared(name))
+    return p
+
+
 def parse_params(data: dict | None) -> Params:
     try:
         return Params.model_validate(data or {})

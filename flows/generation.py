@@ -36,7 +36,7 @@ from cambrian.challenges import Challenge, read_jsonl
 from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_put, verify,
                                  write_manifest)
 from cambrian.cluster import configured
-from cambrian.config import Params, load_params, parse_params
+from cambrian.config import Params, load_params, parse_params, restricted
 from cambrian.engine import Engine, test_accuracy
 from cambrian.host import load_host
 from cambrian.organelle import Organelle, families_of, load_colony, save_population
@@ -63,14 +63,14 @@ def _colony(population: list[dict]) -> list[Organelle]:
     return [Organelle(**d) for d in population]
 
 
-@step("spawn")
+@step("spawn", sections=("challenges", "colony", "energy"))
 def spawn_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
                params: dict, gen: int) -> dict:
     host, _ = load_host(parent_dir, parent_sha)
     prev, out = scratch(), scratch()
     for oid, sha in adapters.items():
         (prev / oid).symlink_to(store_get(sha), target_is_directory=True)
-    colony = spawn(host, _colony(population), parse_params(params), gen, prev, out)
+    colony = spawn(host, _colony(population), restricted(params), gen, prev, out)
     shas = {o.id: store_put(out / o.id, kind="organelle") for o in colony}
     shutil.rmtree(prev), shutil.rmtree(out)
     return {"population": [asdict(o) for o in colony], "adapters": shas}
@@ -94,49 +94,49 @@ def _engine_over(parent_dir: str, parent_sha: str, adapters: dict[str, str], par
     return model, Engine(model, tok, params.eval.batch_size, params.eval.slack_tokens)
 
 
-@step("evaluate")
+@step("evaluate", sections=("challenges", "colony", "bandit", "eval"))
 def evaluate_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
                   params: dict, gen: int) -> dict:
-    p, colony = parse_params(params), _colony(population)
+    p, colony = restricted(params), _colony(population)
     _, engine = _engine_over(parent_dir, parent_sha, {o.id: adapters[o.id] for o in colony if o.alive}, p)
     episodes = run_episodes(engine, colony, p, gen)
     return {"episodes": episodes, "population": [asdict(o) for o in colony]}
 
 
-@step("settle-energy")
+@step("settle-energy", sections=("energy",))
 def settle_step(population: list[dict], episodes: list[dict], steps: dict[str, int], params: dict,
                 gen: int) -> dict:
     colony = _colony(population)
-    summary = settle(colony, episodes, steps, parse_params(params).energy, gen)
+    summary = settle(colony, episodes, steps, restricted(params).energy, gen)
     return {"summary": summary, "population": [asdict(o) for o in colony]}
 
 
-@step("assimilate")
+@step("assimilate", sections=("challenges", "assimilate", "eval"))
 def assimilate_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
                     settlement: dict, data_dir: str, data_sha: str, params: dict, gen: int) -> list[dict]:
-    p, colony = parse_params(params), _colony(population)
+    p, colony = restricted(params), _colony(population)
     _, engine = _engine_over(parent_dir, parent_sha, {o.id: adapters[o.id] for o in colony if o.alive}, p)
     return assimilate(engine, colony, settlement, read_jsonl(Path(data_dir) / "holdout.jsonl"), p, gen)
 
 
-@step("merge")
+@step("merge", sections=("merge",))
 def merge_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], weights: dict[str, float],
                params: dict) -> dict:
     host, tok = load_host(parent_dir, parent_sha, device="cpu")
-    report = fold(host, {k: store_get(v) for k, v in adapters.items()}, weights, parse_params(params).merge)
+    report = fold(host, {k: store_get(v) for k, v in adapters.items()}, weights, restricted(params).merge)
     out = scratch()
     host.save_pretrained(out)
     tok.save_pretrained(out)
     return {"child": store_put(out, kind="host"), "report": report}
 
 
-@step("sleep-consolidate")
+@step("sleep-consolidate", sections=("colony", "sleep"))
 def sleep_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], replay: list[dict], params: dict,
                gen: int) -> dict:
     """Fold the assimilated organelles into the parent host by distillation: each organelle
     teaches the rows of its own delta, the parent its QA set (recall), with EWC anchored at the
     parent; the student's cortical adapter is then folded into the host weights."""
-    p = parse_params(params)
+    p = restricted(params)
     student, tok = load_host(parent_dir, parent_sha)
     teacher, _ = load_host(parent_dir, parent_sha)
     teacher = load_colony(teacher, {k: store_get(v) for k, v in adapters.items()})
@@ -148,10 +148,10 @@ def sleep_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], repla
     return {"child": store_put(out, kind="host"), "stats": stats}
 
 
-@step("gate")
+@step("gate", sections=("gate", "eval"))
 def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[dict], data_dir: str,
               data_sha: str, families: list[str], params: dict) -> dict:
-    p = parse_params(params)
+    p = restricted(params)
     parent, tok = load_host(parent_dir, parent_sha)
     child, _ = load_host(store_get(child_sha), child_sha)
     holdout = [c for c in read_jsonl(Path(data_dir) / "holdout.jsonl") if c.family in families]
@@ -162,11 +162,11 @@ def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[d
     return measure(*engines, qa, holdout, p.gate)
 
 
-@step("score")
+@step("score", sections=("eval",))
 def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, params: dict) -> dict:
     """The checkpoint's accuracy per family on the test split, in trained and in reserved phrasings
     (beside reports/baseline.json). The only step of a generation that reads the test split."""
-    p = parse_params(params)
+    p = restricted(params)
     model, tok = load_host(model_dir, model_sha)
     return test_accuracy(Engine(model, tok, p.eval.batch_size, p.eval.slack_tokens),
                          read_jsonl(Path(data_dir) / "test.jsonl"))
@@ -375,7 +375,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         _read_jsonl(runs / params.ladder[gid].parent / "qa.jsonl")
     if verdict_name != "rolled back":
         source = store_get(child_sha) if child_sha != parent_sha else parent_dir
-    summary["scores"] = score_step(str(source), child_sha, str(data), data_sha, {"eval": pdict["eval"]})
+    summary["scores"] = score_step(str(source), child_sha, str(data), data_sha, pdict)
     progress.done("score")
     record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, deltas, metrics, history, stopped,
                      (time.perf_counter() - start) / 60)

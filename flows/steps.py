@@ -5,7 +5,10 @@ across processes and machines, and which computes the same bytes wherever it run
 
 - key: sha256 of the step's name, the code it can run (cambrian/, tasks/ and the flow module that
   defines it, helpers included) and its arguments as JSON. Arguments named in `PATHS` are left
-  out: every path travels with the content sha256 that stands for it.
+  out: every path travels with the content sha256 that stands for it. A step that declares
+  `sections` gets, and is keyed on, only those sections of its `params` argument (and the seed):
+  changing `gate.max_kl` re-runs the gate, not spawn or learn. It reads them with
+  `cambrian.config.restricted`, which refuses any section it did not declare.
 - result: plain JSON in CAMBRIAN_HOME/results/<key>.json, written atomically with the seconds it
   took (benchmarks/ reads them for the per-step table). Never a pickle: a
   rewritten result file can at worst hand over wrong data (checkpoints and adapters named in it
@@ -71,7 +74,7 @@ def _cached(path: Path, key: str):
     return True, record["result"]
 
 
-def step(name: str):
+def step(name: str, sections: tuple[str, ...] | None = None):
     """Decorator: a cached, thread-pinned Prefect task named `name` (see the module docstring)."""
     def wrap(fn):
         signature = inspect.signature(fn)
@@ -80,6 +83,9 @@ def step(name: str):
         def run(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
+            if sections is not None:
+                bound.arguments["params"] = {k: v for k, v in bound.arguments["params"].items()
+                                             if k in ("seed", *sections)}
             key = cache_key(fn, bound.arguments)
             path = home() / "results" / f"{key}.json"
             hit, result = _cached(path, key)

@@ -395,3 +395,25 @@ def test_two_generations_on_a_two_worker_dask_cluster_with_real_servers(repo, tm
                 assert names.count("learn_step") == len(learned[fr.parameters["gid"]])
                 for step in ("spawn_step", "evaluate_step", "settle_step", "assimilate_step", "score_step", "publish"):
                     assert names.count(step) == 1, (step, names)
+
+
+def test_a_child_identical_to_its_parent_is_unchanged_and_its_organelles_stay(tiny_host_dir, tiny_data_dir, tmp_path,
+                                                                              monkeypatch):
+    from cambrian import ledger
+    from flows.generation import generation
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # No learning: every organelle is the host (B = 0), passes the permissive test, and merges to
+    # a child that is its parent byte for byte.
+    params = {**TINY, "colony": {**TINY["colony"], "species": "all", "train_steps": 0},
+              "sleep": {**TINY["sleep"], "in_generation": False}, "ladder": {"gen_1": {"parent": "base"}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(parse_params(params).model_dump(), sort_keys=False))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "base").symlink_to(tiny_host_dir, target_is_directory=True)
+    ledger.write_base(tmp_path / "runs" / "base", verify(tiny_host_dir))
+    row = generation("gen_1", str(tmp_path / "params.yaml"), str(tmp_path / "models"), str(tmp_path / "runs"),
+                     str(tiny_data_dir), str(tmp_path / "reports"))
+    assert row["gate_verdict"] == "unchanged" and "byte for byte" in row["gate_reason"]
+    assert row["child_sha"] == row["parent_sha"] == verify(tmp_path / "models" / "gen_1")
+    population = json.loads((tmp_path / "runs" / "gen_1" / "colony" / "population.json").read_text())
+    assert len(population) == 3 and all(o["alive"] for o in population)  # nothing was lost

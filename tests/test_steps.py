@@ -1,12 +1,15 @@
 """The cached-step decorator (flows/steps.py): results are plain JSON that is never executed, a
 tampered or foreign result is recomputed, and every step runs with the same torch thread count
-whatever the process it lands in was started with."""
+whatever the process it lands in was started with; a step is keyed on, and reads, only the params
+sections it declares."""
 import json
 import pickle
 
+import pytest
 import torch
 
 from cambrian.checkpoint import home
+from cambrian.config import Params, ParamsError, restricted
 from flows.steps import THREADS, cache_key, step
 
 CALLS = []
@@ -68,3 +71,25 @@ def test_a_tampered_result_is_recomputed_never_executed():
         path.write_bytes(forged)
         assert run(seed=31) == honest
     assert CALLS == [31, 31, 31, 31] and not (home() / "pwned").exists()
+
+
+def _read_gate(params: dict) -> list:
+    p = restricted(params)
+    CALLS.append(p.gate.max_kl)
+    return [p.gate.max_kl, p.eval.batch_size]
+
+
+def _read_colony(params: dict) -> float:
+    return restricted(params).colony.lr
+
+
+def test_a_step_is_keyed_on_its_own_params_sections_and_reads_no_other():
+    run = step("gate-like", sections=("gate", "eval"))(_read_gate).fn
+    CALLS.clear()
+    params = Params().for_steps()
+    assert run(params=params) == [0.5, 64]
+    # Another section changed: a cache hit. Its own section changed: computed again.
+    assert run(params={**params, "colony": {**params["colony"], "lr": 0.5}}) == [0.5, 64] and CALLS == [0.5]
+    assert run(params={**params, "gate": {**params["gate"], "max_kl": 0.25}}) == [0.25, 64] and CALLS == [0.5, 0.25]
+    with pytest.raises(ParamsError, match="'colony' is read by a step that does not declare it"):
+        step("sneaky", sections=("gate",))(_read_colony).fn(params=params)
