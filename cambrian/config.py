@@ -119,7 +119,7 @@ class EnergyConfig(Strict):
 class AssimilateConfig(Strict):
     # Candidates: living organelles with at least this ROI in the generation's settlement.
     min_roi: float = Field(1.0, ge=0.0)
-    probes_per_level: int = Field(10, ge=1, le=10_000)  # fresh probe-split challenges per level of its species
+    probes_per_level: int = Field(10, ge=1, le=10_000)  # fresh probe-split challenges per level and family of its species
     alpha: float = Field(0.05, gt=0.0, le=1.0)  # significance of the paired (McNemar exact) uplift test: p <= alpha
     min_effect: float = Field(0.1, ge=-1.0, le=1.0)  # minimum uplift in accuracy over the host
     holdout_min_effect: float = Field(0.0, ge=-1.0, le=1.0)  # holdout check: uplift on the species' holdout
@@ -380,7 +380,7 @@ def restricted(data: dict) -> Params:
     """Params from a step's declared sections only (see flows/steps.py): every other section is
     `Undeclared`, so a step cannot depend on a value its cache key does not hold."""
     p = parse_params(data)
-    for name in Params.model_fields.keys() - data.keys():
+    for name in Params.model_fields.keys() - data.keys() - {"seed"}:
         object.__setattr__(p, name, Undeclared(name))
     return p
 

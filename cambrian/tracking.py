@@ -51,7 +51,8 @@ def log_generation(record: dict, summary: dict, params: Params) -> str | None:
                 "parent.sha256": row["parent_sha"], "gate.verdict": row["gate_verdict"]}
         with mlflow.start_run(run_name=row["GEN_ID"], tags=tags) as run:
             mlflow.log_params({"lr": row["lr"], "learner": params.colony.learner, "population": params.colony.population,
-                               "train_steps": params.colony.train_steps, "merge": params.merge.method,
+                               "train_steps": params.colony.train_steps, "species": params.colony.species,
+                               "fold": "sleep" if params.sleep.in_generation else params.merge.method,
                                "seed": params.seed, "parent": row["parent_sha"][:12]})
             mlflow.log_metrics({k: float(v) for k, v in record["metrics"].items() if v is not None})
             mlflow.log_metric("walltime_min", float(row["walltime_min"]))

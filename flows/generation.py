@@ -11,7 +11,7 @@ tasks/sleep.py).
 
 Every step but publish is a pure computation over content hashes, cached across processes
 (flows/steps.py: the key is the step's inputs — the parent checkpoint's sha256, adapter shas,
-params, data sha — and the code it runs; the result is plain JSON). Steps keep their files in the
+the params sections the step declares, data sha — and the code it runs; the result is plain JSON). Steps keep their files in the
 content-addressed store (.cambrian/store), outside DVC's outputs, so a re-run after a crash picks up every
 finished step. Only `publish` writes the stage's DVC outputs — the child checkpoint
 models/GEN and the generation's colony and telemetry RUNS/GEN — and it is never cached, because

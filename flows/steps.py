@@ -7,7 +7,7 @@ across processes and machines, and which computes the same bytes wherever it run
   defines it, helpers included) and its arguments as JSON. Arguments named in `PATHS` are left
   out: every path travels with the content sha256 that stands for it. A step that declares
   `sections` gets, and is keyed on, only those sections of its `params` argument (and the seed):
-  changing `gate.max_kl` re-runs the gate, not spawn or learn. It reads them with
+  changing `gate.reply_tokens` re-runs the gate, not spawn or learn. It reads them with
   `cambrian.config.restricted`, which refuses any section it did not declare.
 - result: plain JSON in CAMBRIAN_HOME/results/<key>.json, written atomically with the seconds it
   took (benchmarks/ reads them for the per-step table). Never a pickle: a

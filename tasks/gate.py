@@ -1,7 +1,8 @@
 """gate: is the child better than its parent without forgetting or drifting? If not, roll back.
 
 Measured on the parent and the child side by side:
-- recall: accuracy on the parent generation's QA set (the data delta it assimilated);
+- recall: accuracy on the parent generation's QA set (the data delta it assimilated; a fixed
+  sample of at most `recall_rows`);
 - generalization: accuracy on the holdout split of the families in the new delta;
 - style drift: on neutral prompts, the mean per-token KL(parent || child) along the parent's own
   greedy replies, and the share of the child's replies containing a forbidden phrase;

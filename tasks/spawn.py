@@ -7,7 +7,7 @@
   deltas averaged and re-factored by SVD) with probability `crossover_prob`, else a clone with
   Gaussian weight noise, an occasional rank change (SVD re-factoring) and a jittered learning
   rate. A species at its population share cap gets no more children; a fresh organelle of the
-  rarest family takes the slot instead.
+  rarest family takes the slot instead (generalists, all one species, have no cap).
 """
 from __future__ import annotations
 
@@ -56,13 +56,15 @@ def spawn(host, organelles: list[Organelle], params: Params, gen: int, parent_ad
     """Return the generation's population; adapters of every member are written under `out`."""
     rng = random.Random(f"{params.seed}/spawn/{gen}")
     families = params.challenges.families if params.colony.species == "family" else [ALL]
+    # A species at its share cap gets no more children (generalists are one species: no cap).
     survivors = [o for o in organelles if o.alive]
     out.mkdir(parents=True, exist_ok=True)
     for o in survivors:
         if parent_adapters is not None and parent_adapters != out:
             shutil.copytree(parent_adapters / o.id, out / o.id, dirs_exist_ok=True)
     colony = list(survivors)
-    cap = max(1, math.floor(params.energy.species_share_cap * params.colony.population))
+    cap = max(1, math.floor(params.energy.species_share_cap * params.colony.population)) if len(families) > 1 \
+        else params.colony.population
     for slot in range(params.colony.population - len(survivors)):
         oid = f"g{gen}-{slot}"
         counts = Counter(o.species for o in colony)

@@ -62,4 +62,3 @@ def test_every_recipe_the_config_accepts_is_one_compare_can_run():
     from tasks.compare import RECIPES
 
     assert CompareConfig().recipes == list(RECIPES)
-

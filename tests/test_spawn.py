@@ -76,9 +76,18 @@ def test_generalists_learn_and_are_tested_on_every_family(tiny_host_dir, tiny_da
     colony = spawn(host, [], p, 0, None, tmp_path / "g0")
     assert [o.species for o in colony] == [ALL, ALL]
     delta = data_delta(colony[0], read_jsonl(tiny_data_dir / "train.jsonl"), [], 60, random.Random(0))
-    assert {r["family"] for r in delta} == set(FAMILIES)  # a specialist's delta holds its family only
+    assert {r["family"] for r in delta} == set(FAMILIES)
     engine = Engine(load_colony(host, {o.id: tmp_path / "g0" / o.id for o in colony}), tok, batch_size=64)
     settlement = {"organelles": {o.id: {"roi": 1.0, "topup": 0.0} for o in colony}}
     attempts = assimilate(engine, colony, settlement, read_jsonl(tiny_data_dir / "holdout.jsonl"), p, 0)
     # Probed on 2 challenges per level of every family, against the host on the same challenges.
     assert [a["n_probe"] for a in attempts] == [2 * len(p.challenges.levels) * len(FAMILIES)] * 2
+
+
+def test_generalist_survivors_have_children_whatever_the_share_cap(tiny_host, tmp_path):
+    host, _ = tiny_host
+    parents = [Organelle(o.id, ALL, [], 0, 4, 8.0, 1e-3, 3.0) for o in _parents(host, tmp_path)]
+    p = parse_params({"colony": {"population": 4, "species": "all", "lora_rank": 4, "lora_alpha": 8.0,
+                                 "target_modules": TARGETS}, "energy": {"species_share_cap": 0.5}})
+    colony = spawn(host, parents, p, 1, tmp_path / "prev", tmp_path / "g1")
+    assert all(c.species == ALL and c.parents for c in colony[2:])  # clones or crossovers, not fresh
