@@ -3,9 +3,10 @@
 Five organelles, one per family, each trained from the bare host for `--steps` SFT updates of 8
 gold train rows (what the `specialists` recipe gives each organelle per generation), are folded
 into the host by every merge worth trying (weights summing to 1 for the soup, 1 each for the
-task-vector methods, and 0.5 for task arithmetic once more) and by distillation (tasks/sleep.py: each organelle teaches its own rows,
-from the parent, and from the soup: merge then distil). Each result is scored like a generation:
-strict test and transfer accuracy per family and general-text perplexity.
+task-vector methods, and 0.5 for task arithmetic once more) and by distillation (tasks/sleep.py:
+each organelle teaches its own rows, from the parent, and from the soup: merge then distil). Each
+result is scored like a generation: strict test and transfer accuracy per family and general-text
+perplexity.
 
     python benchmarks/fold_methods.py            # ~16 minutes on 2 CPU cores
 """

@@ -119,7 +119,8 @@ class EnergyConfig(Strict):
 class AssimilateConfig(Strict):
     # Candidates: living organelles with at least this ROI in the generation's settlement.
     min_roi: float = Field(1.0, ge=0.0)
-    probes_per_level: int = Field(10, ge=1, le=10_000)  # fresh probe-split challenges per level and family of its species
+    # Fresh probe-split challenges per level and family of its species (every family: a generalist).
+    probes_per_level: int = Field(10, ge=1, le=10_000)
     alpha: float = Field(0.05, gt=0.0, le=1.0)  # significance of the paired (McNemar exact) uplift test: p <= alpha
     min_effect: float = Field(0.1, ge=-1.0, le=1.0)  # minimum uplift in accuracy over the host
     holdout_min_effect: float = Field(0.0, ge=-1.0, le=1.0)  # holdout check: uplift on the species' holdout

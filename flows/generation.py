@@ -10,9 +10,9 @@ organelle teaches the rows of its own delta to one cortical adapter that is then
 tasks/sleep.py).
 
 Every step but publish is a pure computation over content hashes, cached across processes
-(flows/steps.py: the key is the step's inputs — the parent checkpoint's sha256, adapter shas,
-the params sections the step declares, data sha — and the code it runs; the result is plain JSON). Steps keep their files in the
-content-addressed store (.cambrian/store), outside DVC's outputs, so a re-run after a crash picks up every
+(flows/steps.py: the key is the step's inputs — the parent checkpoint's sha256, adapter shas, the
+params sections the step declares, data sha — and the code it runs; the result is plain JSON).
+Steps keep their files in the content-addressed store (.cambrian/store), outside DVC's outputs, so a re-run after a crash picks up every
 finished step. Only `publish` writes the stage's DVC outputs — the child checkpoint
 models/GEN and the generation's colony and telemetry RUNS/GEN — and it is never cached, because
 DVC deletes a stage's outputs before running it.

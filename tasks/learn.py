@@ -2,8 +2,9 @@
 
 The data delta of an organelle in a generation: its own verified-correct answers from the last
 generation's episodes (rejection sampling) plus gold answers of fresh train-split challenges of
-its species (of every family for a generalist); replay mixes in rows of earlier deltas of its lineage at `replay_ratio`. Only
-train-split prompts are ever used: the split is a function of the prompt text.
+its species (of every family for a generalist); replay mixes in rows of earlier deltas of its
+lineage at `replay_ratio`. Only train-split prompts are ever used: the split is a function of the
+prompt text.
 
 Two learners, chosen by `colony.learner`, with the same budget of `train_steps` updates:
 - gradient: LoRA SFT with trl's SFTTrainer (completion-only loss), unsloth when CUDA is present;

@@ -3,9 +3,10 @@
 Two teachers: in the continual benchmark, host + hippocampus; in the ladder (with
 `sleep.in_generation: true`), the organelles that passed assimilation, each teaching the rows of
 its own data delta (a replay row names its teacher adapter in "teacher"; rows without one — the
-parent's QA set — are taught by the parent host, which anchors recall). Averaging the organelles' weights first would scale each skill by its share of the
-soup; distilling from each organelle teaches every skill undiluted (how much of it the student
-keeps in a few steps is measured in the README's walk-through).
+parent's QA set — are taught by the parent host, which anchors recall). Averaging the organelles'
+weights first would scale each skill by its share of the soup; distilling from each organelle
+teaches every skill undiluted (how much of it the student keeps in a few steps is measured in the
+README's walk-through and benchmarks/fold_methods.py).
 
 The student is the host plus a fresh single-expert "cortical" LoRA; after sleep that adapter is
 folded into the host weights, so the host itself has changed and the hippocampus can be recycled.
