@@ -223,16 +223,17 @@ def continual(params: Path = PARAMS,
 @app.command()
 def compare(params: Path = PARAMS,
             host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
-            data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),
             out: Path = typer.Option(Path("reports"), help="Writes OUT/compare.md and OUT/compare.json.")):
     """Compare the ladder with the simple baselines on the same SFT budget (params compare): plain
     (one LoRA per family, folded in by task arithmetic), multitask (one LoRA on all families), the
     ladder as configured, and the ladder without each mechanism in turn. Every recipe is scored on
     the test split (trained and held-out phrasings) and general-text perplexity; mean and 95%
-    interval over seeds. Every cell is cached: an interrupted comparison resumes."""
+    interval over seeds. compare.preset names the budget: quick (the default, at most 2 h on 2
+    cores) or full (params.yaml as it is); e.g. `dvc exp run -S compare.preset=full compare`.
+    Every cell is cached: an interrupted comparison resumes."""
     _params(params)
     from flows.compare import compare as flow
-    flow(str(params), str(host_dir), str(data), str(out))
+    flow(str(params), str(host_dir), str(out))
     typer.echo((out / "compare.md").read_text())
 
 

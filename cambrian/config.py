@@ -251,15 +251,28 @@ class ContinualConfig(Strict):
         return self
 
 
+# The named budgets of `cambrian compare`: params sections updated for every cell of the table
+# (`ladder` is replaced whole). full: params.yaml as it is (about 6 h on 2 cores); quick: the same
+# recipes on a smaller budget and test split, at most 2 h on 2 cores (README, measured).
+COMPARE_PRESETS = {
+    "full": {},
+    "quick": {"challenges": {"probe_per_cell": 10, "holdout_per_cell": 10, "test_per_cell": 10, "transfer_per_cell": 10},
+              "colony": {"train_steps": 32, "delta_size": 192, "episodes": 16},
+              "gate": {"recall_rows": 50},
+              "ladder": {"gen_1": {"parent": "base"}, "gen_2": {"parent": "gen_1"}}},
+}
+
+
 class CompareConfig(Strict):
-    """`cambrian compare`: the ladder against the simple baselines and its own ablations."""
+    """`cambrian compare`: the ladder against the simple baselines and its own ablations, on the
+    ladder's budget of SFT rows (tasks/compare.py counts it) under the named `preset`."""
     recipes: list[Literal["plain", "multitask", "ladder", "no_economy", "uniform_routing", "no_assimilation_test",
                           "no_replay", "sleep", "specialists"]] = Field(
         default_factory=lambda: ["plain", "multitask", "ladder", "no_economy", "uniform_routing",
-                                 "no_assimilation_test", "no_replay", "sleep", "specialists"], min_length=1)
+                                 "no_assimilation_test", "no_replay", "sleep"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # plain, multitask, ladder
     ablation_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # each ablation
-    rows: int = Field(2304, ge=1, le=10_000_000)  # SFT rows of each baseline (steps x colony.train_batch)
+    preset: Literal[tuple(COMPARE_PRESETS)] = "quick"
 
 
 class Tracking(Strict):
@@ -338,6 +351,13 @@ class Params(Strict):
     def for_steps(self) -> dict:
         """The params a step's result depends on (its cache key): all but the ladder and scale."""
         return self.model_dump(exclude={"ladder", "scale"})
+
+    def for_compare(self) -> "Params":
+        """These params with the comparison's preset applied (and validated)."""
+        data = self.model_dump()
+        preset = COMPARE_PRESETS[self.compare.preset]
+        return parse_params({**_overridden(data, {k: v for k, v in preset.items() if k != "ladder"}),
+                             "ladder": preset.get("ladder", data["ladder"])})
 
     def for_generation(self, gid: str) -> "Params":
         """These params with the generation's overrides applied (and validated)."""

@@ -1,10 +1,12 @@
 """The comparison flow: the ladder against the simple baselines and against itself without each
 mechanism, on the same host, data and test split (wiring only; recipes are in tasks/compare.py).
 
+    params                           params.yaml with the `compare.preset` applied (config.COMPARE_PRESETS);
+                                     its challenge set is written to CAMBRIAN_HOME/compare/<preset>/challenges
     plain, multitask                 one cached step per (recipe, seed): train, fold, measure
-    ladder and its ablations         the ladder flow in its own workspace under CAMBRIAN_HOME/compare
-                                     (params.yaml + `ABLATIONS[recipe]`, seed), its last generation measured;
-                                     its generations are runs of the MLflow experiment "<experiment>-compare"
+    ladder and its ablations         the ladder flow in its own workspace CAMBRIAN_HOME/compare/<preset>/
+                                     <recipe>-<seed> (params + `ablation(recipe)`, seed), its last generation
+                                     measured; its generations are runs of the MLflow experiment "<experiment>-compare"
 
 Every cell is cached, so the table can be built up over several sessions. Writes OUT/compare.json
 (every cell and the aggregates) and OUT/compare.md (mean and 95% t-interval over seeds per recipe).
@@ -21,22 +23,23 @@ from prefect import flow, get_run_logger
 from scipy import stats
 
 from cambrian import ledger
-from cambrian.challenges import read_jsonl
+from cambrian.challenges import read_jsonl, write_dataset
 from cambrian.checkpoint import atomic_write_text, home, verify
-from cambrian.config import load_params, parse_params
+from cambrian.config import Params, load_params, parse_params
 from cambrian.host import load_host
 from flows.generation import ladder
 from flows.steps import step
-from tasks.compare import ABLATIONS, BASELINES, measure, train_baseline
+from tasks.compare import BASELINES, ablation, budget, measure, train_baseline
 
 
 @step("compare-baseline")
 def baseline_step(parent_dir: str, parent_sha: str, data_dir: str, data_sha: str, recipe: str, seed: int,
-                  params: dict) -> dict:
+                  rows: int, params: dict) -> dict:
+    """The recipe trained on `rows` SFT rows (the ladder's budget), folded in and measured."""
     p = parse_params(params)
     host, tok = load_host(parent_dir, parent_sha)
     start = time.perf_counter()
-    rows = train_baseline(host, tok, recipe, read_jsonl(Path(data_dir) / "train.jsonl"), p, seed)
+    rows = train_baseline(host, tok, recipe, read_jsonl(Path(data_dir) / "train.jsonl"), p, seed, rows)
     minutes = (time.perf_counter() - start) / 60
     return {**measure(host, tok, read_jsonl(Path(data_dir) / "test.jsonl"), p), "rows": rows, "minutes": minutes}
 
@@ -48,17 +51,17 @@ def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, par
     return measure(model, tok, read_jsonl(Path(data_dir) / "test.jsonl"), p)
 
 
-def _ladder_cell(recipe: str, seed: int, params_path: str, host_dir: Path, host_sha: str, data_dir: str,
+def _ladder_cell(recipe: str, seed: int, params: Params, host_dir: Path, host_sha: str, data_dir: str,
                  data_sha: str) -> dict:
-    """Run the ladder of params.yaml with the recipe's overrides and this seed in its own workspace."""
-    data = yaml.safe_load(Path(params_path).read_text()) or {}
+    """Run the ladder of `params` with the recipe's overrides and this seed in its own workspace."""
+    data = params.model_dump()
     data["seed"] = seed
     # The cells' generations are MLflow runs of their own experiment, apart from the ladder's.
-    data["tracking"] = {"experiment": f"{parse_params(data).tracking.experiment}-compare"}
-    for section, values in ABLATIONS[recipe].items():
-        data[section] = {**data.get(section, {}), **values}
+    data["tracking"] = {"experiment": f"{params.tracking.experiment}-compare"}
+    for section, values in ablation(recipe, params).items():
+        data[section] = {**data[section], **values}
     p = parse_params(data)
-    root = home() / "compare" / f"{recipe}-{seed}"
+    root = home() / "compare" / params.compare.preset / f"{recipe}-{seed}"
     (root / "models").mkdir(parents=True, exist_ok=True)
     if not (root / "models" / "base").exists():
         (root / "models" / "base").symlink_to(host_dir.resolve(), target_is_directory=True)
@@ -107,9 +110,9 @@ def _format(column: str, mean: float, half: float) -> str:
     return text + (f" ± {half:.3f}" if half else "")
 
 
-def table(agg: dict, host: dict, families: list[str]) -> str:
+def table(agg: dict, host: dict, families: list[str], preset: str) -> str:
     cols = [*(f"test_{f}" for f in families), "test_mean", "transfer_mean", "ppl_change", "rows", "minutes"]
-    lines = ["Strict accuracy on the test split (no training or selection step reads it); transfer: the same skills "
+    lines = [f"Preset `{preset}` (compare.preset). Strict accuracy on the test split (no training or selection step reads it); transfer: the same skills "
              "asked in phrasings no training row uses. Mean ± half-width of the 95% t-interval over the seeds shown; "
              "ppl_change: general-text perplexity relative to the bare host; rows: SFT rows seen.", "",
              "| recipe | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|",
@@ -122,20 +125,21 @@ def table(agg: dict, host: dict, families: list[str]) -> str:
 
 
 @flow(name="compare")
-def compare(params_path: str = "params.yaml", host_dir: str = "models/base", data_dir: str = "data/challenges",
-            out_dir: str = "reports") -> dict:
-    """Every recipe of `compare.recipes` on its seeds; writes OUT/compare.json and OUT/compare.md."""
+def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out_dir: str = "reports") -> dict:
+    """Every recipe of `compare.recipes` on its seeds under `compare.preset`; writes OUT/compare.json
+    and OUT/compare.md."""
     log = get_run_logger()
-    params = load_params(params_path)
+    params = load_params(params_path).for_compare()
     cfg, families = params.compare, params.challenges.families
-    host_sha, data_sha = verify(host_dir), verify(data_dir)
+    data_dir = str(home() / "compare" / cfg.preset / "challenges")
+    host_sha, data_sha = verify(host_dir), write_dataset(params.challenges, params.seed, data_dir)
     pdict = params.for_steps()
     host = score_step(host_dir, host_sha, data_dir, data_sha, pdict)
-    cells = []
+    cells, rows = [], budget(params)
     for recipe in cfg.recipes:
         for seed in (cfg.seeds if recipe in (*BASELINES, "ladder") else cfg.ablation_seeds):
-            cell = baseline_step(host_dir, host_sha, data_dir, data_sha, recipe, seed, pdict) if recipe in BASELINES \
-                else _ladder_cell(recipe, seed, params_path, Path(host_dir), host_sha, data_dir, data_sha)
+            cell = baseline_step(host_dir, host_sha, data_dir, data_sha, recipe, seed, rows, pdict) if recipe in BASELINES \
+                else _ladder_cell(recipe, seed, params, Path(host_dir), host_sha, data_dir, data_sha)
             cells.append({"recipe": recipe, "seed": seed, **cell})
             log.info(f"compare {recipe} seed {seed}: test mean {statistics.fmean(cell['test'].values()):.3f}, "
                      f"transfer mean {statistics.fmean(cell['transfer'].values()):.3f}, {cell['rows']} SFT rows, "
@@ -144,5 +148,5 @@ def compare(params_path: str = "params.yaml", host_dir: str = "models/base", dat
     out = Path(out_dir)
     atomic_write_text(out / "compare.json", json.dumps({"host": host, "cells": cells, "recipes": agg}, indent=1,
                                                        sort_keys=True) + "\n")
-    atomic_write_text(out / "compare.md", table(agg, host, families))
+    atomic_write_text(out / "compare.md", table(agg, host, families, cfg.preset))
     return agg

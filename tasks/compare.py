@@ -1,6 +1,6 @@
 """compare: the simple recipes the ladder must beat, and how every recipe is measured.
 
-On the same budget of SFT rows (`compare.rows`, steps x colony.train_batch, counted and returned):
+On the ladder's budget of SFT rows (`budget`: what the configured ladder spends; counted and returned):
 - plain: one LoRA per family, trained on gold train rows of its family (the budget split evenly),
   all folded into the host by task arithmetic at weight 1 each;
 - multitask: one LoRA trained on gold train rows of every family at once, folded in.
@@ -30,27 +30,45 @@ ABLATIONS = {
     "no_assimilation_test": {"assimilate": {"min_roi": 0.0, "alpha": 1.0, "min_effect": -1.0,
                                             "holdout_min_effect": -1.0}},  # every organelle is merged
     "no_replay": {"colony": {"replay_ratio": 0.0}},
-    # Folded by distillation (sleep) instead of an exact merge; 16 of each generation's 96 steps go to the sleep.
-    "sleep": {"colony": {"train_steps": 80}, "sleep": {"in_generation": True}},
-    # One specialist per family, each distilled into the host by sleep (the default until it lost to
-    # one generalist on the same budget, README): 3 x (5 x 16 + 16) x 8 rows.
-    "specialists": {"colony": {"species": "family", "population": 5, "train_steps": 16, "delta_size": 48,
-                               "episodes": 16}, "energy": {"step_cost": 0.02}, "sleep": {"in_generation": True}},
 }
-RECIPES = (*BASELINES, *ABLATIONS)
+RECIPES = (*BASELINES, *ABLATIONS, "sleep", "specialists")  # the last two: `ablation` sizes them from the params
 
 
-def train_baseline(host, tok, recipe: str, train: list[Challenge], p: Params, seed: int) -> int:
-    """Fold the recipe's LoRA(s) into `host` in place; returns the SFT rows it saw."""
+def ablation(recipe: str, p: Params) -> dict:
+    """The recipe's section updates, on the same SFT rows per generation as the ladder of `p`."""
+    learn_steps = p.colony.train_steps - p.sleep.steps
+    if recipe == "sleep":  # folded by distillation instead of an exact merge: sleep.steps of the steps go to it
+        return {"colony": {"train_steps": learn_steps}, "sleep": {"in_generation": True}}
+    if recipe == "specialists":  # one organelle per family, distilled in (the default until it lost, README)
+        n = len(p.challenges.families)
+        return {"colony": {"species": "family", "population": n, "train_steps": learn_steps // n, "delta_size": 48,
+                           "episodes": 16}, "energy": {"step_cost": 0.02}, "sleep": {"in_generation": True}}
+    return ABLATIONS[recipe]
+
+
+def budget(p: Params) -> int:
+    """SFT rows the ladder of `p` spends when every organelle slot is filled: learn and sleep updates
+    x their batch, over its generations."""
+    rows = 0
+    for gid in p.ladder:
+        g = p.for_generation(gid)
+        rows += g.colony.population * g.colony.train_steps * g.colony.train_batch
+        rows += g.sleep.steps * g.sleep.batch if g.sleep.in_generation else 0
+    return rows
+
+
+def train_baseline(host, tok, recipe: str, train: list[Challenge], p: Params, seed: int, rows: int) -> int:
+    """Fold the recipe's LoRA(s), trained on at most `rows` SFT rows in all, into `host` in place;
+    returns the SFT rows it saw."""
     cfg, batch = p.colony, p.colony.train_batch
     groups = {f: [c for c in train if c.family == f] for f in p.challenges.families} if recipe == "plain" else \
         {"all": [c for c in train if c.family in p.challenges.families]}
-    steps = p.compare.rows // (batch * len(groups))
+    steps = rows // (batch * len(groups))
     rng, work = random.Random(f"{seed}/compare/{recipe}"), scratch()
     for k, (name, pool) in enumerate(sorted(groups.items())):
-        rows = [{"prompt": c.prompt, "answer": c.answer} for c in rng.sample(pool, min(len(pool), steps * batch))]
+        data = [{"prompt": c.prompt, "answer": c.answer} for c in rng.sample(pool, min(len(pool), steps * batch))]
         new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), seed * 101 + k, work / name)
-        learn_gradient(host, tok, work / name, rows, steps, batch, cfg.lr, seed * 101 + k)
+        learn_gradient(host, tok, work / name, data, steps, batch, cfg.lr, seed * 101 + k)
     fold(host, {name: work / name for name in groups}, dict.fromkeys(groups, 1.0), MergeConfig(method="task_arithmetic"))
     shutil.rmtree(work)
     return steps * batch * len(groups)

@@ -1,6 +1,7 @@
 """`cambrian compare` on the tiny host: baselines and the default ladder on counted SFT budgets,
 scored on the test split, aggregated with 95% t-intervals; cells come from the cache on a re-run."""
 import json
+from typing import get_args
 
 import pytest
 import yaml
@@ -9,6 +10,7 @@ from cambrian.checkpoint import home
 from cambrian.config import FAMILIES, parse_params
 from cambrian.organelle import ALL
 from flows.compare import _interval, compare
+from tasks.compare import RECIPES, ablation, budget
 from tests.test_ladder import TINY
 
 
@@ -18,7 +20,7 @@ def test_interval_is_the_95_percent_t_interval():
     assert _interval([0.4]) == (0.4, 0.0)
 
 
-def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir, tmp_path, monkeypatch):
+def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -26,23 +28,24 @@ def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir
     params = {**TINY, "colony": {**TINY["colony"], "species": "all"}, "sleep": {**TINY["sleep"], "in_generation": False},
               "ladder": {"gen_1": {"parent": "base"}},
               "compare": {"recipes": ["plain", "multitask", "no_economy"], "seeds": [0, 1], "ablation_seeds": [0],
-                          "rows": 20}}
+                          "preset": "full"}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(parse_params(params).model_dump(), sort_keys=False))
-    agg = compare(str(path), str(tiny_host_dir), str(tiny_data_dir), str(tmp_path / "reports"))
+    agg = compare(str(path), str(tiny_host_dir), str(tmp_path / "reports"))
     result = json.loads((tmp_path / "reports" / "compare.json").read_text())
     cells = result["cells"]
     assert [(c["recipe"], c["seed"]) for c in cells] == [("plain", 0), ("plain", 1), ("multitask", 0),
                                                         ("multitask", 1), ("no_economy", 0)]
-    # Same budget, counted: plain gives each of 5 families 20 // (4 * 5) = 1 step of batch 4.
-    assert [c["rows"] for c in cells[:4]] == [20, 20, 20, 20]
-    assert cells[4]["rows"] == 3 * 2 * 4  # the tiny ladder: 3 generalists x 2 steps x batch 4, no sleep
+    # The ladder's budget, counted: 3 generalists x 2 steps x batch 4, no sleep; plain gives each of 5
+    # families 24 // (4 * 5) = 1 step of batch 4, multitask 24 // 4 = 6 steps.
+    assert cells[4]["rows"] == budget(parse_params(params)) == 3 * 2 * 4
+    assert [c["rows"] for c in cells[:4]] == [20, 20, 24, 24]
     for c in cells:
         assert set(c["test"]) == set(c["transfer"]) == set(FAMILIES)
         assert c["ppl"] > 1.0
     assert cells[0]["ppl"] != cells[1]["ppl"]  # seeds differ
     assert agg["plain"]["seeds"] == [0, 1] and agg["no_economy"]["rows"] == (24.0, 0.0)
-    run = home() / "compare" / "no_economy-0" / "runs" / "gen_1"
+    run = home() / "compare" / "full" / "no_economy-0" / "runs" / "gen_1"
     assert {o["species"] for o in json.loads((run / "colony" / "population.json").read_text())} == {ALL}
     assert "merge" in json.loads((run / "summary.json").read_text())  # folded by a merge, no sleep
     table = (tmp_path / "reports" / "compare.md").read_text()
@@ -51,7 +54,7 @@ def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir
     assert client.get_experiment_by_name("cambrian") is None
     runs = client.search_runs([client.get_experiment_by_name("cambrian-compare").experiment_id])
     assert [r.data.tags["cambrian.generation"] for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["gen_1"]
-    compare(str(path), str(tiny_host_dir), str(tiny_data_dir), str(tmp_path / "again"))
+    compare(str(path), str(tiny_host_dir), str(tmp_path / "again"))
     cached = json.loads((tmp_path / "again" / "compare.json").read_text())["cells"]
     assert cached[:4] == cells[:4]  # baseline cells come from the cache, wall time included
     assert {**cached[4], "minutes": 0} == {**cells[4], "minutes": 0}  # the ladder's steps too
@@ -59,6 +62,18 @@ def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tiny_data_dir
 
 def test_every_recipe_the_config_accepts_is_one_compare_can_run():
     from cambrian.config import CompareConfig
-    from tasks.compare import RECIPES
 
-    assert CompareConfig().recipes == list(RECIPES)
+    assert set(get_args(get_args(CompareConfig.model_fields["recipes"].annotation)[0])) == set(RECIPES)
+
+
+def test_the_quick_preset_shrinks_every_recipe_alike_and_keeps_the_rest():
+    p = parse_params({"compare": {"preset": "quick"}})
+    q = p.for_compare()
+    assert list(q.ladder) == ["gen_1", "gen_2"] and q.challenges.test_per_cell == 10
+    assert q.colony.lr == p.colony.lr and q.merge == p.merge  # only the budget changes
+    assert parse_params({"compare": {"preset": "full"}}).for_compare() == parse_params({"compare": {"preset": "full"}})
+    rows = budget(q)
+    assert rows == 2 * 32 * 8
+    for recipe in ("sleep", "specialists"):  # folded by sleep: the same rows per generation, or fewer
+        cell = parse_params({**q.model_dump(), **{k: {**q.model_dump()[k], **v} for k, v in ablation(recipe, q).items()}})
+        assert rows - 2 * len(q.challenges.families) * cell.colony.train_batch < budget(cell) <= rows
