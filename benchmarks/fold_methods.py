@@ -25,9 +25,8 @@ from cambrian.challenges import read_jsonl
 from cambrian.checkpoint import atomic_write_text
 from cambrian.config import MergeConfig, Params
 from cambrian.host import load_host
-from cambrian.organelle import load_colony, lora_config, new_adapter
-from tasks.compare import measure
-from tasks.learn import learn_gradient
+from cambrian.organelle import load_colony
+from tasks.compare import measure, train_loras
 from tasks.merge import fold
 from tasks.sleep import consolidate
 
@@ -53,17 +52,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # 1. One LoRA per family from the bare host, on gold rows of its family.
         host, tok = load_host(args.host)
-        rng, adapters, rows = random.Random("foldexp"), {}, []
-        for k, f in enumerate(fams):
-            pool = [c for c in train if c.family == f]
-            drawn = rng.sample(pool, args.steps * 8)
-            adapters[f] = Path(tmp) / f
-            new_adapter(host, lora_config(8, 16.0, p.colony.target_modules), k, adapters[f])
-            learn_gradient(host, tok, adapters[f], [{"prompt": c.prompt, "answer": c.answer} for c in drawn],
-                           args.steps, 8, p.colony.lr, k)
-            # Each organelle teaches 48 of its own rows in the distillation folds (its data delta).
-            rows += [{"prompt": c.prompt, "answer": c.answer, "family": f, "level": c.level, "source": "gold",
-                      "teacher": f} for c in drawn[:48]]
+        rng = random.Random("foldexp")
+        drawn = {f: rng.sample([c for c in train if c.family == f], args.steps * p.colony.train_batch) for f in fams}
+        adapters = train_loras(host, tok, {f: [{"prompt": c.prompt, "answer": c.answer} for c in cs]
+                                           for f, cs in drawn.items()}, args.steps, p.colony, 0, Path(tmp))
+        # Each organelle teaches 48 of its own rows in the distillation folds (its data delta).
+        rows = [{"prompt": c.prompt, "answer": c.answer, "family": f, "level": c.level, "source": "gold", "teacher": f}
+                for f, cs in drawn.items() for c in cs[:48]]
         # 2. Every fold, each from a fresh copy of the host, scored the same way.
         for name, method, extra, weight, sleep_steps in FOLDS:
             start = time.perf_counter()

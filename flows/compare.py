@@ -138,8 +138,10 @@ def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out
     cells, rows = [], budget(params)
     for recipe in cfg.recipes:
         for seed in (cfg.seeds if recipe in (*BASELINES, "ladder") else cfg.ablation_seeds):
-            cell = baseline_step(host_dir, host_sha, data_dir, data_sha, recipe, seed, rows, pdict) if recipe in BASELINES \
-                else _ladder_cell(recipe, seed, params, Path(host_dir), host_sha, data_dir, data_sha)
+            if recipe in BASELINES:
+                cell = baseline_step(host_dir, host_sha, data_dir, data_sha, recipe, seed, rows, pdict)
+            else:
+                cell = _ladder_cell(recipe, seed, params, Path(host_dir), host_sha, data_dir, data_sha)
             cells.append({"recipe": recipe, "seed": seed, **cell})
             log.info(f"compare {recipe} seed {seed}: test mean {statistics.fmean(cell['test'].values()):.3f}, "
                      f"transfer mean {statistics.fmean(cell['transfer'].values()):.3f}, {cell['rows']} SFT rows, "

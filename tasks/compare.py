@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import random
 import shutil
+from pathlib import Path
 
 from cambrian.challenges import Challenge
 from cambrian.checkpoint import scratch
-from cambrian.config import MergeConfig, Params
+from cambrian.config import ColonyConfig, MergeConfig, Params
 from cambrian.engine import Engine, test_accuracy
 from cambrian.organelle import lora_config, new_adapter
 from tasks.gate import perplexity, prose
@@ -57,21 +58,32 @@ def budget(p: Params) -> int:
     return rows
 
 
+def train_loras(host, tok, data: dict[str, list[dict]], steps: int, cfg: ColonyConfig, seed: int,
+                work: Path) -> dict[str, Path]:
+    """One fresh LoRA per entry of `data` (the k-th seeded seed * 101 + k), each trained for `steps`
+    SFT updates on its rows, saved under `work`; returns their folders."""
+    out = {}
+    for k, (name, rows) in enumerate(data.items()):
+        out[name] = work / name
+        new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), seed * 101 + k, out[name])
+        learn_gradient(host, tok, out[name], rows, steps, cfg.train_batch, cfg.lr, seed * 101 + k)
+    return out
+
+
 def train_baseline(host, tok, recipe: str, train: list[Challenge], p: Params, seed: int, rows: int) -> int:
     """Fold the recipe's LoRA(s), trained on at most `rows` SFT rows in all, into `host` in place;
     returns the SFT rows it saw."""
-    cfg, batch = p.colony, p.colony.train_batch
     groups = {f: [c for c in train if c.family == f] for f in p.challenges.families} if recipe == "plain" else \
         {"all": [c for c in train if c.family in p.challenges.families]}
-    steps = rows // (batch * len(groups))
+    steps = rows // (p.colony.train_batch * len(groups))
     rng, work = random.Random(f"{seed}/compare/{recipe}"), scratch()
-    for k, (name, pool) in enumerate(sorted(groups.items())):
-        data = [{"prompt": c.prompt, "answer": c.answer} for c in rng.sample(pool, min(len(pool), steps * batch))]
-        new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), seed * 101 + k, work / name)
-        learn_gradient(host, tok, work / name, data, steps, batch, cfg.lr, seed * 101 + k)
-    fold(host, {name: work / name for name in groups}, dict.fromkeys(groups, 1.0), MergeConfig(method="task_arithmetic"))
+    data = {name: [{"prompt": c.prompt, "answer": c.answer}
+                   for c in rng.sample(pool, min(len(pool), steps * p.colony.train_batch))]
+            for name, pool in sorted(groups.items())}
+    adapters = train_loras(host, tok, data, steps, p.colony, seed, work)
+    fold(host, adapters, dict.fromkeys(adapters, 1.0), MergeConfig(method="task_arithmetic"))
     shutil.rmtree(work)
-    return steps * batch * len(groups)
+    return steps * p.colony.train_batch * len(groups)
 
 
 def measure(model, tok, test: list[Challenge], p: Params) -> dict:

@@ -29,7 +29,7 @@ from cambrian.challenges import SYSTEM_PROMPT, Challenge
 from cambrian.checkpoint import atomic_dir, write_manifest
 from cambrian.config import ColonyConfig
 from cambrian.engine import Engine
-from cambrian.organelle import ALL, Organelle, load_colony, read_adapter, write_adapter
+from cambrian.organelle import Organelle, families_of, load_colony, read_adapter, write_adapter
 
 
 def data_delta(o: Organelle, train: list[Challenge], own_correct: list[dict], size: int,
@@ -38,7 +38,8 @@ def data_delta(o: Organelle, train: list[Challenge], own_correct: list[dict], si
     every family for a generalist)."""
     rows = [{"prompt": e["prompt"], "answer": e["reply"], "family": e["family"], "level": e["level"],
              "source": "own"} for e in own_correct][:size]
-    pool = [c for c in train if o.species in (ALL, c.family)]
+    mine = families_of(o.species, sorted({c.family for c in train}))
+    pool = [c for c in train if c.family in mine]
     rows += [{"prompt": c.prompt, "answer": c.answer, "family": c.family, "level": c.level, "source": "gold"}
              for c in rng.sample(pool, min(size - len(rows), len(pool)))]
     return rows
