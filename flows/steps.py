@@ -3,8 +3,9 @@
 `@step("name")` turns a plain function over plain data into a Prefect task whose result is cached
 across processes and machines, and which computes the same bytes wherever it runs:
 
-- key: sha256 of the step's name, the code it can run (cambrian/, tasks/ and the flow module that
-  defines it, helpers included) and its arguments as JSON. Arguments named in `PATHS` are left
+- key: sha256 of the step's name, the code it can run (`code_files`: the flow module that defines
+  it and every repository module it imports, at any depth; cambrian/report.py or cli.py are not
+  among them) and its arguments as JSON. Arguments named in `PATHS` are left
   out: every path travels with the content sha256 that stands for it. A step that declares
   `sections` gets, and is keyed on, only those sections of its `params` argument (and the seed):
   changing `gate.reply_tokens` re-runs the gate, not spawn or learn. It reads them with
@@ -21,6 +22,7 @@ across processes and machines, and which computes the same bytes wherever it run
 """
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import inspect
@@ -41,12 +43,37 @@ PATHS = frozenset({"parent_dir", "model_dir", "data_dir"})
 _ROOT = Path(__file__).parents[1]
 
 
+def _module_file(name: str) -> Path | None:
+    """The repository's file for module `name` (cambrian.*, tasks.*, flows.*), or None."""
+    base = _ROOT.joinpath(*name.split("."))
+    return next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
+
+
+def code_files(module_file: str | Path) -> list[Path]:
+    """The repository's Python files `module_file` can run: itself and every module it imports,
+    at any depth and wherever the import stands (inside a function too), packages' __init__
+    included. Library code is left out: requirements.lock pins it."""
+    todo, seen = [Path(module_file).resolve()], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module, *(f"{node.module}.{a.name}" for a in node.names)] \
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                parts = name.split(".")
+                todo += [f for i in range(1, len(parts) + 1) if (f := _module_file(".".join(parts[:i])))]
+    return sorted(seen)
+
+
 @functools.cache
 def _code_sha(module_file: str) -> str:
     h = hashlib.sha256()
-    for p in sorted([*(_ROOT / "cambrian").rglob("*.py"), *(_ROOT / "tasks").rglob("*.py"),
-                     Path(module_file), Path(__file__)]):
-        h.update(p.read_bytes())
+    for p in code_files(module_file):
+        h.update(str(p.relative_to(_ROOT)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
 
 

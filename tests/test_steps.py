@@ -1,16 +1,18 @@
 """The cached-step decorator (flows/steps.py): results are plain JSON that is never executed, a
 tampered or foreign result is recomputed, and every step runs with the same torch thread count
 whatever the process it lands in was started with; a step is keyed on, and reads, only the params
-sections it declares."""
+sections it declares, and on exactly the code it can run, which the DVC stages name as their deps."""
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
 from cambrian.checkpoint import home
 from cambrian.config import Params, ParamsError, restricted
-from flows.steps import THREADS, cache_key, step
+import flows.steps
+from flows.steps import THREADS, cache_key, code_files, step
 
 CALLS = []
 
@@ -93,3 +95,35 @@ def test_a_step_is_keyed_on_its_own_params_sections_and_reads_no_other():
     assert run(params={**params, "gate": {**params["gate"], "max_kl": 0.25}}) == [0.25, 64] and CALLS == [0.5, 0.25]
     with pytest.raises(ParamsError, match="'colony' is read by a step that does not declare it"):
         step("sneaky", sections=("gate",))(_read_colony).fn(params=params)
+
+
+def test_a_step_is_keyed_on_the_code_it_can_run_and_nothing_else(tmp_path, monkeypatch):
+    for name, text in {"flows/__init__.py": "", "tasks/__init__.py": "", "cambrian/__init__.py": "",
+                       "flows/f.py": "from tasks.t import g\n\ndef step():\n    from cambrian import util\n    return g()\n",
+                       "tasks/t.py": "import json\n\ndef g():\n    return 1\n", "cambrian/util.py": "X = 1\n",
+                       "cambrian/report.py": "from tasks.t import g\n"}.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(flows.steps, "_ROOT", tmp_path)
+    files = {str(p.relative_to(tmp_path)) for p in code_files(tmp_path / "flows/f.py")}
+    # What it imports, directly, through a helper module or inside a function; not report.py.
+    assert files == {"flows/f.py", "tasks/__init__.py", "tasks/t.py", "cambrian/__init__.py",
+                     "cambrian/util.py"}
+    sha = flows.steps._code_sha.__wrapped__
+    before = sha(str(tmp_path / "flows/f.py"))
+    (tmp_path / "cambrian/report.py").write_text("from tasks.t import g\nY = 2\n")
+    assert sha(str(tmp_path / "flows/f.py")) == before  # a module it never runs
+    (tmp_path / "cambrian/util.py").write_text("X = 2\n")
+    assert sha(str(tmp_path / "flows/f.py")) != before  # a helper it imports inside a function
+
+
+def test_each_dvc_stage_depends_on_exactly_the_code_its_flow_runs():
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    for stage in ("generation", "evomerge", "continual", "compare"):
+        deps = stages[stage].get("do", stages[stage])["deps"]
+        code = {str(p.relative_to(root)) for p in code_files(root / "flows" / f"{stage}.py")}
+        assert {d for d in deps if d.endswith(".py")} == code | {"cambrian/cli.py"}, stage
+        assert "cambrian/report.py" not in deps
