@@ -21,13 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cambrian.engine import END_OF_TURN, chat_text
-
-
-def target_linears(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linear]:
-    found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split(".")[-1] in targets}
-    if not found:
-        raise ValueError(f"no linear layer of the host is named any of {list(targets)}")
-    return found
+from cambrian.host import target_linears
 
 
 def topk_gates(logits: torch.Tensor, k: int) -> torch.Tensor:

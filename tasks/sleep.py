@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from cambrian.challenges import MAX_ANSWER_TOKENS, Challenge
 from cambrian.config import SleepConfig
 from cambrian.engine import BASE, Engine
-from cambrian.hippocampus import LoRABank, encode, target_linears
+from cambrian.hippocampus import LoRABank, encode
+from cambrian.host import target_linears
 
 
 def fisher_diag(model, tok, rows: list[dict], targets: list[str]) -> dict[str, torch.Tensor]:

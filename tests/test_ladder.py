@@ -39,7 +39,7 @@ TINY = {
               "experts": 2, "top_k": 1, "rank": 4},
     "continual": {"order": ["math", "logic"], "modes": ["full_cls"], "seeds": [7], "train_rows": 4,
                   "eval_per_task": 2},
-    "compare": {"recipes": ["plain", "multitask"], "seeds": [0], "rows": 20},
+    "compare": {"recipes": ["plain", "multitask"], "seeds": [0], "preset": "full"},
     # gen_3 trips the stop rule on its own (any drift, no gain): it is rolled back to gen_2, and gen_4
     # must not evolve at all.
     "ladder": {"gen_1": {"parent": "base"}, "gen_2": {"parent": "gen_1"},
