@@ -162,6 +162,27 @@ class GateConfig(Strict):
     stop_patience: int = Field(2, ge=1, le=100)
 
 
+# Named budgets of the three long experiments: per section, preset name -> params sections updated
+# for the whole experiment (`ladder` is replaced whole). full is params.yaml as it is; quick is
+# the default, sized to run on 2 CPU cores (README, measured).
+PRESETS: dict[str, dict[str, dict]] = {
+    "compare": {  # full: 3 generations x 96 steps, 300 + 300 test challenges (about 7.5 h); quick: at most 2 h
+        "full": {},
+        "quick": {"challenges": {"probe_per_cell": 10, "holdout_per_cell": 10, "test_per_cell": 10,
+                                 "transfer_per_cell": 10},
+                  "colony": {"train_steps": 32, "delta_size": 192, "episodes": 16},
+                  "gate": {"recall_rows": 50},
+                  "ladder": {"gen_1": {"parent": "base"}, "gen_2": {"parent": "gen_1"}}}},
+    "evomerge": {  # full: 40-step specialists, 2 rounds, 16 probes per domain
+        "full": {},
+        "quick": {"evomerge": {"specialist_steps": 16, "generations": 1, "probes_per_domain": 8}}},
+    "continual": {  # full: 5 modes x 3 seeds x 200 rows per task
+        "full": {},
+        "quick": {"continual": {"modes": ["full_cls", "no_sleep"], "seeds": [7], "train_rows": 64,
+                                "eval_per_task": 10}}},
+}
+
+
 class EvoMergeConfig(Strict):
     # Three parents: "base" (the host), "specialist:FAMILY" (the host fine-tuned by Cambrian on one
     # family's train split, LoRA folded in), or a local HF folder of the same architecture.
@@ -176,6 +197,7 @@ class EvoMergeConfig(Strict):
     probes_per_domain: int = Field(16, ge=1, le=10_000)  # probe-split challenges scored per domain
     mutation_std: float = Field(0.1, ge=0.0, le=1.0)
     seed: int = Field(0, ge=0)
+    preset: Literal[tuple(PRESETS["evomerge"])] = "quick"
     fitness: dict[str, float] = Field(default_factory=lambda: {
         "math": 1.0, "structured": 1.0, "sort_seq": 1.0, "logic": 1.0, "perplexity": 0.5, "speed": 0.1,
         "memory": 0.1})
@@ -243,24 +265,13 @@ class ContinualConfig(Strict):
     seeds: list[int] = Field(default_factory=lambda: [7, 42, 123], min_length=1)
     train_rows: int = Field(200, ge=1, le=100_000)  # train-split rows streamed per task
     eval_per_task: int = Field(20, ge=1, le=10_000)  # holdout challenges per task at every boundary
+    preset: Literal[tuple(PRESETS["continual"])] = "quick"
 
     @model_validator(mode="after")
     def _unique(self) -> "ContinualConfig":
         if len(set(self.order)) != len(self.order):
             raise ValueError("continual.order has duplicates")
         return self
-
-
-# The named budgets of `cambrian compare`: params sections updated for every cell of the table
-# (`ladder` is replaced whole). full: params.yaml as it is (about 6 h on 2 cores); quick: the same
-# recipes on a smaller budget and test split, at most 2 h on 2 cores (README, measured).
-COMPARE_PRESETS = {
-    "full": {},
-    "quick": {"challenges": {"probe_per_cell": 10, "holdout_per_cell": 10, "test_per_cell": 10, "transfer_per_cell": 10},
-              "colony": {"train_steps": 32, "delta_size": 192, "episodes": 16},
-              "gate": {"recall_rows": 50},
-              "ladder": {"gen_1": {"parent": "base"}, "gen_2": {"parent": "gen_1"}}},
-}
 
 
 class CompareConfig(Strict):
@@ -272,7 +283,7 @@ class CompareConfig(Strict):
                                  "no_assimilation_test", "no_replay", "sleep"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # plain, multitask, ladder
     ablation_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # each ablation
-    preset: Literal[tuple(COMPARE_PRESETS)] = "quick"
+    preset: Literal[tuple(PRESETS["compare"])] = "quick"
 
 
 class Tracking(Strict):
@@ -352,10 +363,10 @@ class Params(Strict):
         """The params a step's result depends on (its cache key): all but the ladder and scale."""
         return self.model_dump(exclude={"ladder", "scale"})
 
-    def for_compare(self) -> "Params":
-        """These params with the comparison's preset applied (and validated)."""
+    def with_preset(self, experiment: str) -> "Params":
+        """These params with the experiment's (compare, evomerge, continual) preset applied, validated."""
         data = self.model_dump()
-        preset = COMPARE_PRESETS[self.compare.preset]
+        preset = PRESETS[experiment][getattr(self, experiment).preset]
         return parse_params({**_overridden(data, {k: v for k, v in preset.items() if k != "ladder"}),
                              "ladder": preset.get("ladder", data["ladder"])})
 

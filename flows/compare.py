@@ -1,7 +1,7 @@
 """The comparison flow: the ladder against the simple baselines and against itself without each
 mechanism, on the same host, data and test split (wiring only; recipes are in tasks/compare.py).
 
-    params                           params.yaml with the `compare.preset` applied (config.COMPARE_PRESETS);
+    params                           params.yaml with the `compare.preset` applied (config.PRESETS);
                                      its challenge set is written to CAMBRIAN_HOME/compare/<preset>/challenges
     plain, multitask                 one cached step per (recipe, seed): train, fold, measure
     ladder and its ablations         the ladder flow in its own workspace CAMBRIAN_HOME/compare/<preset>/
@@ -129,7 +129,7 @@ def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out
     """Every recipe of `compare.recipes` on its seeds under `compare.preset`; writes OUT/compare.json
     and OUT/compare.md."""
     log = get_run_logger()
-    params = load_params(params_path).for_compare()
+    params = load_params(params_path).with_preset("compare")
     cfg, families = params.compare, params.challenges.families
     data_dir = str(home() / "compare" / cfg.preset / "challenges")
     host_sha, data_sha = verify(host_dir), write_dataset(params.challenges, params.seed, data_dir)

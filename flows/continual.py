@@ -70,12 +70,13 @@ def heatmap(run: dict, path: Path) -> None:
 def continual(params_path: str = "params.yaml", host_dir: str = "models/base", data_dir: str = "data/challenges",
               out_dir: str = "reports/continual") -> dict:
     log = get_run_logger()
-    params = load_params(params_path)
+    params = load_params(params_path).with_preset("continual")
     cc = params.continual
     host_sha, data_sha = verify(host_dir), verify(data_dir)
-    # The cache key leaves out which modes and seeds this call runs: every run is keyed on its own.
+    # The cache key leaves out which modes and seeds this call runs (every run is keyed on its own)
+    # and the preset's name (its values are in).
     pdict = params.model_dump(include={"seed", "eval", "colony", "sleep", "continual"},
-                              exclude={"continual": {"modes", "seeds"}})
+                              exclude={"continual": {"modes", "seeds", "preset"}})
     runs = []
     for mode in cc.modes:
         for seed in cc.seeds:

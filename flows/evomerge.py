@@ -113,7 +113,7 @@ def _holdout(folder: Path, holdout: list) -> dict:
 def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", data_dir: str = "data/challenges",
              out_dir: str = "models/evomerge", report_path: str = "reports/evomerge.json") -> dict:
     log = get_run_logger()
-    params = load_params(params_path)
+    params = load_params(params_path).with_preset("evomerge")
     cfg, out, data = params.evomerge, Path(out_dir), Path(data_dir)
     data_sha, pdict = verify(data), params.for_steps()
     parents = _parents(cfg.parents, Path(host_dir), data, data_sha, params)

@@ -66,12 +66,21 @@ def test_every_recipe_the_config_accepts_is_one_compare_can_run():
     assert set(get_args(get_args(CompareConfig.model_fields["recipes"].annotation)[0])) == set(RECIPES)
 
 
+@pytest.mark.parametrize("experiment", ["compare", "evomerge", "continual"])
+def test_each_long_experiment_defaults_to_its_quick_preset_and_full_is_params_as_they_are(experiment):
+    quick, full = parse_params({}), parse_params({experiment: {"preset": "full"}})
+    assert getattr(quick, experiment).preset == "quick"
+    assert full.with_preset(experiment) == full
+    shrunk = quick.with_preset(experiment)
+    assert shrunk != quick and shrunk.model_dump()["seed"] == quick.seed  # only sizes change
+
+
 def test_the_quick_preset_shrinks_every_recipe_alike_and_keeps_the_rest():
     p = parse_params({"compare": {"preset": "quick"}})
-    q = p.for_compare()
+    q = p.with_preset("compare")
     assert list(q.ladder) == ["gen_1", "gen_2"] and q.challenges.test_per_cell == 10
     assert q.colony.lr == p.colony.lr and q.merge == p.merge  # only the budget changes
-    assert parse_params({"compare": {"preset": "full"}}).for_compare() == parse_params({"compare": {"preset": "full"}})
+    assert parse_params({"compare": {"preset": "full"}}).with_preset("compare") == parse_params({"compare": {"preset": "full"}})
     rows = budget(q)
     assert rows == 2 * 32 * 8
     for recipe in ("sleep", "specialists"):  # folded by sleep: the same rows per generation, or fewer

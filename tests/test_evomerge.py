@@ -10,7 +10,7 @@ from tasks.evomerge import mutate, next_population, seed_genomes
 
 TINY = {"colony": {"lora_rank": 4, "lora_alpha": 8.0, "target_modules": ["q_proj", "v_proj"], "train_batch": 4},
         "evomerge": {"parents": ["base", "specialist:math", "specialist:json_repair"], "specialist_steps": 2,
-                     "specialist_rows": 8, "generations": 1, "probes_per_domain": 2}}
+                     "specialist_rows": 8, "generations": 1, "probes_per_domain": 2, "preset": "full"}}
 
 
 def test_seed_genomes_cover_the_cube_and_mutation_stays_in_range():

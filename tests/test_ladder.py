@@ -34,11 +34,11 @@ TINY = {
                    "holdout_min_effect": -1.0},
     "gate": {"neutral_prompts": ["Hello there.", "Describe the sea."], "reply_tokens": 8},
     "evomerge": {"parents": ["base", "specialist:math", "specialist:logic"], "specialist_steps": 1,
-                 "specialist_rows": 4, "generations": 0, "probes_per_domain": 1},
+                 "specialist_rows": 4, "generations": 0, "probes_per_domain": 1, "preset": "full"},
     "sleep": {"in_generation": True, "steps": 2, "batch": 4, "fisher_samples": 2, "cortex_rank": 4, "wake_steps": 1, "wake_batch": 2,
               "experts": 2, "top_k": 1, "rank": 4},
     "continual": {"order": ["math", "logic"], "modes": ["full_cls"], "seeds": [7], "train_rows": 4,
-                  "eval_per_task": 2},
+                  "eval_per_task": 2, "preset": "full"},  # full: these values as they are (no preset shrinks them)
     "compare": {"recipes": ["plain", "multitask"], "seeds": [0], "preset": "full"},
     # gen_3 trips the stop rule on its own (any drift, no gain): it is rolled back to gen_2, and gen_4
     # must not evolve at all.

@@ -162,7 +162,8 @@ def test_sleep_config_errors_name_the_key():
 
 SUITE = {"sleep": {"experts": 2, "top_k": 1, "rank": 4, "wake_steps": 2, "wake_batch": 4, "steps": 2, "batch": 4,
                    "fisher_samples": 2, "replay_capacity": 16, "cortex_rank": 4, "probe_rows": 2},
-         "continual": {"order": ["math", "sorting", "logic"], "seeds": [7, 42], "train_rows": 8, "eval_per_task": 3},
+         "continual": {"order": ["math", "sorting", "logic"], "seeds": [7, 42], "train_rows": 8, "eval_per_task": 3,
+                       "preset": "full"},
          "colony": {"target_modules": ["q_proj", "down_proj"]}, "eval": {"batch_size": 16}}
 
 
