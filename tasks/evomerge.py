@@ -24,9 +24,9 @@ import random
 import torch
 
 from cambrian.challenges import Challenge
-from cambrian.config import EvoMergeConfig
+from cambrian.config import EvoMergeConfig, MergeConfig
 from cambrian.engine import Engine
-from tasks.merge import _mergekit, passthrough
+from tasks.merge import merge_states, passthrough
 
 DOMAINS = {"math": ("math",), "structured": ("json_repair",), "sort_seq": ("sorting", "sequence"),
            "logic": ("logic",)}
@@ -71,12 +71,12 @@ def build(g: dict, parents: list[dict[str, torch.Tensor]], load, seed: int) -> d
         states = [load(sha) for sha in g["members"]]
         return {k: sum(w * s[k] for w, s in zip(g["mix"], states)) for k in states[0]}
     p0, p1, p2 = parents
-    cfg = _Cfg(seed=seed, density=g["density"], t=g["t"])
+    cfg = MergeConfig(seed=seed, density=g["density"], t=g["t"])
     if g["interp"] == "slerp":
-        inter = _mergekit("slerp", {"a": p1, "b": p2}, {}, "a", cfg)
+        inter = merge_states("slerp", {"a": p1, "b": p2}, {}, "a", cfg)
     else:
-        inter = _mergekit("linear", {"a": p1, "b": p2}, {"a": 1 - g["t"], "b": g["t"]}, None, cfg)
-    crossed = _mergekit(g["cross"], {"base": p0, "i": inter, "p1": p1, "p2": p2},
+        inter = merge_states("linear", {"a": p1, "b": p2}, {"a": 1 - g["t"], "b": g["t"]}, None, cfg)
+    crossed = merge_states(g["cross"], {"base": p0, "i": inter, "p1": p1, "p2": p2},
                         dict(zip(("i", "p1", "p2"), g["weights"])), "base", cfg)
     sources = [crossed, p0, p1, p2]
     n = len(g["routing"])
@@ -88,13 +88,6 @@ def build(g: dict, parents: list[dict[str, torch.Tensor]], load, seed: int) -> d
         prefix = f"model.layers.{i}."
         state.update({k: v for k, v in sources[src].items() if k.startswith(prefix)})
     return state
-
-
-class _Cfg:
-    """The few MergeConfig fields `_mergekit` reads, per genome."""
-
-    def __init__(self, seed: int, density: float, t: float):
-        self.seed, self.density, self.t = seed, density, t
 
 
 def fitness(engine: Engine, probes: list[Challenge], gold: list[Challenge], n_params: int, host_params: int,

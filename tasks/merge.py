@@ -61,8 +61,10 @@ def soup_delta(per_org: dict[str, dict[str, torch.Tensor]], weights: dict[str, f
     return {name: state[f"{name}.lora_B.weight"] @ state[f"{name}.lora_A.weight"] for name in total}, kept
 
 
-def _mergekit(method: str, models: dict[str, dict], weights: dict[str, float], base: str | None,
-              cfg: MergeConfig) -> dict[str, torch.Tensor]:
+def merge_states(method: str, models: dict[str, dict], weights: dict[str, float], base: str | None,
+                 cfg: MergeConfig) -> dict[str, torch.Tensor]:
+    """mergekit's `method` over named state dicts (`base` the anchor where it takes one), tensor by
+    tensor, its random draws seeded with `cfg.seed`; `cfg` gives density and t."""
     from mergekit.merge_methods.api import merge_state_dicts
 
     params: dict = {} if method == "model_stock" else {"weight": weights}
@@ -108,7 +110,7 @@ def fold(host, adapters: dict[str, Path], weights: dict[str, float], cfg: MergeC
         w = dict(weights) if cfg.method in TASK_VECTOR or cfg.method == "model_stock" else \
             {"host": max(0.0, 1.0 - sum(weights.values())), **weights}
         anchor = "host" if cfg.method in TASK_VECTOR or cfg.method == "model_stock" else None
-    merged = _mergekit(cfg.method, models, w, anchor, cfg)
+    merged = merge_states(cfg.method, models, w, anchor, cfg)
     for name in touched:
         params[name].copy_(merged[name].to(params[name].dtype))
     return report
