@@ -32,11 +32,12 @@ def file_sha(path: Path, algorithm: str = "sha256") -> str:
 
 
 def folder_sha(folder: str | Path) -> str:
-    """sha256 over (relative path, file sha) of every file except the manifest."""
+    """sha256 over (relative path, file sha) of every file except manifests and the model card at
+    the top (README.md): they describe the checkpoint, they are not part of it."""
     folder = Path(folder)
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() != "README.md":
             h.update(f"{p.relative_to(folder).as_posix()}\0{file_sha(p)}\n".encode())
     return h.hexdigest()
 

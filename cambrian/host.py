@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from cambrian.card import host_card, write_card
 from cambrian.checkpoint import CheckpointError, atomic_dir, verify, write_manifest
 from cambrian.config import HostConfig, ParamsError
 
@@ -91,7 +92,9 @@ def materialize(cfg: HostConfig, out: str | Path) -> str:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        return write_manifest(tmp, kind="host", source=cfg.source)
+        sha = write_manifest(tmp, kind="host", source=cfg.source)
+        write_card(tmp, host_card(cfg.source, sha))
+        return sha
 
 
 def _check_architecture(archs: list[str], where) -> None:

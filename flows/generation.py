@@ -32,6 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.cache_policies import NO_CACHE
 
 from cambrian import ledger, tracking
+from cambrian.card import CARD, generation_card, write_card
 from cambrian.challenges import Challenge, read_jsonl
 from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_put, verify,
                                  write_manifest)
@@ -174,8 +175,9 @@ def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, par
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, colony: list[Organelle],
-            adapters: dict[str, str], files: dict[str, str], record: dict) -> None:
-    """Write the stage's outputs atomically: the run folder, the metrics, then the checkpoint."""
+            adapters: dict[str, str], files: dict[str, str], record: dict, card: str) -> None:
+    """Write the stage's outputs atomically: the run folder, the metrics, then the checkpoint with
+    its model card."""
     with atomic_dir(run) as tmp:
         save_population(tmp / "colony" / "population.json", colony)
         for o in colony:
@@ -188,8 +190,9 @@ def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, c
     atomic_write_text(report, json.dumps(record["metrics"], indent=1, sort_keys=True) + "\n")
     with atomic_dir(checkpoint) as tmp:
         for f in source.iterdir():
-            if f.name != "cambrian.json":
+            if f.name not in ("cambrian.json", CARD):
                 shutil.copy2(f, tmp / f.name)
+        write_card(tmp, card)
         sha = write_manifest(tmp, kind="host", generation=gid, parent_sha=record["ledger"]["parent_sha"])
     if sha != record["ledger"]["child_sha"]:
         raise RuntimeError(f"{checkpoint}: wrote sha {sha[:12]}, expected {record['ledger']['child_sha'][:12]}")
@@ -383,7 +386,9 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     files = {"episodes.jsonl": _jsonl(episodes), "assimilation.jsonl": _jsonl(attempts), "qa.jsonl": _jsonl(qa),
              "summary.json": json.dumps(summary, indent=1, sort_keys=True) + "\n",
              **{f"deltas/{oid}.jsonl": _jsonl(rows) for oid, rows in deltas.items()}}
-    publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", source, colony, adapters, files, record)
+    card = generation_card(params.host.source, [ledger.record(runs / "base"), *history, record], params.for_steps())
+    publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", source, colony, adapters, files, record,
+            card)
     tracking.log_generation(record, summary, params)
     return record["ledger"]
 

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from cambrian.checkpoint import CheckpointError, read_manifest
+from cambrian.checkpoint import CheckpointError, read_manifest, verify
 from cambrian.config import HostConfig
 from cambrian.host import load_host, materialize
 
@@ -32,6 +32,18 @@ def test_local_folder_source_roundtrips(tiny_host_dir, tmp_path):
         load_host(plain)  # a bare HF folder is not a verified checkpoint...
     materialize(HostConfig(source=str(plain)), tmp_path / "host")  # ...but is a valid source
     assert read_manifest(tmp_path / "host")["sha256"] == read_manifest(tiny_host_dir)["sha256"]
+
+
+def test_a_model_card_describes_the_host_and_is_not_part_of_its_sha(tiny_host_dir, tmp_path):
+    card = (tiny_host_dir / "README.md").read_text()
+    assert card.startswith("---\n") and "# Cambrian host (G0)" in card and verify(tiny_host_dir) in card
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_host_dir, edited)
+    (edited / "README.md").write_text("my notes\n")
+    assert verify(edited) == verify(tiny_host_dir)  # the card is documentation, not weights
+    (edited / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="corrupt"):  # everything else still counts
+        verify(edited)
 
 
 def test_corrupt_and_wrong_models_are_refused(tiny_host_dir, tmp_path):

@@ -133,6 +133,13 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
         attempts = [json.loads(x) for x in (repo.root / "runs" / gid / "assimilation.jsonl").read_text().splitlines()]
         assert attempts and {"control_mean", "treatment_mean", "uplift", "min_effect", "p_value", "holdout_pass",
                              "topup", "reason", "passed"} <= set(attempts[0])
+    # Every checkpoint carries a model card (outside its sha): front matter, lineage from G0, test accuracy.
+    card = (repo.root / "models/gen_2/README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert "cambrian" in front["tags"] and front["library_name"] == "transformers"
+    assert "| base | base |" in card and f"`{ledger['gen_2']['child_sha'][:12]}`" in card and "| math |" in card
+    assert "## Gate" in card and "```yaml" in card
+    assert "# Cambrian host (G0)" in (repo.root / "models/base/README.md").read_text()
     lines = (repo.root / "reports" / "gen_summaries.jsonl").read_text().splitlines()
     assert [json.loads(x)["generation"] for x in lines] == ["gen_1", "gen_2", "gen_3", "gen_4"]
     metrics = repo.run("dvc", "metrics", "show")

