@@ -76,20 +76,15 @@ def baseline(params: Path = PARAMS,
              data: Path = typer.Option(Path("data/challenges"), help="Challenge folder (from `cambrian challenges`)."),
              out: Path = typer.Option(Path("reports/baseline.json"), help="Report to write.")):
     """Score the bare host on the test split per family, in trained and in reserved phrasings: the
-    bar evolution must clear."""
-    from cambrian.challenges import read_jsonl
-    from cambrian.checkpoint import atomic_write_text, read_manifest, verify
-    from cambrian.engine import Engine, test_accuracy
-    from cambrian.host import load_host
+    bar evolution must clear (the same cached step that scores every generation)."""
+    from cambrian.checkpoint import atomic_write_text, verify
+    from flows.generation import score_step
 
     p = _params(params)
-    data_sha = verify(data)
-    model, tok = load_host(host_dir)
-    engine = Engine(model, tok, p.eval.batch_size, p.eval.slack_tokens)
-    scores = test_accuracy(engine, read_jsonl(data / "test.jsonl"))
-    report = {"host_sha256": read_manifest(host_dir)["sha256"], "data_sha256": data_sha, **scores,
-              **{f"{part}_mean": sum(t.values()) / len(t) for part, t in scores.items()},
-              "new_tokens": engine.new_tokens, "seconds": round(engine.seconds, 2)}
+    host_sha, data_sha = verify(host_dir), verify(data)
+    scores = score_step.fn(str(host_dir), host_sha, str(data), data_sha, p.for_steps())
+    report = {"host_sha256": host_sha, "data_sha256": data_sha, **scores,
+              **{f"{part}_mean": sum(t.values()) / len(t) for part, t in scores.items()}}
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     for fam in scores["test"]:
         typer.echo(f"{fam:12s} test {scores['test'][fam]:.3f}  transfer {scores['transfer'][fam]:.3f}")

@@ -89,6 +89,9 @@ def materialize(cfg: HostConfig, out: str | Path) -> str:
     if tok.chat_template is None:
         raise CheckpointError(f"{cfg.source}: its tokenizer has no chat template (tokenizer_config.json "
                               "chat_template); Cambrian builds every prompt with it")
+    # Whether the hub was reachable (HF_HUB_OFFLINE) is not part of the host: left out, the same
+    # source gives the same bytes either way.
+    tok.init_kwargs.pop("local_files_only", None)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

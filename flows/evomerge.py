@@ -16,6 +16,7 @@ import random
 import shutil
 from pathlib import Path
 
+import torch
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from safetensors.torch import load_file
@@ -27,7 +28,7 @@ from cambrian.config import MergeConfig, load_params, parse_params
 from cambrian.engine import Engine
 from cambrian.host import load_host
 from cambrian.organelle import lora_config, new_adapter
-from flows.steps import step
+from flows.steps import THREADS, step
 from tasks.evomerge import DOMAINS, build, diversity, fitness, next_population, seed_genomes
 from tasks.learn import learn_gradient
 from tasks.merge import fold
@@ -113,6 +114,7 @@ def _holdout(folder: Path, holdout: list) -> dict:
 def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", data_dir: str = "data/challenges",
              out_dir: str = "models/evomerge", report_path: str = "reports/evomerge.json") -> dict:
     log = get_run_logger()
+    torch.set_num_threads(THREADS)  # the holdout scores and the diversity below are computed here, not in steps
     params = load_params(params_path).with_preset("evomerge")
     cfg, out, data = params.evomerge, Path(out_dir), Path(data_dir)
     data_sha, pdict = verify(data), params.for_steps()

@@ -118,18 +118,29 @@ def _sft_unsloth(host_dir: str, adapter: Path, rows: list[dict], steps: int, bat
 
 def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int) -> list[float]:
     """SFT steps on the adapter at `adapter` (rewritten atomically); returns the loss per step.
-    A host on CUDA trains through unsloth when it is installed (`pip install .[gpu]`)."""
+    A host on CUDA trains through unsloth when it is installed (`pip install .[gpu]`). A non-finite
+    loss or weight raises (`finite`)."""
     if steps == 0 or not rows:
         return []
     if host.device.type == "cuda" and importlib.util.find_spec("unsloth") is not None:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(_sft_unsloth, host.config._name_or_path, adapter, rows, steps, batch, lr, seed).result()
+            curve = pool.submit(_sft_unsloth, host.config._name_or_path, adapter, rows, steps, batch, lr, seed).result()
+        return finite(adapter, curve)
     from peft import PeftModel
     model = PeftModel.from_pretrained(host, adapter, is_trainable=True)
     try:
-        return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft")
+        return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft"))
     finally:
         model.unload()
+
+
+def finite(adapter: Path, curve: list[float]) -> list[float]:
+    """`curve`, if it and every tensor of the adapter are finite: nothing may build on a NaN organelle."""
+    bad = [name for name, t in read_adapter(adapter)[1].items() if not torch.isfinite(t).all()]
+    if bad or not all(math.isfinite(x) for x in curve):
+        raise FloatingPointError(f"learning diverged: curve {[round(x, 4) for x in curve]}, {len(bad)} non-finite "
+                                 f"adapter tensors (lower colony.lr or colony.lora_alpha)")
+    return curve
 
 
 def learn_es(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, seed: int) -> list[float]:
@@ -177,11 +188,5 @@ def learn(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, lr: flo
     (loss per step for gradient, minibatch fitness per step for es). A non-finite loss or weight
     fails the step: nothing downstream may build on a NaN organelle."""
     if cfg.learner == "gradient":
-        curve = learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed)
-    else:
-        curve = learn_es(host, tok, adapter, rows, cfg, seed)
-    bad = [name for name, t in read_adapter(adapter)[1].items() if not torch.isfinite(t).all()]
-    if bad or not all(math.isfinite(x) for x in curve):
-        raise FloatingPointError(f"learning diverged: curve {[round(x, 4) for x in curve]}, {len(bad)} non-finite "
-                                 f"adapter tensors (lower colony.lr or colony.lora_alpha)")
-    return curve
+        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed)
+    return finite(adapter, learn_es(host, tok, adapter, rows, cfg, seed))

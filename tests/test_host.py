@@ -1,5 +1,8 @@
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +23,13 @@ def test_tiny_host_has_smollm2_tokenizer_and_architecture(tiny_host):
 def test_materialize_is_deterministic(tiny_host_dir, tmp_path):
     again = tmp_path / "again"
     assert materialize(HostConfig(source="tiny-random"), again) == read_manifest(tiny_host_dir)["sha256"]
+    # The suite runs offline (HF_HUB_OFFLINE=1, read at import): a process that may reach the hub
+    # writes the same bytes.
+    online = subprocess.run([sys.executable, "-c", "import sys; from cambrian.config import HostConfig; "
+                             "from cambrian.host import materialize; "
+                             "print(materialize(HostConfig(source='tiny-random'), sys.argv[1]))", str(tmp_path / "on")],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "0"})
+    assert online.stdout.split()[-1] == read_manifest(tiny_host_dir)["sha256"], online.stderr[-2000:]
     other = materialize(HostConfig(source="tiny-random", tiny_seed=1), tmp_path / "seed1")
     assert other != read_manifest(tiny_host_dir)["sha256"]
 

@@ -58,3 +58,5 @@ def test_a_diverging_learner_fails_the_step_instead_of_logging_nan_as_zero(toy):
     cfg = ColonyConfig(target_modules=TARGETS, train_steps=2, train_batch=4)
     with pytest.raises(FloatingPointError, match=r"learning diverged: curve \[nan, nan\]"):
         learn(host, tok, adapter, rows, cfg, lr=1e-3, seed=0)  # trl alone would log these losses as 0.0
+    with pytest.raises(FloatingPointError, match="learning diverged"):  # what compare and EvoMerge call, too
+        learn_gradient(host, tok, adapter, rows, steps=1, batch=4, lr=1e-3, seed=0)
