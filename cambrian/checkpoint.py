@@ -134,12 +134,14 @@ def store_put(folder: Path, **info) -> str:
 
 
 def store_get(sha: str) -> Path:
-    """The store's folder for `sha`, pulled from the remote first when it is only there."""
+    """The store's folder for `sha`, pulled from the remote first when it is only there, verified:
+    a damaged or swapped folder is refused, never used."""
     path = home() / "store" / sha
     if not (path / MANIFEST).is_file() and not (remote_name() and pull(sha)):
         raise CheckpointError(f"checkpoint {sha[:12]} is not in the store {path.parent}"
                               f"{' nor in DVC remote ' + repr(remote_name()) if remote_name() else ''}: it was deleted "
                               f"after a cached step made it; delete {home() / 'results'} to recompute")
+    verify(path, sha)
     return path
 
 

@@ -49,3 +49,25 @@ def test_atomic_write_text(tmp_path):
     atomic_write_text(tmp_path / "r" / "x.json", "{}\n")
     assert (tmp_path / "r" / "x.json").read_text() == "{}\n"
     assert [p.name for p in (tmp_path / "r").iterdir()] == ["x.json"]
+
+
+def test_a_damaged_or_swapped_store_folder_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from cambrian.checkpoint import home, scratch, store_get, store_put
+
+    monkeypatch.setenv("CAMBRIAN_HOME", str(tmp_path / "home"))
+    shas = []
+    for text in (b"adapter a", b"adapter b"):
+        folder = scratch()
+        (folder / "adapter_model.safetensors").write_bytes(text)
+        shas.append(store_put(folder, kind="organelle"))
+    assert store_get(shas[0]) == home() / "store" / shas[0]
+    a, b = (home() / "store" / s for s in shas)
+    shutil.rmtree(a)
+    shutil.copytree(b, a)  # another adapter, manifest and all, under a's sha
+    with pytest.raises(CheckpointError, match="not the expected checkpoint"):
+        store_get(shas[0])
+    (b / "adapter_model.safetensors").write_bytes(b"adapter c")  # damaged in place
+    with pytest.raises(CheckpointError, match="corrupt"):
+        store_get(shas[1])

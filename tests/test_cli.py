@@ -27,6 +27,8 @@ def test_bad_params_exit_2_naming_the_key(tmp_path):
     assert out.returncode == 2
     assert "eval.batch_size" in out.stderr and "eval.colour" in out.stderr
     assert "Traceback" not in out.stderr
+    debug = cambrian("check", "--params", str(bad), "--debug")  # the traceback, for whoever wants it
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "eval.batch_size" in debug.stderr
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -62,3 +64,5 @@ def test_a_prefect_server_down_or_silent_is_one_line_in_seconds():
                                       "CAMBRIAN_API_TIMEOUT": "2"})
             assert out.returncode == 2 and time.monotonic() - start < 60
             assert out.stderr.count("\n") == 1 and f"the Prefect API at {url} does not answer" in out.stderr
+            assert out.stderr.rstrip().endswith("2 s): start it with `prefect server start`, or unset PREFECT_API_URL "
+                                                "to use a temporary local one")  # CAMBRIAN_API_TIMEOUT was the bound

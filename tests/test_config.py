@@ -34,6 +34,8 @@ def test_defaults_fill_missing_sections():
      "ladder.gen_2.overrides.colony.lrr", "Extra inputs"),
     ({"ladder": {"gen_1": {"parent": "base", "overrides": {"gate": {"max_kl": -1.0}}}}},
      "ladder.gen_1.overrides.gate.max_kl", "greater than"),
+    ({"ladder": {"gen_1": {"parent": "base", "overrides": {"colony": {"lora_alpha": float("inf")}}}}},
+     "ladder.gen_1.overrides.colony.lora_alpha", "finite"),
 ])
 def test_bad_params_name_the_key(data, key, words):
     with pytest.raises(ParamsError) as err:

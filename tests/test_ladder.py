@@ -238,16 +238,18 @@ def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(re
     repo.run("git", "commit", "-qm", "strict gate")
 
     # Uncommitted edits to the pipeline files are not overwritten without --force.
-    params = repo.root / "params.yaml"
-    params.write_text(params.read_text() + "# a local edit\n")
     cmd = [sys.executable, "-m", "cambrian.cli", "rollback", "--to", "2", "--rev", "HEAD~1"]
-    refused = subprocess.run(cmd, cwd=repo.root, env=repo.env, capture_output=True, text=True)
-    assert refused.returncode == 2 and "uncommitted edits to params.yaml" in refused.stderr
-    repo.run("git", "checkout", "params.yaml")
+    for name in ("params.yaml", "dvc.yaml", "dvc.lock"):
+        (repo.root / name).write_text((repo.root / name).read_text() + "# a local edit\n")
+        refused = subprocess.run(cmd, cwd=repo.root, env=repo.env, capture_output=True, text=True)
+        assert refused.returncode == 2 and f"uncommitted edits to {name}" in refused.stderr
+        if name != "dvc.lock":
+            repo.run("git", "checkout", name)
 
-    # Roll back to the accepted gen_2 of the first commit: exact bytes, as the ledger says.
-    out = repo.run(sys.executable, "-m", "cambrian.cli", "rollback", "--to", "2", "--rev", "HEAD~1")
-    assert "matches the ledger" in out
+    # Roll back to the accepted gen_2 of the first commit: exact bytes, as the ledger says; --force
+    # overwrites the edit to dvc.lock.
+    out = repo.run(*cmd, "--force")
+    assert "matches the ledger" in out and "# a local edit" not in (repo.root / "dvc.lock").read_text()
     assert folder_sha(repo.root / "models/gen_2") == first["gen_2"]["child_sha"]
     assert repo.ledger()["gen_2"]["child_sha"] == first["gen_2"]["child_sha"]
     assert "up to date" in repo.run("dvc", "status")
