@@ -357,7 +357,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
             progress.done("gate")
             verdict_name = "accepted" if accepted else "rejected"
             tripped = should_stop([h["gate"] for h in history] + [metrics], params.gate)
-            if accepted and tripped:  # the streak's children drift without gain: revert to before it
+            if tripped:  # the streak drifts without gain (rejected or not, its earlier children were adopted): revert
                 restored = _before_streak(gid, params, history)
                 child_sha, source = ledger.verify_generation(models / restored, runs / restored), models / restored
                 verdict_name = "rolled back"

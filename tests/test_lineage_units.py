@@ -115,6 +115,17 @@ def test_stop_rule_needs_patience_generations_in_a_row():
     assert not should_stop([flat_drifting, None, _m(delta_generalization=0.0, style_drift=0.01)], cfg)
 
 
+def test_the_stop_rule_restores_the_checkpoint_before_the_whole_streak():
+    from flows.generation import _before_streak
+
+    p = parse_params({"gate": {"stop_patience": 2}, "ladder": {f"gen_{i}": {"parent": f"gen_{i - 1}" if i > 1 else "base"}
+                                                               for i in range(1, 5)}})
+    history = [{"ledger": {"GEN_ID": g}, "gate": _m()} for g in ("gen_1", "gen_2", "gen_3")]
+    assert _before_streak("gen_4", p, history) == "gen_2"  # the streak is gen_3, gen_4: gen_2 came before it
+    history[2]["gate"] = None  # gen_3 had nothing to gate: the streak reaches back to gen_2
+    assert _before_streak("gen_4", p, history) == "gen_1"
+
+
 def test_ladder_params_are_validated_and_overrides_apply():
     p = parse_params({"ladder": {"gen_1": {"parent": "base"},
                                  "gen_2": {"parent": "gen_1", "overrides": {"colony": {"lr": 0.002}}}}})
