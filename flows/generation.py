@@ -370,6 +370,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
             else:
                 child_sha = parent_sha
         summary["assimilated"] = sorted(weights) if verdict_name == "accepted" else []
+        if summary.get("sleep", {}).get("nonfinite"):  # said in the ledger, never silent
+            why += f"; {summary['sleep']['nonfinite']} of {params.sleep.steps} sleep steps were non-finite and skipped"
     log.info(f"{gid}: {verdict_name} ({why})")
 
     # The child's QA set (the next gate's recall test): what it assimilated, or, when it is its
