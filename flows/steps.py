@@ -11,10 +11,10 @@ across processes and machines, and which computes the same bytes wherever it run
   changing `gate.reply_tokens` re-runs the gate, not spawn or learn. It reads them with
   `cambrian.config.restricted`, which refuses any section it did not declare.
 - result: plain JSON in CAMBRIAN_HOME/results/<key>.json, written atomically with the seconds it
-  took (benchmarks/ reads them for the per-step table). Never a pickle: a
-  rewritten result file can at worst hand over wrong data (checkpoints and adapters named in it
-  are verified by sha when used), never run code. A file that is not the JSON this module wrote
-  for that key is ignored and the step recomputes.
+  took (benchmarks/ reads them for the per-step table) and signed (HMAC-SHA256 with `secret()`).
+  Never a pickle, so a result file can never run code; one that is not what this module wrote and
+  signed for that key (a pickle, another key's record, a half-written file, an edited value) is
+  ignored and the step recomputes.
 - threads: torch runs every step with exactly `THREADS` intra-op threads, in the flow's process and
   in a Dask worker alike (workers start with OMP_NUM_THREADS=1). Float reductions are summed in an
   order that depends on the thread count, so a fixed count is what makes the bytes independent of
@@ -25,8 +25,11 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import hmac
 import inspect
 import json
+import os
+import secrets
 import time
 from pathlib import Path
 
@@ -90,13 +93,36 @@ def cache_key(fn, arguments: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def secret() -> bytes:
+    """The key results are signed with: CAMBRIAN_SECRET, else a random one made once and kept, readable
+    by its owner only, in ~/.config/cambrian/secret (machines sharing a step store share it through
+    CAMBRIAN_SECRET; a result signed with another key is recomputed)."""
+    if os.environ.get("CAMBRIAN_SECRET"):
+        return os.environ["CAMBRIAN_SECRET"].encode()
+    path = Path("~/.config/cambrian/secret").expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the first process to get here makes it; every other one reads it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    except FileExistsError:
+        pass
+    return path.read_bytes()
+
+
+def _mac(key: str, result) -> str:
+    return hmac.new(secret(), json.dumps([key, result], sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
 def _cached(path: Path, key: str):
-    """(True, result) when `path` holds this key's result as written by this module, else (False, None)."""
+    """(True, result) when `path` holds this key's result as written and signed by this module,
+    else (False, None)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return False, None
-    if not isinstance(record, dict) or record.get("key") != key or "result" not in record:
+    if not isinstance(record, dict) or record.get("key") != key or "result" not in record or \
+            not hmac.compare_digest(str(record.get("mac")), _mac(key, record["result"])):
         return False, None
     return True, record["result"]
 
@@ -123,8 +149,8 @@ def step(name: str, sections: tuple[str, ...] | None = None):
             start = time.perf_counter()
             result = json.loads(json.dumps(fn(*bound.args, **bound.kwargs)))  # plain data only
             seconds = round(time.perf_counter() - start, 3)
-            atomic_write_text(path, json.dumps({"key": key, "step": name, "seconds": seconds, "result": result},
-                                               sort_keys=True))
+            atomic_write_text(path, json.dumps({"key": key, "step": name, "seconds": seconds, "result": result,
+                                                "mac": _mac(key, result)}, sort_keys=True))
             _log().info(f"{name}: computed in {seconds:.1f} s ({key[:12]})")
             return result
         return task(name=name, cache_policy=NO_CACHE, persist_result=False)(run)

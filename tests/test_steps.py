@@ -62,17 +62,23 @@ def test_results_are_json_keyed_by_inputs_without_paths_and_reused():
     assert CALLS == [21, 22]
 
 
-def test_a_tampered_result_is_recomputed_never_executed():
+def test_a_tampered_result_is_recomputed_never_executed(monkeypatch):
     run = step("matmul")(_matmul_sum).fn
     CALLS.clear()
     honest = run(seed=31)
     path = _result_file(31)
+    edited = json.loads(path.read_text())
+    edited["result"]["sum"] += 1.0  # a forged value in a well-formed record, its signature kept
     for forged in (pickle.dumps(_Payload()),  # what Prefect's pickle cache would have run
                    json.dumps({"key": "0" * 64, "result": {"sum": 0.0}}).encode(),  # another key's record
-                   b'{"key": "' + path.stem.encode() + b'", "resu'):  # half-written
+                   b'{"key": "' + path.stem.encode() + b'", "resu',  # half-written
+                   json.dumps(edited).encode()):
         path.write_bytes(forged)
         assert run(seed=31) == honest
-    assert CALLS == [31, 31, 31, 31] and not (home() / "pwned").exists()
+    assert CALLS == [31] * 5 and not (home() / "pwned").exists()
+    monkeypatch.setenv("CAMBRIAN_SECRET", "another machine's key")  # signed with another key: recomputed
+    assert run(seed=31) == honest and CALLS == [31] * 6
+    assert run(seed=31) == honest and CALLS == [31] * 6  # and then a hit under this key
 
 
 def _read_gate(params: dict) -> list:
