@@ -44,10 +44,6 @@ def save_population(path: str | Path, organelles: list[Organelle]) -> None:
     atomic_write_text(path, json.dumps([asdict(o) for o in organelles], indent=1, sort_keys=True) + "\n")
 
 
-def load_population(path: str | Path) -> list[Organelle]:
-    return [Organelle(**row) for row in json.loads(Path(path).read_text())]
-
-
 def lora_config(rank: int, alpha: float, targets: list[str]) -> LoraConfig:
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM")
 

@@ -2,7 +2,8 @@
 
 Bookkeeping is exact: for every generation
     sum(energy after) = sum(energy before) + rewards - costs - tickets + top-ups - taxes
-(`check_conservation`), and the summary records every term.
+(`check_conservation`, checked at the end of every settlement: a leak fails the step), and the
+summary records every term.
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def settle(organelles: list[Organelle], episodes: list[dict], train_steps: dict[
     energies = [o.energy for o in survivors]
     rois = [r["roi"] for r in per_org.values()]
     species = Counter(o.species for o in survivors)
-    return {
+    summary = {
         "gen": gen, "population": len(living), "survivors": len(survivors), "culled": culled,
         "energy_before": before, "energy_after": sum(o.energy for o in living), **dict(totals),
         "roi_mean": statistics.fmean(rois) if rois else 0.0, "roi_median": statistics.median(rois) if rois else 0.0,
@@ -108,6 +109,10 @@ def settle(organelles: list[Organelle], episodes: list[dict], train_steps: dict[
         "species_shares": {s: n / len(survivors) for s, n in sorted(species.items())},
         "organelles": per_org,
     }
+    if not check_conservation(summary):  # every unit of energy is accounted for, or the step fails
+        raise ArithmeticError(f"energy not conserved in generation {gen}: {summary['energy_before']} before, "
+                              f"{summary['energy_after']} after, terms {dict(totals)}")
+    return summary
 
 
 def check_conservation(summary: dict, tol: float = 1e-6) -> bool:
