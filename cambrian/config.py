@@ -199,12 +199,11 @@ class EvoMergeConfig(Strict):
     seed: int = Field(0, ge=0)
     preset: Literal[tuple(PRESETS["evomerge"])] = "quick"
     fitness: dict[str, float] = Field(default_factory=lambda: {
-        "math": 1.0, "structured": 1.0, "sort_seq": 1.0, "logic": 1.0, "perplexity": 0.5, "speed": 0.1,
-        "memory": 0.1})
+        "math": 1.0, "structured": 1.0, "sort_seq": 1.0, "logic": 1.0, "perplexity": 0.5})
 
     @model_validator(mode="after")
     def _weights(self) -> "EvoMergeConfig":
-        keys = {"math", "structured", "sort_seq", "logic", "perplexity", "speed", "memory"}
+        keys = {"math", "structured", "sort_seq", "logic", "perplexity"}
         if set(self.fitness) != keys:
             raise ValueError(f"evomerge.fitness needs exactly the weights {sorted(keys)}")
         for parent in self.parents:

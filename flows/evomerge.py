@@ -78,9 +78,7 @@ def candidate_step(parents: list[str], genome: dict, data_dir: str, data_sha: st
     sha = store_put(out, kind="candidate")
     probe = read_jsonl(local(data_dir, data_sha) / "probe.jsonl")
     probes = [c for fams in DOMAINS.values() for c in [c for c in probe if c.family in fams][:cfg.probes_per_domain]]
-    n = sum(p.numel() for p in host.parameters())
-    scores = fitness(Engine(host, tok), probes, probes, n, n, host.config.num_hidden_layers,
-                     host.config.num_hidden_layers, cfg)
+    scores = fitness(Engine(host, tok), probes, cfg)
     return {"genome": genome, "sha": sha, **scores}
 
 

@@ -11,9 +11,9 @@ The 2 x 2 x 2 seed genomes cover every (interp, cross, structure) combination. E
 rank by fitness; the top 2 get 3 mutations each; the bottom 6 form 2 triples, each merged
 (a weighted average of the three candidates' weights, which are kept by content hash; mutating a
 triple perturbs its mixing weights). Fitness is a weighted sum over the four domains'
-accuracy (math, structured = json_repair, sort_seq = sorting + sequence, logic), the inverse
-perplexity of gold answers, and size terms (layers and parameters relative to the host) standing
-in for speed and memory: deterministic, so a resumed run equals an uninterrupted one.
+accuracy (math, structured = json_repair, sort_seq = sorting + sequence, logic) and the inverse
+perplexity of the probes' gold answers: deterministic, so a resumed run equals an uninterrupted
+one. (No size term: every candidate has the host's layers and parameter count.)
 """
 from __future__ import annotations
 
@@ -90,19 +90,18 @@ def build(g: dict, parents: list[dict[str, torch.Tensor]], load, seed: int) -> d
     return state
 
 
-def fitness(engine: Engine, probes: list[Challenge], gold: list[Challenge], n_params: int, host_params: int,
-            n_layers: int, host_layers: int, cfg: EvoMergeConfig) -> dict:
-    """Per-domain probe accuracy, gold-answer perplexity, size terms and their weighted sum."""
+def fitness(engine: Engine, probes: list[Challenge], cfg: EvoMergeConfig) -> dict:
+    """Per-domain probe accuracy, the perplexity of the probes' gold answers and their weighted sum.
+    (Every candidate has the host's layers and size, so no size term could tell two apart.)"""
     ok = engine.correct(probes)
     acc = {}
     for domain, families in DOMAINS.items():
         mine = [k for c, k in zip(probes, ok) if c.family in families]
         acc[domain] = sum(mine) / len(mine) if mine else 0.0
-    ll = engine.loglik([c.prompt for c in gold], [c.answer for c in gold], [None] * len(gold))
+    ll = engine.loglik([c.prompt for c in probes], [c.answer for c in probes], [None] * len(probes))
     ppl = math.exp(-sum(ll) / len(ll))
     w = cfg.fitness
-    score = (sum(w[d] * acc[d] for d in DOMAINS) + w["perplexity"] / ppl
-             + w["speed"] * host_layers / n_layers + w["memory"] * host_params / n_params)
+    score = sum(w[d] * acc[d] for d in DOMAINS) + w["perplexity"] / ppl
     return {"accuracy": acc, "perplexity": ppl, "fitness": score}
 
 
