@@ -30,7 +30,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cambrian.checkpoint import atomic_dir, write_manifest
+from cambrian.checkpoint import atomic_dir, jsonl_text, read_rows, write_manifest
 from cambrian.config import ChallengeConfig
 
 SPLITS = ("train", "probe", "holdout", "test")
@@ -280,11 +280,11 @@ def build_splits(cfg: ChallengeConfig, seed: int) -> dict[str, list[Challenge]]:
 
 
 def write_jsonl(path: Path, rows: list[Challenge]) -> None:
-    path.write_text("".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in rows))
+    path.write_text(jsonl_text([asdict(r) for r in rows]))
 
 
 def read_jsonl(path: str | Path) -> list[Challenge]:
-    return [Challenge(**json.loads(line)) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [Challenge(**row) for row in read_rows(path)]
 
 
 def write_dataset(cfg: ChallengeConfig, seed: int, out: str | Path) -> str:

@@ -103,6 +103,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     tmp.replace(path)
 
 
+def jsonl_text(rows: list[dict]) -> str:
+    """Rows as JSON Lines, keys sorted: the same rows, the same bytes."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def read_rows(path: str | Path, missing_ok: bool = False) -> list[dict]:
+    """The rows of a JSON Lines file (none for a missing file when `missing_ok`)."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 # --- the content-addressed store -------------------------------------------------------------
 # Work in progress of a generation (adapters, merged children) lives in CAMBRIAN_HOME/store/<sha>
 # (default .cambrian/, outside every DVC output), so a re-run after a crash finds finished steps'

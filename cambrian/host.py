@@ -85,19 +85,24 @@ def _load_source(cfg: HostConfig):
 def materialize(cfg: HostConfig, out: str | Path) -> str:
     """Write the host as a safetensors + tokenizer checkpoint at `out`; return its sha256."""
     model, tok = _load_source(cfg)
+    tok = _portable(tok)
     _check_architecture(model.config.architectures or [type(model).__name__], cfg.source)
     if tok.chat_template is None:
         raise CheckpointError(f"{cfg.source}: its tokenizer has no chat template (tokenizer_config.json "
                               "chat_template); Cambrian builds every prompt with it")
-    # Whether the hub was reachable (HF_HUB_OFFLINE) is not part of the host: left out, the same
-    # source gives the same bytes either way.
-    tok.init_kwargs.pop("local_files_only", None)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         sha = write_manifest(tmp, kind="host", source=cfg.source)
         write_card(tmp, host_card(cfg.source, sha))
         return sha
+
+
+def _portable(tok):
+    """The tokenizer without the loading option `local_files_only` (set by HF_HUB_OFFLINE), which it
+    would otherwise save: whether the hub was reachable is not part of a checkpoint's bytes."""
+    tok.init_kwargs.pop("local_files_only", None)
+    return tok
 
 
 def _check_architecture(archs: list[str], where) -> None:
@@ -129,7 +134,7 @@ def load_host(path: str | Path, expected_sha: str | None = None, device: str | N
     config = json.loads((path / "config.json").read_text())
     _check_architecture(config.get("architectures") or [], path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device or default_device()).eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = _portable(AutoTokenizer.from_pretrained(path))
     if tok.chat_template is None:
         raise CheckpointError(f"{path}: tokenizer has no chat template")
     tok.padding_side = "left"

@@ -12,7 +12,7 @@ import io
 import json
 from pathlib import Path
 
-from cambrian.checkpoint import atomic_dir, atomic_write_text
+from cambrian.checkpoint import atomic_dir, atomic_write_text, read_rows
 
 VERDICT_COLOURS = {"accepted": "#2e7d32", "rejected": "#c62828", "unchanged": "#9e9e9e", "stopped": "#212121",
                    "rolled back": "#ef6c00"}
@@ -23,10 +23,6 @@ CURVES = ["roi_mean", "roi_median", "roi_std", "energy_mean", "energy_gini", "ef
 PARTS = ("test", "transfer")  # the test split in trained phrasings, and in reserved ones
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-
-
 def load(gids: list[str], runs: Path, baseline: Path) -> dict:
     gens = []
     for gid in gids:
@@ -35,7 +31,7 @@ def load(gids: list[str], runs: Path, baseline: Path) -> dict:
             raise FileNotFoundError(f"{run}: no generation.json: run `dvc repro` (or `cambrian generation {gid}`) first")
         record = json.loads((run / "generation.json").read_text())
         gens.append({"gid": gid, "record": record, "summary": json.loads((run / "summary.json").read_text()),
-                     "attempts": _jsonl(run / "assimilation.jsonl"),
+                     "attempts": read_rows(run / "assimilation.jsonl", missing_ok=True),
                      "population": json.loads((run / "colony" / "population.json").read_text())})
     base = json.loads(baseline.read_text()) if baseline.is_file() else {}
     return {"gens": gens, "baseline": {part: base.get(part, {}) for part in PARTS}}

@@ -34,8 +34,8 @@ from prefect.cache_policies import NO_CACHE
 from cambrian import ledger, tracking
 from cambrian.card import CARD, generation_card, write_card
 from cambrian.challenges import Challenge, read_jsonl
-from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_put, verify,
-                                 write_manifest)
+from cambrian.checkpoint import (atomic_dir, atomic_write_text, jsonl_text, local, read_rows, scratch, share, store_get,
+                                 store_put, verify, write_manifest)
 from cambrian.cluster import configured
 from cambrian.config import Params, load_params, parse_params, restricted
 from cambrian.engine import Engine, test_accuracy
@@ -50,14 +50,6 @@ from tasks.merge import fold, soup_weights
 from tasks.settle import settle
 from tasks.sleep import consolidate
 from tasks.spawn import spawn
-
-
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def _colony(population: list[dict]) -> list[Organelle]:
@@ -202,12 +194,12 @@ def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path],
                    gen: int) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     """Per living organelle: its new data delta, and its training rows (delta + replay of its
     kin's deltas from earlier generations of the lineage)."""
-    last_episodes = _read_jsonl(lineage[-1] / "episodes.jsonl") if lineage else []
+    last_episodes = read_rows(lineage[-1] / "episodes.jsonl", missing_ok=True) if lineage else []
     rng = random.Random(f"{params.seed}/delta/{gen}")
     earlier: dict[str, list[dict]] = {}
     for run in lineage:
         for f in sorted((run / "deltas").glob("*.jsonl")):
-            earlier.setdefault(f.stem, []).extend(_read_jsonl(f))
+            earlier.setdefault(f.stem, []).extend(read_rows(f, missing_ok=True))
     deltas, rows = {}, {}
     for o in colony:
         if o.alive:
@@ -245,7 +237,8 @@ def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_n
     firsts, lasts = [c[0] for c in curves if c], [c[-1] for c in curves if c]
     m = metrics or {}
     row = {"GEN_ID": gid, "parent_sha": parent_sha, "child_sha": child_sha,
-           "data_delta_sha": hashlib.sha256(_jsonl([r for k in sorted(deltas) for r in deltas[k]]).encode()).hexdigest(),
+           "data_delta_sha": hashlib.sha256(jsonl_text([r for k in sorted(deltas) for r in deltas[k]]).encode())
+           .hexdigest(),
            "steps": sum(map(len, curves)), "lr": params.colony.lr, "walltime_min": round(minutes, 3),
            "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
            "eval_recall": "" if m.get("recall_child") is None else m["recall_child"],
@@ -335,7 +328,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         progress.done("assimilate")
         summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
         weights = soup_weights(attempts, params.merge)
-        prior_qa = _read_jsonl(lineage[-1] / "qa.jsonl") if lineage else []
+        prior_qa = read_rows(lineage[-1] / "qa.jsonl", missing_ok=True) if lineage else []
         if weights and params.sleep.in_generation:  # fold by distillation from each organelle
             replay = prior_qa + [{**r, "teacher": oid} for oid in sorted(weights) for r in deltas[oid]]
             slept = sleep_step(pd, parent_sha, {k: adapters[k] for k in weights}, replay, pdict, gen)
@@ -377,7 +370,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     # The child's QA set (the next gate's recall test): what it assimilated, or, when it is its
     # parent unchanged, the parent's.
     qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if verdict_name == "accepted" else \
-        _read_jsonl(runs / params.ladder[gid].parent / "qa.jsonl")
+        read_rows(runs / params.ladder[gid].parent / "qa.jsonl", missing_ok=True)
     if verdict_name != "rolled back":
         source = store_get(child_sha) if child_sha != parent_sha else parent_dir
     summary["scores"] = score_step(str(source), child_sha, str(data), data_sha, pdict)
@@ -385,9 +378,10 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, deltas, metrics, history, stopped,
                      (time.perf_counter() - start) / 60)
     record["timeline"] = progress.marks  # minutes since the start at the end of each step (beside the wall time)
-    files = {"episodes.jsonl": _jsonl(episodes), "assimilation.jsonl": _jsonl(attempts), "qa.jsonl": _jsonl(qa),
+    files = {"episodes.jsonl": jsonl_text(episodes), "assimilation.jsonl": jsonl_text(attempts),
+             "qa.jsonl": jsonl_text(qa),
              "summary.json": json.dumps(summary, indent=1, sort_keys=True) + "\n",
-             **{f"deltas/{oid}.jsonl": _jsonl(rows) for oid, rows in deltas.items()}}
+             **{f"deltas/{oid}.jsonl": jsonl_text(rows) for oid, rows in deltas.items()}}
     card = generation_card(params.host.source, [ledger.record(runs / "base"), *history, record], params.for_steps())
     publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", source, colony, adapters, files, record,
             card)
