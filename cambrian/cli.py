@@ -223,7 +223,7 @@ def compare(params: Path = PARAMS,
     (one LoRA per family, folded in by task arithmetic), multitask (one LoRA on all families), the
     ladder as configured, and the ladder without each mechanism in turn. Every recipe is scored on
     the test split (trained and held-out phrasings) and general-text perplexity; mean and 95%
-    interval over seeds. compare.preset names the budget: quick (the default, at most 2 h on 2
+    interval over seeds. compare.preset names the budget: quick (the default, cut down to aim at 2 h on 2
     cores) or full (params.yaml as it is); e.g. `dvc exp run -S compare.preset=full compare`.
     Every cell is cached: an interrupted comparison resumes."""
     _params(params)
