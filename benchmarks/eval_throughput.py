@@ -22,7 +22,7 @@ from transformers import GenerationConfig
 
 from cambrian.challenges import MAX_ANSWER_TOKENS, sample
 from cambrian.checkpoint import atomic_write_text, read_manifest
-from cambrian.config import FAMILIES
+from cambrian.config import FAMILIES, EvalConfig
 from cambrian.engine import Engine
 from cambrian.host import load_host
 
@@ -57,7 +57,7 @@ def measure(host: str, n_adapters: int = 8, n_challenges: int = 64, batch_size: 
                   for c in sample(f, lv, "probe", -(-per_family // 3), seed=0)][:n_challenges]
     jobs = [(c, a) for a in names for c in challenges]
 
-    engine = Engine(model, tok, batch_size=batch_size, slack_tokens=slack)
+    engine = Engine(model, tok, EvalConfig(batch_size=batch_size, slack_tokens=slack))
     engine.answer([c for c, _ in jobs[:8]], [a for _, a in jobs[:8]])  # warm-up, not timed
     engine.new_tokens, engine.seconds = 0, 0.0
     batched = engine.answer([c for c, _ in jobs], [a for _, a in jobs])

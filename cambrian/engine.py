@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from cambrian.challenges import MAX_ANSWER_TOKENS, SYSTEM_PROMPT, Challenge, score
+from cambrian.config import EvalConfig
 
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
 END_OF_TURN = "<|im_end|>"
@@ -30,9 +31,11 @@ def chat_text(tok, prompt: str) -> str:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, batch_size: int = 64, slack_tokens: int = 4):
+    def __init__(self, model, tokenizer, cfg: EvalConfig = EvalConfig()):
+        """Batched greedy answers and log-likelihoods of `model`: `cfg.batch_size` rows a batch, and
+        each answer at most `cfg.slack_tokens` tokens longer than its family's longest."""
         self.model, self.tok = model, tokenizer
-        self.batch_size, self.slack = batch_size, slack_tokens
+        self.batch_size, self.slack = cfg.batch_size, cfg.slack_tokens
         self.tok.padding_side = "left"
         self.device = next(model.parameters()).device
         self.stop_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)})

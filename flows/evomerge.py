@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from cambrian.challenges import read_jsonl
 from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_put, verify,
                                  write_manifest)
-from cambrian.config import MergeConfig, load_params, parse_params
+from cambrian.config import EvalConfig, MergeConfig, load_params, parse_params
 from cambrian.engine import Engine
 from cambrian.host import load_host
 from cambrian.organelle import lora_config, new_adapter
@@ -67,7 +67,8 @@ def _state(folder: Path) -> dict:
 def candidate_step(parents: list[str], genome: dict, data_dir: str, data_sha: str, params: dict) -> dict:
     """Build one candidate from its genome (on the first parent's architecture and tokenizer),
     keep it in the store, score it on the probe split."""
-    cfg = parse_params(params).evomerge
+    p = parse_params(params)
+    cfg = p.evomerge
     states = [_state(store_get(sha)) for sha in parents]
     state = build(genome, states, lambda sha: _state(store_get(sha)), cfg.seed)
     host, tok = load_host(store_get(parents[0]), parents[0], device="cpu")
@@ -78,7 +79,7 @@ def candidate_step(parents: list[str], genome: dict, data_dir: str, data_sha: st
     sha = store_put(out, kind="candidate")
     probe = read_jsonl(local(data_dir, data_sha) / "probe.jsonl")
     probes = [c for fams in DOMAINS.values() for c in [c for c in probe if c.family in fams][:cfg.probes_per_domain]]
-    scores = fitness(Engine(host, tok), probes, cfg)
+    scores = fitness(Engine(host, tok, p.eval), probes, cfg)
     return {"genome": genome, "sha": sha, **scores}
 
 
@@ -101,9 +102,9 @@ def _parents(names: list[str], host_dir: Path, data_dir: Path, data_sha: str, pa
     return [s if isinstance(s, str) else s.result() for s in shas]
 
 
-def _holdout(folder: Path, holdout: list) -> dict:
+def _holdout(folder: Path, holdout: list, cfg: EvalConfig) -> dict:
     model, tok = load_host(folder, device="cpu")
-    ok = Engine(model, tok).correct(holdout)
+    ok = Engine(model, tok, cfg).correct(holdout)
     return {d: sum(k for c, k in zip(holdout, ok) if c.family in fams) / max(1, sum(c.family in fams for c in holdout))
             for d, fams in DOMAINS.items()}
 
@@ -144,8 +145,8 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
         shutil.copytree(store_get(best["sha"]), tmp, dirs_exist_ok=True)
         write_manifest(tmp, kind="host", evomerge=best["genome"])
     holdout = [c for c in read_jsonl(data / "holdout.jsonl") if any(c.family in f for f in DOMAINS.values())]
-    table = {"best": _holdout(out / "best", holdout),
-             **{name: _holdout(store_get(sha), holdout) for name, sha in zip(cfg.parents, parents)}}
+    table = {"best": _holdout(out / "best", holdout, params.eval),
+             **{name: _holdout(store_get(sha), holdout, params.eval) for name, sha in zip(cfg.parents, parents)}}
     combined = {name: sum(v.values()) / len(v) for name, v in table.items()}
     report = {"holdout": table, "combined": combined,
               "parents_mean": sum(combined[n] for n in cfg.parents) / len(cfg.parents),

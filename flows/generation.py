@@ -84,7 +84,7 @@ def learn_step(parent_dir: str, parent_sha: str, adapter: str, rows: list[dict],
 def _engine_over(parent_dir: str, parent_sha: str, adapters: dict[str, str], params: Params):
     host, tok = load_host(parent_dir, parent_sha)
     model = load_colony(host, {k: store_get(v) for k, v in adapters.items()}) if adapters else host
-    return model, Engine(model, tok, params.eval.batch_size, params.eval.slack_tokens)
+    return model, Engine(model, tok, params.eval)
 
 
 @step("evaluate", sections=("challenges", "colony", "bandit", "eval"))
@@ -148,7 +148,7 @@ def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[d
     parent, tok = load_host(parent_dir, parent_sha)
     child, _ = load_host(store_get(child_sha), child_sha)
     holdout = [c for c in read_jsonl(Path(data_dir) / "holdout.jsonl") if c.family in families]
-    engines = [Engine(m, tok, p.eval.batch_size, p.eval.slack_tokens) for m in (parent, child)]
+    engines = [Engine(m, tok, p.eval) for m in (parent, child)]
     keep = random.Random(f"{p.seed}/recall").sample(range(len(prior_qa)), min(len(prior_qa), p.gate.recall_rows))
     qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"])
           for r in (prior_qa[i] for i in sorted(keep))]  # recall on a fixed sample, in file order
@@ -161,7 +161,7 @@ def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, par
     (beside reports/baseline.json). The only step of a generation that reads the test split."""
     p = restricted(params)
     model, tok = load_host(model_dir, model_sha)
-    return test_accuracy(Engine(model, tok, p.eval.batch_size, p.eval.slack_tokens),
+    return test_accuracy(Engine(model, tok, p.eval),
                          read_jsonl(Path(data_dir) / "test.jsonl"))
 
 

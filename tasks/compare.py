@@ -88,5 +88,5 @@ def train_baseline(host, tok, recipe: str, train: list[Challenge], p: Params, se
 
 def measure(model, tok, test: list[Challenge], p: Params) -> dict:
     """{"test": {family: acc}, "transfer": {family: acc}, "ppl": general-text perplexity}."""
-    engine = Engine(model, tok, p.eval.batch_size, p.eval.slack_tokens)
+    engine = Engine(model, tok, p.eval)
     return {**test_accuracy(engine, test), "ppl": perplexity(engine, prose(p.gate.ppl_passages))}

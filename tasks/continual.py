@@ -57,7 +57,7 @@ def run_stream(model, tok, params: Params, train: list[Challenge], holdout: list
     bank = (LoRABank(model, targets, cfg.experts, cfg.top_k, cfg.rank, cfg.alpha, seed) if hippocampal
             else LoRABank(model, targets, 1, 1, cfg.rank, cfg.alpha, seed))
     replay = ReplayBuffer(cfg.replay_capacity, seed)
-    engine = Engine(model, tok, batch_size=params.eval.batch_size, slack_tokens=params.eval.slack_tokens)
+    engine = Engine(model, tok, params.eval)
     evals = {f: sorted((c for c in holdout if c.family == f), key=lambda c: c.id)[:cc.eval_per_task] for f in cc.order}
     for f, rows in evals.items():
         if not rows:

@@ -151,7 +151,7 @@ def learn_es(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, seed
     es, keys = cfg.es, sorted(theta)
     names = [f"es{i}" for i in range(2 * es.pairs)] + ["es_center"]
     model = load_colony(host, {n: adapter for n in names})
-    engine = Engine(model, tok, batch_size=64)
+    engine = Engine(model, tok)
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     curve = []

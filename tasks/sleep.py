@@ -36,7 +36,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 
 from cambrian.challenges import MAX_ANSWER_TOKENS, Challenge
-from cambrian.config import SleepConfig
+from cambrian.config import EvalConfig, SleepConfig
 from cambrian.engine import BASE, Engine
 from cambrian.hippocampus import LoRABank, encode
 from cambrian.host import target_linears
@@ -102,7 +102,7 @@ def pseudo_rows(teacher, tok, prompts: list[dict], batch_size: int) -> list[dict
     """Replay prompts answered by their teacher with its own greedy reply."""
     if not prompts:
         return []
-    engine = Engine(teacher, tok, batch_size=batch_size)
+    engine = Engine(teacher, tok, EvalConfig(batch_size=batch_size))
     replies = engine.generate([r["prompt"] for r in prompts], [r.get("teacher") for r in prompts],
                               [MAX_ANSWER_TOKENS[r["family"]] + 4 for r in prompts], desc="pseudo-rehearsal")
     return [{**r, "answer": reply, "source": "pseudo"} for r, reply in zip(prompts, replies)]

@@ -3,6 +3,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from cambrian.challenges import sample
+from cambrian.config import EvalConfig
 from cambrian.engine import Engine, accuracy_by_family
 
 ADAPTERS = ["org0", "org1", "org2"]
@@ -34,8 +35,8 @@ def jobs():
 def test_mixed_batches_equal_one_at_a_time(colony, jobs):
     model, tok = colony
     ch, ad = [j[0] for j in jobs], [j[1] for j in jobs]
-    batched = Engine(model, tok, batch_size=7).answer(ch, ad)
-    single = Engine(model, tok, batch_size=1)
+    batched = Engine(model, tok, EvalConfig(batch_size=7)).answer(ch, ad)
+    single = Engine(model, tok, EvalConfig(batch_size=1))
     alone = [single.answer([c], [a])[0] for c, a in jobs]
     assert batched == alone
     # The adapters really change the answers (so the equality above is not vacuous).
@@ -46,8 +47,8 @@ def test_mixed_batches_equal_one_at_a_time(colony, jobs):
 def test_loglik_batched_equals_single(colony, jobs):
     model, tok = colony
     prompts, answers, ad = [j[0].prompt for j in jobs], [j[0].answer for j in jobs], [j[1] for j in jobs]
-    batched = Engine(model, tok, batch_size=5).loglik(prompts, answers, ad)
-    single = Engine(model, tok, batch_size=1)
+    batched = Engine(model, tok, EvalConfig(batch_size=5)).loglik(prompts, answers, ad)
+    single = Engine(model, tok, EvalConfig(batch_size=1))
     alone = [single.loglik([p], [x], [a])[0] for p, x, a in zip(prompts, answers, ad)]
     assert batched == pytest.approx(alone, abs=1e-4)
     assert all(v < 0 for v in batched)
