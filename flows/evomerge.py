@@ -11,6 +11,7 @@ holdout split of every domain.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -119,11 +120,15 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
     data_sha, pdict = verify(data), params.for_steps()
     parents = _parents(cfg.parents, Path(host_dir), data, data_sha, params)
     n_layers = json.loads((Path(host_dir) / "config.json").read_text())["num_hidden_layers"]
-    rounds = []
+    # Rounds are read back only from a run with the same parents and params, how long it ran aside.
+    same = {**pdict, "evomerge": {k: v for k, v in pdict["evomerge"].items()
+                                  if k not in ("generations", "patience", "threshold", "preset")}}
+    rounds, run_key = [], hashlib.sha256(json.dumps([parents, same], sort_keys=True).encode()).hexdigest()
     for k in range(cfg.generations + 1):
         path = out / f"round_{k}.json"
-        if path.is_file():  # resume: a finished round is read back, not recomputed
-            rounds.append(json.loads(path.read_text()))
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        if done.get("run_key") == run_key:  # resume: a round of this very run is read back, not recomputed
+            rounds.append(done)
             continue
         rng = random.Random(f"{cfg.seed}/evomerge/{k}")
         genomes = seed_genomes(n_layers, rng) if k == 0 else next_population(rounds[-1]["ranked"], rng, cfg.mutation_std)
@@ -132,7 +137,7 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
         ranked = sorted(scored, key=lambda c: (-c["fitness"], c["sha"]))
         best = max([ranked[0], *(r["best"] for r in rounds)], key=lambda c: (c["fitness"], c["sha"]))
         spread = diversity([_state(store_get(c["sha"])) for c in ranked])
-        rounds.append({"round": k, "ranked": ranked, "best": best, "diversity": spread})
+        rounds.append({"round": k, "ranked": ranked, "best": best, "diversity": spread, "run_key": run_key})
         atomic_write_text(path, json.dumps(rounds[-1], indent=1, sort_keys=True) + "\n")
         log.info(f"round {k}: best fitness {ranked[0]['fitness']:.4f} (overall {best['fitness']:.4f}), "
                  f"diversity {spread:.4f}")
@@ -148,7 +153,7 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
     table = {"best": _holdout(out / "best", holdout, params.eval),
              **{name: _holdout(store_get(sha), holdout, params.eval) for name, sha in zip(cfg.parents, parents)}}
     combined = {name: sum(v.values()) / len(v) for name, v in table.items()}
-    report = {"holdout": table, "combined": combined,
+    report = {"preset": cfg.preset, "holdout": table, "combined": combined,
               "parents_mean": sum(combined[n] for n in cfg.parents) / len(cfg.parents),
               "best_genome": best["genome"], "best_probe_fitness": best["fitness"], "rounds": len(rounds),
               "fitness_by_round": [r["ranked"][0]["fitness"] for r in rounds],

@@ -43,7 +43,7 @@ from cambrian.checkpoint import atomic_write_text, home
 
 THREADS = 2
 PATHS = frozenset({"parent_dir", "model_dir", "data_dir"})
-_ROOT = Path(__file__).parents[1]
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module_file(name: str) -> Path | None:
@@ -99,15 +99,21 @@ def secret() -> bytes:
     CAMBRIAN_SECRET; a result signed with another key is recomputed)."""
     if os.environ.get("CAMBRIAN_SECRET"):
         return os.environ["CAMBRIAN_SECRET"].encode()
-    path = Path("~/.config/cambrian/secret").expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # the first process to get here makes it; every other one reads it
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    except FileExistsError:
-        pass
-    return path.read_bytes()
+    try:
+        path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "cambrian" / "secret"
+        if not path.is_file():  # written whole, then linked into place: a reader never sees half a key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".secret-{os.getpid()}")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)  # the first process to get here makes it; every other one reads it
+            except FileExistsError:
+                pass
+            tmp.unlink()
+        return path.read_bytes()
+    except (OSError, RuntimeError) as err:
+        raise RuntimeError(f"no place to keep the key that signs cached results ({err}): set CAMBRIAN_SECRET") from None
 
 
 def _mac(key: str, result) -> str:

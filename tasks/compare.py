@@ -36,7 +36,9 @@ RECIPES = (*BASELINES, *ABLATIONS, "sleep", "specialists")  # the last two: `abl
 
 
 def ablation(recipe: str, p: Params) -> dict:
-    """The recipe's section updates, on the same SFT rows per generation as the ladder of `p`."""
+    """The recipe's section updates. `sleep` and `specialists` get the SFT rows per generation of a
+    ladder of `p` that spends colony.train_steps updates of batch colony.train_batch per generation
+    (the default: one organelle, folded in by a merge), sleep.batch being that batch too."""
     learn_steps = p.colony.train_steps - p.sleep.steps
     if recipe == "sleep":  # folded by distillation instead of an exact merge: sleep.steps of the steps go to it
         return {"colony": {"train_steps": learn_steps}, "sleep": {"in_generation": True}}
