@@ -41,6 +41,16 @@ def host_card(source: str, sha: str) -> str:
                                         f"it (safetensors, fp32), sha256 `{sha}`: the root of every ladder.\n")
 
 
+def evomerge_card(source: str, parents: list[str], best: dict, sha: str) -> str:
+    """The card of EvoMerge's best candidate (`best`: its genome, probe accuracy and fitness)."""
+    return _front(host_meta(source)) + "\n".join([
+        "\n# Cambrian EvoMerge: best candidate\n",
+        f"A merge of {', '.join(f'`{p}`' for p in parents)} (on the host `{source}`) found by Cambrian's "
+        f"evolutionary merge search, sha256 `{sha}`. Probe fitness {best['fitness']:.4f}; probe accuracy per domain: "
+        + ", ".join(f"{d} {a:.3f}" for d, a in best["accuracy"].items()) + ". Its recipe (genome):", "",
+        "```yaml", yaml.safe_dump(best["genome"], sort_keys=False).rstrip(), "```"]) + "\n"
+
+
 def generation_card(source: str, lineage: list[dict], params: dict) -> str:
     """The card of the last record of `lineage` (generation records from G0 on, as written to
     runs/<gid>/generation.json); `params` are the generation's own."""

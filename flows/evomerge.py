@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from safetensors.torch import load_file
 
+from cambrian.card import evomerge_card, write_card
 from cambrian.challenges import read_jsonl
 from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_put, verify,
                                  write_manifest)
@@ -148,7 +149,8 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
     best = rounds[-1]["best"]
     with atomic_dir(out / "best") as tmp:
         shutil.copytree(store_get(best["sha"]), tmp, dirs_exist_ok=True)
-        write_manifest(tmp, kind="host", evomerge=best["genome"])
+        sha = write_manifest(tmp, kind="host", evomerge=best["genome"])
+        write_card(tmp, evomerge_card(params.host.source, cfg.parents, best, sha))
     holdout = [c for c in read_jsonl(data / "holdout.jsonl") if any(c.family in f for f in DOMAINS.values())]
     table = {"best": _holdout(out / "best", holdout, params.eval),
              **{name: _holdout(store_get(sha), holdout, params.eval) for name, sha in zip(cfg.parents, parents)}}

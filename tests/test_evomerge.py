@@ -5,6 +5,7 @@ import random
 
 import yaml
 
+from cambrian.checkpoint import verify
 from cambrian.config import parse_params
 from tasks.evomerge import mutate, next_population, seed_genomes
 
@@ -44,6 +45,8 @@ def test_evomerge_runs_reports_and_resumes_to_the_same_result(tmp_path, tiny_hos
     assert set(full["holdout"]["best"]) == {"math", "structured", "sort_seq", "logic"}
     assert full["rounds"] == 2 and len(full["diversity_by_round"]) == 2 and full["diversity_by_round"][0] > 0
     assert (tmp_path / "a" / "best" / "model.safetensors").is_file()
+    card = (tmp_path / "a" / "best" / "README.md").read_text()  # a model card, outside the sha
+    assert card.startswith("---\n") and "best candidate" in card and verify(tmp_path / "a" / "best") in card
 
     # Stop after the seed round, then resume to the same end.
     seeds_only = dict(TINY, evomerge={**TINY["evomerge"], "generations": 0})
