@@ -4,7 +4,8 @@ Tracking goes to MLFLOW_TRACKING_URI when set (any tracking server), else to the
 mlflow.db in the working directory (`mlflow ui --backend-store-uri sqlite:///mlflow.db`).
 HTTP retries and timeouts are kept short, so a dead server costs seconds, not minutes; a
 failure to log is reported and never fails the generation. A generation is logged once: its
-run carries a key over the record's content, and a finished run with that key is not logged again.
+run carries a key over the record's content, and a finished run with that key is not logged again
+(an unfinished one, cut off halfway, is deleted and logged anew).
 """
 from __future__ import annotations
 
@@ -42,10 +43,12 @@ def log_generation(record: dict, summary: dict, params: Params) -> str | None:
         stable = {k: v for k, v in row.items() if k != "walltime_min"}
         key = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
         experiment = mlflow.set_experiment(params.tracking.experiment)
-        done = MlflowClient().search_runs([experiment.experiment_id],
-                                          f"tags.`cambrian.key` = '{key}' and attributes.status = 'FINISHED'")
-        if done:
-            return done[0].info.run_id
+        client = MlflowClient()
+        done = client.search_runs([experiment.experiment_id], f"tags.`cambrian.key` = '{key}'")
+        for run in done:
+            if run.info.status == "FINISHED":
+                return run.info.run_id
+            client.delete_run(run.info.run_id)  # a run cut off halfway: replaced, not left beside the new one
         tags = {"cambrian.key": key, "cambrian.generation": row["GEN_ID"], "prefect.flow_run_id": _flow_run_id(),
                 "git.revision": row["git_rev"], "checkpoint.sha256": row["child_sha"],
                 "parent.sha256": row["parent_sha"], "gate.verdict": row["gate_verdict"]}

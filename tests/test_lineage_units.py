@@ -209,6 +209,7 @@ def test_tracking_to_a_dead_server_fails_fast_and_never_raises(monkeypatch):
     import time
 
     from cambrian import tracking
+    from cambrian.config import Params
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -226,3 +227,23 @@ def test_step_minutes_come_from_the_timeline_with_learn_summed():
 
     timeline = [["spawn", 0.1], ["learn 1/2", 0.6], ["learn 2/2", 1.6], ["evaluate", 2.0], ["score", 2.5]]
     assert step_minutes(timeline) == pytest.approx({"spawn": 0.1, "learn": 1.5, "evaluate": 0.4, "score": 0.5})
+
+
+def test_a_generation_cut_off_while_logging_is_logged_once_later(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from cambrian import tracking
+    from cambrian.config import Params
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    row = {"GEN_ID": "gen_1", "parent_sha": "p" * 64, "child_sha": "c" * 64, "gate_verdict": "accepted",
+           "git_rev": "abc", "lr": 0.001, "walltime_min": 1.0}
+    record = {"ledger": row, "metrics": {"test_math": 0.5}}
+    first = tracking.log_generation(record, {}, Params())
+    client = MlflowClient()
+    client.set_terminated(first, "FAILED")  # as if the process died halfway through logging
+    again = tracking.log_generation({**record, "ledger": {**row, "walltime_min": 2.0}}, {}, Params())
+    assert again is not None and again != first
+    assert tracking.log_generation(record, {}, Params()) == again  # now finished: not logged a third time
+    runs = client.search_runs([client.get_experiment_by_name("cambrian").experiment_id])
+    assert [r.info.run_id for r in runs] == [again] and runs[0].info.status == "FINISHED"
