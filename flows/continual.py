@@ -32,12 +32,13 @@ def run_step(parent_dir: str, parent_sha: str, data_dir: str, data_sha: str, par
     return run_stream(model, tok, p, train, holdout, mode, seed)
 
 
-def table(runs: list[dict], modes: list[str]) -> str:
+def table(runs: list[dict], modes: list[str], preset: str) -> str:
     def cell(values: list[float]) -> str:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):+.3f} ± {spread:.3f}"
     seeds = sorted({r["seed"] for r in runs})
-    lines = [f"Mean ± sample standard deviation over seeds {seeds}; accuracy is exact match on holdout challenges.",
+    lines = [f"Preset `{preset}` (continual.preset). Mean ± sample standard deviation over seeds {seeds}; accuracy "
+             "is exact match on holdout challenges.",
              "", "| mode | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for mode in modes:
         rows = [r for r in runs if r["mode"] == mode]
@@ -87,7 +88,7 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
     with atomic_dir(out_dir) as tmp:
         (tmp / "results.json").write_text(json.dumps({"preset": cc.preset, "host_sha": host_sha, "data_sha": data_sha,
                                                       "runs": runs}, indent=1, sort_keys=True) + "\n")
-        (tmp / "results.md").write_text(f"Preset `{cc.preset}` (continual.preset). " + table(runs, cc.modes))
+        (tmp / "results.md").write_text(table(runs, cc.modes, cc.preset))
         for run in runs:
             heatmap(run, tmp / f"A_{run['mode']}_{run['seed']}.png")
-    return {"runs": runs, "table": table(runs, cc.modes)}
+    return {"runs": runs, "table": table(runs, cc.modes, cc.preset)}
