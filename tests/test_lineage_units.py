@@ -209,7 +209,6 @@ def test_tracking_to_a_dead_server_fails_fast_and_never_raises(monkeypatch):
     import time
 
     from cambrian import tracking
-    from cambrian.config import Params
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
