@@ -78,13 +78,13 @@ def baseline(params: Path = PARAMS,
     """Score the bare host on the test split per family, in trained and in reserved phrasings: the
     bar evolution must clear (the same cached step that scores every generation)."""
     from cambrian.checkpoint import atomic_write_text, verify
+    from cambrian.ledger import checkpoint_metrics
     from flows.generation import score_step
 
     p = _params(params)
     host_sha, data_sha = verify(host_dir), verify(data)
     scores = score_step.fn(str(host_dir), host_sha, str(data), data_sha, p.for_steps())
-    report = {"host_sha256": host_sha, "data_sha256": data_sha, **scores,
-              **{f"{part}_mean": sum(t.values()) / len(t) for part, t in scores.items()}}
+    report = checkpoint_metrics(scores)
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     for fam in scores["test"]:
         typer.echo(f"{fam:12s} test {scores['test'][fam]:.3f}  transfer {scores['transfer'][fam]:.3f}")
@@ -256,14 +256,19 @@ def serve():
 def export_generation(gid: str = typer.Argument(..., help="Generation to export (gen_N, or base)."),
                       models_dir: Path = typer.Option(Path("models"), "--models"),
                       runs_dir: Path = typer.Option(Path("runs"), "--runs"),
-                      out: Path = typer.Option(None, help="Folder to write (default exports/GEN).")):
+                      out: Path = typer.Option(None, help="Folder to write (default exports/GEN)."),
+                      gguf: str = typer.Option("q8_0,f16", help="GGUF types to write, comma-separated, of f32 "
+                                               "(the HF logits exactly), f16, q8_0, q4_0; the Modelfile uses the first.")):
     """Export a generation (verified against its ledger sha256) as a merged Hugging Face folder
-    OUT/hf and a GGUF file OUT/model.gguf that llama.cpp and transformers load."""
+    OUT/hf with its model card, GGUF files OUT/model-TYPE.gguf that llama.cpp, Ollama and
+    transformers load, and an Ollama Modelfile (`ollama create NAME -f OUT/Modelfile`)."""
     from cambrian import ledger
     from cambrian.export import export
     sha = ledger.verify_generation(models_dir / gid, runs_dir / gid)
-    path = export(models_dir / gid, out or Path("exports") / gid, sha)
-    typer.echo(f"{gid} (sha256 {sha[:12]}) exported to {path.parent}/hf and {path}")
+    paths = export(models_dir / gid, out or Path("exports") / gid, sha, tuple(k.strip() for k in gguf.split(",")))
+    folder = next(iter(paths.values())).parent
+    typer.echo(f"{gid} (sha256 {sha[:12]}) exported to {folder}/hf, " + ", ".join(map(str, paths.values())) +
+               f" and {folder}/Modelfile")
 
 
 def _one_line(known: tuple[type[Exception], ...]) -> None:
@@ -281,11 +286,12 @@ def _one_line(known: tuple[type[Exception], ...]) -> None:
 
 def main() -> None:
     """Entry point: known failures (bad params, missing or corrupt checkpoint, wrong model, a
-    server that does not answer) print one clear line and exit 2; `--debug` shows the traceback."""
+    server that does not answer, learning that diverged) print one clear line and exit 2; `--debug`
+    shows the traceback."""
     from cambrian.checkpoint import CheckpointError
     from cambrian.cluster import ServerError, check_api
     from cambrian.config import ParamsError
-    known = (ParamsError, CheckpointError, ServerError)
+    known = (ParamsError, CheckpointError, ServerError, FloatingPointError)  # the last: learning diverged
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")

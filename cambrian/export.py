@@ -1,10 +1,13 @@
-"""Export a generation as a merged Hugging Face folder and a GGUF file.
+"""Export a generation as a merged Hugging Face folder, GGUF files and an Ollama Modelfile.
 
 The HF folder is the generation's checkpoint (LoRA deltas are already folded into the weights),
-copied with its manifest. The GGUF file is written with the `gguf` package's writer in llama.cpp's
-layout for the Llama architecture (F32 tensors, q/k rows permuted the way llama.cpp expects, the
-BPE vocabulary and merges from tokenizer.json, the chat template); transformers loads it back with
-`from_pretrained(folder, gguf_file=...)` and produces the same logits.
+copied with its manifest and model card. Each GGUF file is written with the `gguf` package's writer
+in llama.cpp's layout for the Llama architecture (q/k rows permuted the way llama.cpp expects, the
+BPE vocabulary and merges from tokenizer.json, the chat template), in one of `TYPES`: f32 (the same
+logits as the HF folder when transformers loads it back), f16, or the block-quantized q8_0 and q4_0
+(the `gguf` package quantizes; 1-D norm weights stay F32 and a matrix whose rows are not whole
+blocks is written F16, as llama.cpp does). The Modelfile lets Ollama run the first type written
+with the host's own chat template and Cambrian's system prompt (what the generation was trained with).
 """
 from __future__ import annotations
 
@@ -14,9 +17,15 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf import LlamaFileType as F
 from safetensors.numpy import load_file
 
 from cambrian.checkpoint import CheckpointError, atomic_dir, verify
+
+# GGUF type name -> (tensor type of the weight matrices, file type recorded in the header)
+TYPES = {"f32": (Q.F32, F.ALL_F32), "f16": (Q.F16, F.MOSTLY_F16), "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0),
+         "q4_0": (Q.Q4_0, F.MOSTLY_Q4_0)}
 
 LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
          "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
@@ -71,7 +80,17 @@ def _tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -> None:
         writer.add_chat_template(template)
 
 
-def write_gguf(folder: Path, out: Path) -> None:
+def _encode(w: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q | None]:
+    """(data, raw type for the writer) of one float32 tensor in `qtype`."""
+    if w.ndim == 1 or qtype == Q.F32:
+        return w, None
+    if qtype == Q.F16 or w.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+        return w.astype(np.float16), None
+    return gguf.quants.quantize(w, qtype), qtype
+
+
+def write_gguf(folder: Path, out: Path, kind: str = "f32") -> None:
+    qtype, file_type = TYPES[kind]
     cfg = json.loads((folder / "config.json").read_text())
     if "LlamaForCausalLM" not in (cfg.get("architectures") or []):
         raise CheckpointError(f"{folder}: GGUF export supports Llama models, not {cfg.get('architectures')}")
@@ -89,7 +108,7 @@ def write_gguf(folder: Path, out: Path) -> None:
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     writer.add_rope_dimension_count(cfg.get("head_dim") or cfg["hidden_size"] // heads)
     writer.add_vocab_size(cfg["vocab_size"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(file_type)
     _tokenizer(writer, folder, cfg["vocab_size"])
     weights = {}
     for f in sorted(folder.glob("*.safetensors")):
@@ -103,7 +122,8 @@ def write_gguf(folder: Path, out: Path) -> None:
             w = _permute(w, heads)
         elif name.endswith("k_proj.weight"):
             w = _permute(w, kv)
-        writer.add_tensor(target, w)
+        data, raw = _encode(w, qtype)
+        writer.add_tensor(target, data, raw_dtype=raw)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=True)
@@ -111,10 +131,34 @@ def write_gguf(folder: Path, out: Path) -> None:
     tmp.replace(out)
 
 
-def export(checkpoint: Path, out: Path, expected_sha: str | None = None) -> Path:
-    """Write OUT/hf (the merged HF folder) and OUT/model.gguf; returns the GGUF path."""
+def modelfile(folder: Path, gguf_name: str) -> str:
+    """An Ollama Modelfile for one GGUF file: its chat template is the host's own, rendered for a
+    system and a user turn (Ollama's .System / .Prompt), with Cambrian's system prompt."""
+    from transformers import AutoTokenizer
+
+    from cambrian.challenges import SYSTEM_PROMPT
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    turn = tok.apply_chat_template([{"role": "system", "content": "\x00SYSTEM\x00"},
+                                    {"role": "user", "content": "\x00PROMPT\x00"}], tokenize=False,
+                                   add_generation_prompt=True)
+    end = tok.eos_token or ""
+    template = turn.replace("\x00SYSTEM\x00", "{{ .System }}").replace("\x00PROMPT\x00", "{{ .Prompt }}")
+    return (f"FROM ./{gguf_name}\nTEMPLATE \"\"\"{template}{{{{ .Response }}}}{end}\"\"\"\n"
+            f"SYSTEM \"\"\"{SYSTEM_PROMPT}\"\"\"\n" + (f"PARAMETER stop \"{end}\"\n" if end else "") +
+            "PARAMETER temperature 0\n")
+
+
+def export(checkpoint: Path, out: Path, expected_sha: str | None = None, kinds: tuple[str, ...] = ("f32",)) -> dict[str, Path]:
+    """Write OUT/hf (the merged HF folder), OUT/model-KIND.gguf for each of `kinds` (of `TYPES`) and
+    OUT/Modelfile (Ollama, on the first kind); returns the GGUF paths by kind."""
+    unknown = sorted(set(kinds) - set(TYPES))
+    if unknown or not kinds:
+        raise CheckpointError(f"GGUF types {unknown or '(none)'}: choose from {', '.join(TYPES)}")
     verify(checkpoint, expected_sha)
     with atomic_dir(out) as tmp:
         shutil.copytree(checkpoint, tmp / "hf")
-        write_gguf(tmp / "hf", tmp / "model.gguf")
-    return out / "model.gguf"
+        for kind in kinds:
+            write_gguf(tmp / "hf", tmp / f"model-{kind}.gguf", kind)
+        (tmp / "Modelfile").write_text(modelfile(tmp / "hf", f"model-{kinds[0]}.gguf"))
+    return {kind: out / f"model-{kind}.gguf" for kind in kinds}

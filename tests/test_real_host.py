@@ -40,7 +40,7 @@ def test_real_host_exports_to_gguf_with_equal_logits(real_host_dir, tmp_path):
 
     from cambrian.export import export
 
-    gguf_path = export(real_host_dir, tmp_path / "export")
+    gguf_path = export(real_host_dir, tmp_path / "export")["f32"]
     model, tok = load_host(tmp_path / "export" / "hf")
     back = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     ids = tok(["<|im_start|>user\nSort: 3, 1, 2<|im_end|>\n<|im_start|>assistant\n"], return_tensors="pt")
