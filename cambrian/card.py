@@ -62,16 +62,14 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
              f"**{row['gate_verdict']}** ({row['gate_reason']}). sha256 `{row['child_sha']}`.\n",
              "## Lineage\n", "| generation | verdict | sha256 | test mean |", "| --- | --- | --- | --- |"]
     for r in lineage:
-        m = r.get("metrics", {})
-        tests = [m[f"test_{f}"] for f in families if f"test_{f}" in m]
-        mean = f"{sum(tests) / len(tests):.3f}" if tests else "-"
+        mean = f"{r['metrics']['test_mean']:.3f}" if "test_mean" in r.get("metrics", {}) else "-"
         lines.append(f"| {r['ledger']['GEN_ID']} | {r['ledger']['gate_verdict']} | `{r['ledger']['child_sha'][:12]}` | "
                      f"{mean} |")
     lines += ["", "## Test accuracy", "",
               "Strict accuracy on the test split, which no training or selection step reads; transfer: the same "
               "skills asked in phrasings no training row uses.", "", "| family | test | transfer |", "| --- | --- | --- |"]
-    lines += [f"| {f} | " + " | ".join(f"{metrics[k]:.3f}" if k in metrics else "-" for k in (f"test_{f}", f"transfer_{f}"))
-              + " |" for f in families]
+    lines += [f"| {f} | " + " | ".join(f"{metrics[part][f]:.3f}" if f in metrics.get(part, {}) else "-"
+                                    for part in ("test", "transfer")) + " |" for f in families]
     if gate:  # what the gate measured; a child it refused is not this checkpoint
         title = "child against its parent" if row["gate_verdict"] == "accepted" else \
             f"the {row['gate_verdict']} child, which is not this checkpoint, against its parent"

@@ -83,6 +83,9 @@ class ColonyConfig(Strict):
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     replay_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of training rows from earlier deltas
     delta_size: int = Field(576, ge=1, le=100_000)  # new train challenges per organelle per generation
+    # Gold rows per arm (family/level) in proportion to (1 - focus) + focus * (the host's error rate on
+    # it, measured by the last gate on the holdout split): 0 is uniform, 1 only what the host fails.
+    focus: float = Field(0.0, ge=0.0, le=1.0)
     episodes: int = Field(32, ge=1, le=10_000)  # challenges each organelle answers per generation
     pull_size: int = Field(2, ge=1, le=1_000)  # challenges per bandit pull
     mutation: MutationConfig = MutationConfig()
@@ -144,6 +147,8 @@ class MergeConfig(Strict):
 class GateConfig(Strict):
     recall_drop_max: float = Field(0.05, ge=0.0, le=1.0)  # child may lose at most this on the prior QA set
     recall_rows: int = Field(150, ge=1, le=100_000)  # prior QA rows answered (a fixed sample when there are more)
+    recall_alpha: float = Field(0.05, gt=0.0, le=1.0)  # ...and the drop is significant (paired McNemar p <= this;
+                                                       # 1.0: the threshold alone)
     generalization_min_delta: float = Field(0.0, ge=-1.0, le=1.0)  # child - parent on the delta's holdout
     max_kl: float = Field(0.5, ge=0.0)  # mean per-token KL(parent || child) on neutral prompts
     max_forbidden_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of neutral replies with a forbidden phrase

@@ -59,6 +59,25 @@ def verify_generation(checkpoint: Path, run: Path) -> str:
     return verify(checkpoint, record(run)["ledger"]["child_sha"])
 
 
+def checkpoint_metrics(scores: dict, gate: dict | None = None, colony: dict | None = None) -> dict:
+    """The one metrics schema of every checkpoint (reports/baseline.json for the host, reports/gen_N.json):
+    test and transfer accuracy per family and their means, then, for a generation, what its gate
+    measured and its colony, so `dvc metrics show`, `diff` and `dvc exp show` line up column by column."""
+    out = {**scores, **{f"{part}_mean": sum(t.values()) / len(t) for part, t in scores.items()}}
+    return {**out, **({"gate": gate} if gate is not None else {}), **({"colony": colony} if colony is not None else {})}
+
+
+def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Nested metrics as dotted names (test.math), the way DVC shows them; None left out."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        elif v is not None:
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
 def collect(gids: list[str], runs: Path, lock: Path = Path("dvc.lock"), models: str = "models") -> list[dict]:
     """The ledger rows of the given generations, with their checkpoints' md5 from dvc.lock."""
     stages = {"base": "host", **{g: f"generation@{g}" for g in gids}}

@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+from cambrian import ledger
 from cambrian.config import Params
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -57,7 +58,7 @@ def log_generation(record: dict, summary: dict, params: Params) -> str | None:
                                "train_steps": params.colony.train_steps, "species": params.colony.species,
                                "fold": "sleep" if params.sleep.in_generation else params.merge.method,
                                "seed": params.seed, "parent": row["parent_sha"][:12]})
-            mlflow.log_metrics({k: float(v) for k, v in record["metrics"].items() if v is not None})
+            mlflow.log_metrics(ledger.flat(record["metrics"]))
             mlflow.log_metric("walltime_min", float(row["walltime_min"]))
             mlflow.log_dict(record, "generation.json")
             for oid, org in summary.get("organelles", {}).items():

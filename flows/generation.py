@@ -190,21 +190,33 @@ def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, c
         raise RuntimeError(f"{checkpoint}: wrote sha {sha[:12]}, expected {record['ledger']['child_sha'][:12]}")
 
 
-def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path], train: list[Challenge],
-                   gen: int) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """Per living organelle: its new data delta, and its training rows (delta + replay of its
-    kin's deltas from earlier generations of the lineage)."""
+def host_accuracy(history: list[dict]) -> dict[str, float]:
+    """The parent host's holdout accuracy per arm (family/level), as the lineage's last gate measured
+    it: its child's if that child was accepted, else its parent's (the host kept). Empty when no gate
+    has measured it (the bare host, or a stop rule's restored checkpoint)."""
+    gated = [h for h in history if h["gate"]]
+    if not gated or gated[-1]["ledger"]["gate_verdict"] == "rolled back":
+        return {}
+    last = gated[-1]
+    return last["gate"].get("holdout_by_arm_child" if last["ledger"]["gate_verdict"] == "accepted"
+                            else "holdout_by_arm_parent", {})
+
+
+def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path], history: list[dict],
+                   train: list[Challenge], gen: int) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Per living organelle: its new data delta (aimed by the parent host's measured accuracy per
+    arm), and its training rows (delta + replay of its kin's deltas from earlier generations)."""
     last_episodes = read_rows(lineage[-1] / "episodes.jsonl", missing_ok=True) if lineage else []
     rng = random.Random(f"{params.seed}/delta/{gen}")
     earlier: dict[str, list[dict]] = {}
     for run in lineage:
         for f in sorted((run / "deltas").glob("*.jsonl")):
             earlier.setdefault(f.stem, []).extend(read_rows(f, missing_ok=True))
-    deltas, rows = {}, {}
+    deltas, rows, aim = {}, {}, host_accuracy(history)
     for o in colony:
         if o.alive:
             kin = [r for k in (o.id, *o.parents) for r in earlier.get(k, [])]
-            deltas[o.id], rows[o.id] = training_data(o, train, last_episodes, kin, params.colony, rng)
+            deltas[o.id], rows[o.id] = training_data(o, train, last_episodes, kin, aim, params.colony, rng)
     return deltas, rows
 
 
@@ -247,12 +259,13 @@ def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_n
            "gate_verdict": verdict_name, "gate_reason": why, "git_rev": ledger.git_rev(),
            "dvc_stage": f"generation@{gid}"}
     stop = stopped or bool(metrics and should_stop([h["gate"] for h in history] + [metrics], params.gate))
-    dvc_metrics = {"accepted": verdict_name == "accepted", "assimilated": len(summary.get("assimilated", [])),
-                   "colony_accuracy": summary.get("accuracy", 0.0), "survivors": summary.get("survivors", 0),
-                   **{f"{part}_{f}": a for part, table in summary["scores"].items() for f, a in table.items()},
-                   **{k: m[k] for k in ("recall_child", "generalization_parent", "generalization_child",
-                                        "style_drift", "forbidden_rate", "ppl_parent", "ppl_child") if k in m}}
-    return {"ledger": row, "gate": metrics, "stop": stop, "metrics": dvc_metrics}
+    gate = {"accepted": verdict_name == "accepted",
+            **{k: m.get(k) for k in ("recall_parent", "recall_child", "generalization_parent", "generalization_child",
+                                     "style_drift", "forbidden_rate", "ppl_parent", "ppl_child")}}
+    colony = {"assimilated": len(summary.get("assimilated", [])), "accuracy": summary.get("accuracy", 0.0),
+              "survivors": summary.get("survivors", 0)}
+    return {"ledger": row, "gate": metrics, "stop": stop,
+            "metrics": ledger.checkpoint_metrics(summary["scores"], gate, colony)}
 
 
 def _parent(gid: str, params: Params, models: Path, runs: Path) -> tuple[Path, str, list[dict], dict, list[dict]]:
@@ -303,7 +316,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         colony, adapters = _colony(sp["population"]), sp["adapters"]
         progress.done("spawn")
         lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
-        deltas, rows = _training_rows(colony, params, lineage, read_jsonl(data / "train.jsonl"), gen)
+        deltas, rows = _training_rows(colony, params, lineage, history, read_jsonl(data / "train.jsonl"), gen)
         living = [o for o in colony if o.alive]
         futures = {o.id: learn_step.submit(pd, parent_sha, adapters[o.id], rows[o.id],
                                            params.colony.model_dump(), o.lr, params.seed * 7919 + gen * 1009 + k)

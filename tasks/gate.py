@@ -2,7 +2,9 @@
 
 Measured on the parent and the child side by side:
 - recall: accuracy on the parent generation's QA set (the data delta it assimilated; a fixed
-  sample of at most `recall_rows`);
+  sample of at most `recall_rows`); a drop fails the child when it exceeds `recall_drop_max` and
+  is significant (paired exact McNemar, one-sided, p <= `recall_alpha`), so sampling noise on a
+  small QA set does not roll back a child that forgot nothing;
 - generalization: accuracy on the holdout split of the families in the new delta;
 - style drift: on neutral prompts, the mean per-token KL(parent || child) along the parent's own
   greedy replies, and the share of the child's replies containing a forbidden phrase;
@@ -18,9 +20,11 @@ import math
 
 import torch
 
+from cambrian.bandit import arm
 from cambrian.challenges import Challenge
 from cambrian.config import GateConfig
 from cambrian.engine import Engine
+from tasks.assimilate import mcnemar_p
 
 
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
@@ -74,16 +78,25 @@ def perplexity(engine: Engine, texts: list[str], max_tokens: int = 256) -> float
     return math.exp(nll / count)
 
 
-def _acc(engine: Engine, rows: list[Challenge]) -> float | None:
-    return sum(engine.correct(rows)) / len(rows) if rows else None
+def _by_arm(engine: Engine, rows: list[Challenge]) -> tuple[float | None, dict[str, float]]:
+    """(accuracy on `rows`, accuracy per arm family/level): what the next generation aims its data at."""
+    ok = engine.correct(rows)
+    arms: dict[str, list[bool]] = {}
+    for c, k in zip(rows, ok):
+        arms.setdefault(arm(c.family, c.level), []).append(k)
+    return (sum(ok) / len(ok) if ok else None), {a: sum(v) / len(v) for a, v in sorted(arms.items())}
 
 
 def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challenge], holdout: list[Challenge],
             cfg: GateConfig) -> dict:
     drift = style_drift(parent_engine, child_engine, cfg)
-    m = {"recall_parent": _acc(parent_engine, prior_qa), "recall_child": _acc(child_engine, prior_qa),
-         "generalization_parent": _acc(parent_engine, holdout), "generalization_child": _acc(child_engine, holdout),
-         "style_drift": drift["kl"], "forbidden_rate": drift["forbidden_rate"],
+    (gen_parent, arms_parent), (gen_child, arms_child) = _by_arm(parent_engine, holdout), _by_arm(child_engine, holdout)
+    recalled = [engine.correct(prior_qa) for engine in (parent_engine, child_engine)]
+    m = {"recall_parent": sum(recalled[0]) / len(prior_qa) if prior_qa else None,
+         "recall_child": sum(recalled[1]) / len(prior_qa) if prior_qa else None,
+         "recall_drop_p": mcnemar_p(*recalled),  # one-sided: the parent recalls more than the child
+         "generalization_parent": gen_parent, "generalization_child": gen_child,
+         "holdout_by_arm_parent": arms_parent, "holdout_by_arm_child": arms_child, "style_drift": drift["kl"], "forbidden_rate": drift["forbidden_rate"],
          "tone_replies": drift["child_replies"], "n_recall": len(prior_qa), "n_generalization": len(holdout)}
     m["delta_generalization"] = (m["generalization_child"] - m["generalization_parent"]) if holdout else 0.0
     texts = prose(cfg.ppl_passages)
@@ -100,8 +113,10 @@ def verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:
     bad = sorted(k for k in METRICS if m[k] is not None and not math.isfinite(m[k]))
     if bad:
         return False, "non-finite gate metrics: " + ", ".join(f"{k}={m[k]}" for k in bad)
-    if m["recall_child"] is not None and m["recall_parent"] - m["recall_child"] > cfg.recall_drop_max:
-        return False, f"recall dropped {m['recall_parent']:.3f} -> {m['recall_child']:.3f} (max drop {cfg.recall_drop_max})"
+    if m["recall_child"] is not None and m["recall_parent"] - m["recall_child"] > cfg.recall_drop_max \
+            and m["recall_drop_p"] <= cfg.recall_alpha:
+        return False, (f"recall dropped {m['recall_parent']:.3f} -> {m['recall_child']:.3f} (max drop "
+                       f"{cfg.recall_drop_max}, p={m['recall_drop_p']:.3g} <= {cfg.recall_alpha})")
     if m["delta_generalization"] < cfg.generalization_min_delta:
         return False, (f"generalization {m['generalization_parent']:.3f} -> {m['generalization_child']:.3f} "
                        f"(min delta {cfg.generalization_min_delta})")

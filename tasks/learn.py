@@ -2,7 +2,8 @@
 
 The data delta of an organelle in a generation: its own verified-correct answers from the last
 generation's episodes (rejection sampling) plus gold answers of fresh train-split challenges of
-its species (of every family for a generalist); replay mixes in rows of earlier deltas of its
+its species (of every family for a generalist), spread over family/level arms by `colony.focus`:
+towards the arms the host still fails, as the last gate measured it on the holdout split; replay mixes in rows of earlier deltas of its
 lineage at `replay_ratio`. Only train-split prompts are ever used: the split is a function of the
 prompt text.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from cambrian.bandit import arm
 from cambrian.challenges import SYSTEM_PROMPT, Challenge
 from cambrian.checkpoint import atomic_dir, write_manifest
 from cambrian.config import ColonyConfig
@@ -32,16 +34,36 @@ from cambrian.engine import Engine
 from cambrian.organelle import Organelle, families_of, load_colony, read_adapter, write_adapter
 
 
+def gold_mix(pool: list[Challenge], n: int, host_accuracy: dict[str, float], focus: float,
+             rng: random.Random) -> list[Challenge]:
+    """`n` challenges of `pool` spread over its arms (family/level): each arm's share is its weight
+    (1 - focus) + focus * (1 - the host's measured accuracy on it), so with focus > 0 the data aims at
+    what the host still gets wrong (an arm never measured counts as unsolved). focus 0 is uniform."""
+    arms: dict[str, list[Challenge]] = {}
+    for c in pool:
+        arms.setdefault(arm(c.family, c.level), []).append(c)
+    if focus == 0 or not host_accuracy:
+        return rng.sample(pool, min(n, len(pool)))
+    weight = {a: (1 - focus) + focus * (1 - host_accuracy.get(a, 0.0)) for a in sorted(arms)}
+    share = {a: n * w / sum(weight.values()) for a, w in weight.items()}
+    count = {a: int(s) for a, s in share.items()}
+    for a in sorted(share, key=lambda a: count[a] - share[a])[:n - sum(count.values())]:  # largest remainders
+        count[a] += 1
+    picked = [c for a in sorted(arms) for c in rng.sample(arms[a], min(count[a], len(arms[a])))]
+    rng.shuffle(picked)
+    return picked
+
+
 def data_delta(o: Organelle, train: list[Challenge], own_correct: list[dict], size: int,
-               rng: random.Random) -> list[dict]:
+               host_accuracy: dict[str, float], focus: float, rng: random.Random) -> list[dict]:
     """New training rows: own verified-correct answers first, then gold rows of its species (of
-    every family for a generalist)."""
+    every family for a generalist), aimed at the host's weak arms by `gold_mix`."""
     rows = [{"prompt": e["prompt"], "answer": e["reply"], "family": e["family"], "level": e["level"],
              "source": "own"} for e in own_correct][:size]
     mine = families_of(o.species, sorted({c.family for c in train}))
     pool = [c for c in train if c.family in mine]
     rows += [{"prompt": c.prompt, "answer": c.answer, "family": c.family, "level": c.level, "source": "gold"}
-             for c in rng.sample(pool, min(size - len(rows), len(pool)))]
+             for c in gold_mix(pool, size - len(rows), host_accuracy, focus, rng)]
     return rows
 
 
@@ -53,12 +75,13 @@ def with_replay(delta: list[dict], earlier: list[dict], ratio: float, rng: rando
 
 
 def training_data(o: Organelle, train: list[Challenge], last_episodes: list[dict], earlier: list[dict],
-                  cfg: ColonyConfig, rng: random.Random) -> tuple[list[dict], list[dict]]:
+                  host_accuracy: dict[str, float], cfg: ColonyConfig, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """(delta, rows): the organelle's new data delta (own correct answers of it or its parents in
-    the last generation, then gold rows) and its training rows with replay of `earlier` rows."""
+    the last generation, then gold rows aimed by the host's accuracy per arm) and its training rows
+    with replay of `earlier` rows."""
     kin = {o.id, *o.parents}
     own = [e for e in last_episodes if e["organelle"] in kin and e["correct"]]
-    delta = data_delta(o, train, own, cfg.delta_size, rng)
+    delta = data_delta(o, train, own, cfg.delta_size, host_accuracy, cfg.focus, rng)
     return delta, with_replay(delta, earlier, cfg.replay_ratio, rng)
 
 

@@ -1,12 +1,15 @@
-"""Economy invariants, bandit behaviour, SVD factoring: plain functions, no model needed."""
+"""Economy invariants, bandit behaviour, SVD factoring, the aimed data mix: plain functions, no model needed."""
 import random
 
 import pytest
 import torch
 
 from cambrian.bandit import arm, ucb1, update
+from cambrian.challenges import Challenge
 from cambrian.config import EnergyConfig
 from cambrian.organelle import Organelle, deltas, factor
+from flows.generation import host_accuracy
+from tasks.learn import gold_mix
 from tasks.settle import check_conservation, effective_population, gini, settle
 
 
@@ -90,3 +93,32 @@ def test_factor_keeps_the_delta_at_full_rank_and_reports_energy():
     low, kept2 = factor(delta, 2, 4.0)
     assert 0.3 < kept2 < 1.0
     assert low["m.lora_A.weight"].shape == (2, 32)
+
+
+def _challenges(family, level, n):
+    return [Challenge(f"{family}{level}-{k}", family, level, "train", f"{family} {level} {k}", "1") for k in range(n)]
+
+
+def test_the_gold_mix_aims_at_the_arms_the_host_fails():
+    pool = _challenges("json_repair", 1, 50) + _challenges("math", 1, 50) + _challenges("math", 2, 50)
+    measured = {"json_repair/1": 1.0, "math/1": 0.5, "math/2": 0.0}
+    # focus 0: a uniform sample, exactly the draw the generation made before focus existed.
+    assert gold_mix(pool, 30, measured, 0.0, random.Random(3)) == random.Random(3).sample(pool, 30)
+
+    def counts(focus):
+        rows = gold_mix(pool, 30, measured, focus, random.Random(0))
+        return [sum(arm(c.family, c.level) == a for c in rows) for a in measured]
+    assert counts(1.0) == [0, 10, 20]  # weights 0, 0.5, 1: nothing of a solved arm
+    assert counts(0.5) == [7, 10, 13]  # weights 0.5, 0.75, 1: shares 6.7, 10, 13.3, the largest remainder rounds up
+    assert gold_mix(pool, 30, {}, 1.0, random.Random(3)) == random.Random(3).sample(pool, 30)  # nothing measured
+
+
+def test_the_host_accuracy_is_the_one_the_last_gate_measured_on_the_host_kept():
+    def rec(verdict, parent, child):
+        return {"ledger": {"gate_verdict": verdict},
+                "gate": {"holdout_by_arm_parent": parent, "holdout_by_arm_child": child}}
+    unchanged = {"ledger": {"gate_verdict": "unchanged"}, "gate": None}
+    assert host_accuracy([]) == {}
+    assert host_accuracy([rec("accepted", {"a": 0.1}, {"a": 0.7}), unchanged]) == {"a": 0.7}
+    assert host_accuracy([rec("accepted", {"a": 0.1}, {"a": 0.7}), rec("rejected", {"a": 0.7}, {"a": 0.2})]) == {"a": 0.7}
+    assert host_accuracy([rec("rolled back", {"a": 0.7}, {"a": 0.2})]) == {}

@@ -16,7 +16,7 @@ import yaml
 
 from cambrian.checkpoint import folder_sha, verify
 from cambrian.config import FAMILIES, parse_params
-from cambrian.ledger import COLUMNS
+from cambrian.ledger import COLUMNS, flat
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -40,10 +40,12 @@ TINY = {
     "continual": {"order": ["math", "logic"], "modes": ["full_cls"], "seeds": [7], "train_rows": 4,
                   "eval_per_task": 2, "preset": "full"},  # full: these values as they are (no preset shrinks them)
     "compare": {"recipes": ["plain", "multitask"], "seeds": [0], "preset": "full"},
-    # gen_3 trips the stop rule on its own (any drift, no gain): it is rolled back to gen_2, and gen_4
-    # must not evolve at all.
+    # gen_3 is rejected (any drift is too much) and, with gen_2, trips the stop rule (two generations
+    # that drift without gaining): it is rolled back to gen_1, the last checkpoint before the streak,
+    # not left at gen_2; gen_4 must not evolve at all.
     "ladder": {"gen_1": {"parent": "base"}, "gen_2": {"parent": "gen_1"},
-               "gen_3": {"parent": "gen_2", "overrides": {"gate": {"stop_patience": 1, "stop_theta": 0.0}}},
+               "gen_3": {"parent": "gen_2", "overrides": {"gate": {"stop_patience": 2, "stop_theta": 0.0,
+                                                                    "stop_epsilon": 2.0, "max_kl": 0.0}}},
                "gen_4": {"parent": "gen_3"}},
 }
 
@@ -110,11 +112,13 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     assert ledger["gen_2"]["parent_sha"] == ledger["gen_1"]["child_sha"]
     assert ledger["gen_1"]["gate_verdict"] == "accepted" and int(ledger["gen_1"]["steps"]) == 3 * 2
     assert ledger["gen_1"]["child_sha"] != ledger["base"]["child_sha"]  # organelles were merged in
-    # The stop rule: gen_3 gained nothing while drifting, so its child is rolled back to gen_2's
-    # checkpoint (the last before the streak) and gen_4 is gen_3 unchanged.
+    # The stop rule: gen_2 and the rejected gen_3 drifted without gaining, so gen_3 is rolled back to
+    # gen_1's checkpoint (the last before the streak), not left at its parent gen_2; gen_4 is gen_3 unchanged.
+    assert ledger["gen_2"]["gate_verdict"] == "accepted" and ledger["gen_2"]["child_sha"] != ledger["gen_1"]["child_sha"]
     assert ledger["gen_3"]["gate_verdict"] == "rolled back", ledger["gen_3"]
-    assert ledger["gen_3"]["gate_reason"].endswith("gen_2's checkpoint restored")
-    assert ledger["gen_3"]["child_sha"] == ledger["gen_2"]["child_sha"]
+    assert ledger["gen_3"]["gate_reason"].startswith("style drift KL")  # rejected by its own gate, then the stop rule
+    assert ledger["gen_3"]["gate_reason"].endswith("gen_1's checkpoint restored")
+    assert ledger["gen_3"]["child_sha"] == ledger["gen_1"]["child_sha"]
     assert ledger["gen_4"]["gate_verdict"] == "stopped" and ledger["gen_4"]["child_sha"] == ledger["gen_3"]["child_sha"]
     assert (repo.root / "runs/gen_4/colony/population.json").read_bytes() == \
         (repo.root / "runs/gen_3/colony/population.json").read_bytes()
@@ -144,6 +148,10 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     assert [json.loads(x)["generation"] for x in lines] == ["gen_1", "gen_2", "gen_3", "gen_4"]
     metrics = repo.run("dvc", "metrics", "show")
     assert "gen_1.json" in metrics and "evomerge.json" in metrics
+    # One schema: the bare host's columns are every generation's (which adds its gate and colony).
+    host, gen = (flat(json.loads((repo.root / "reports" / f).read_text())) for f in ("baseline.json", "gen_1.json"))
+    assert set(host) == {f"{part}.{f}" for part in ("test", "transfer") for f in FAMILIES} | {"test_mean", "transfer_mean"}
+    assert set(host) < set(gen) and {"gate.accepted", "colony.survivors"} < set(gen)
     assert json.loads((repo.root / "reports/continual/results.json").read_text())["runs"][0]["mode"] == "full_cls"
     assert "| multitask | 1 |" in (repo.root / "reports/compare.md").read_text()  # the compare stage
     report = (repo.root / "reports/report.md").read_text()
@@ -199,7 +207,7 @@ def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo):
         gid = r.data.tags["cambrian.generation"]
         assert r.data.tags["checkpoint.sha256"] == ledger[gid]["child_sha"]
         assert r.data.tags["prefect.flow_run_id"] and "git.revision" in r.data.tags
-        assert "colony_accuracy" in r.data.metrics
+        assert {"colony.accuracy", "test.math", "test_mean", "gate.accepted"} <= set(r.data.metrics)
         nested = [n for n in runs if n.data.tags.get("mlflow.parentRunId") == r.info.run_id]
         assert len(nested) == (0 if gid == "gen_4" else 3)
 
@@ -295,6 +303,27 @@ def test_a_damaged_file_in_a_parent_run_folder_is_refused(repo):
             path.write_bytes(good)
         assert out.returncode == 2 and "runs/gen_3 is corrupt" in out.stderr, out.stderr[-2000:]
         assert "Traceback" not in out.stderr + out.stdout  # one line; `--debug` shows the traceback
+
+
+def test_a_generation_whose_learning_diverges_fails_in_one_line_and_publishes_nothing(repo, tmp_path):
+    """A finite but absurd lora_alpha makes the organelle's loss NaN: the learn step fails the
+    generation with one line naming the knobs, and no checkpoint, run folder or metrics are written."""
+    data = yaml.safe_load((repo.root / "params.yaml").read_text())
+    data["ladder"]["gen_1"]["overrides"] = {"colony": {"lora_alpha": 1e30}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    for d in ("models", "runs"):  # the same parent, the host; the generation writes here
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "base").symlink_to(repo.root / d / "base", target_is_directory=True)
+    before = folder_sha(repo.root / "models/gen_1")
+    out = subprocess.run([sys.executable, "-m", "cambrian.cli", "generation", "gen_1", "--params",
+                          str(tmp_path / "params.yaml"), "--runs", str(tmp_path / "runs"), "--reports",
+                          str(tmp_path / "reports"), "--models", str(tmp_path / "models")],
+                         cwd=repo.root, env=repo.env, capture_output=True, text=True)
+    assert out.returncode == 2 and "learning diverged" in out.stderr and "lower colony.lr or colony.lora_alpha" \
+        in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["base"] == \
+        sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert not (tmp_path / "reports").exists() and folder_sha(repo.root / "models/gen_1") == before
 
 
 def _run_files(run: Path) -> dict:

@@ -72,6 +72,8 @@ def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge
     same = measure(Engine(parent, tok), Engine(child, tok), [], holdout, cfg)
     assert same["style_drift"] == pytest.approx(0.0, abs=1e-6) and same["recall_child"] is None
     assert same["ppl_child"] == same["ppl_parent"] > 1.0 and same["nonfinite_tensors"] == 0
+    assert same["recall_drop_p"] == 1.0 and list(same["holdout_by_arm_child"]) == ["math/1"]
+    assert same["holdout_by_arm_child"]["math/1"] == same["generalization_child"]  # one arm: its accuracy
     fold(child, {"a": trained_adapter}, {"a": 3.0}, MergeConfig())
     moved = measure(Engine(parent, tok), Engine(child, tok), holdout, holdout, cfg)
     assert moved["style_drift"] > 1e-3 and moved["n_recall"] == 3 and moved["ppl_child"] != moved["ppl_parent"]
@@ -80,14 +82,15 @@ def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge
 def _m(**kw):
     base = {"recall_parent": 0.5, "recall_child": 0.5, "generalization_parent": 0.2, "generalization_child": 0.4,
             "delta_generalization": 0.2, "style_drift": 0.1, "forbidden_rate": 0.0, "nonfinite_tensors": 0,
-            "ppl_parent": 20.0, "ppl_child": 20.5}
+            "ppl_parent": 20.0, "ppl_child": 20.5, "recall_drop_p": 1.0}
     return {**base, **kw}
 
 
 def test_gate_verdicts_name_the_failed_threshold():
     cfg = GateConfig()
     assert verdict(_m(), cfg)[0]
-    assert "recall dropped" in verdict(_m(recall_child=0.3), cfg)[1]
+    assert "recall dropped" in verdict(_m(recall_child=0.3, recall_drop_p=0.01), cfg)[1]
+    assert verdict(_m(recall_child=0.3, recall_drop_p=0.2), cfg)[0]  # a drop sampling noise explains passes
     assert "generalization" in verdict(_m(generalization_child=0.1, delta_generalization=-0.1), cfg)[1]
     assert "style drift" in verdict(_m(style_drift=0.9), cfg)[1]
     assert "forbidden" in verdict(_m(forbidden_rate=0.5), cfg)[1]
@@ -181,27 +184,47 @@ def test_swapped_generation_checkpoint_is_refused(tmp_path):
         verify_generation(tmp_path / "gen_1", run)
 
 
-def test_gguf_export_loads_back_with_equal_logits(tiny_host_dir, tmp_path):
+def test_gguf_export_loads_back_with_equal_logits_and_quantized_answers(tiny_host_dir, tmp_path):
     import json
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cambrian.challenges import SYSTEM_PROMPT, sample
     from cambrian.export import export
+    from cambrian.host import load_host
 
     cfg = json.loads((tiny_host_dir / "config.json").read_text())
     assert cfg["num_key_value_heads"] < cfg["num_attention_heads"]  # q and k permutations both exercised
-    gguf_path = export(tiny_host_dir, tmp_path / "out")
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "hf", dtype=torch.float32)
-    back = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(tiny_host_dir)
+    paths = export(tiny_host_dir, tmp_path / "out", kinds=("q8_0", "f32", "f16", "q4_0"))
+    hf, tok = load_host(tmp_path / "out" / "hf")
+    back = {k: AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=torch.float32)
+            for k, p in paths.items()}
     text = '<|im_start|>user\nRepair: {"a": 1,}<|im_end|>\n'
     ids = tok([text], return_tensors="pt")
     with torch.inference_mode():
-        assert torch.equal(hf(**ids).logits, back(**ids).logits)
-    assert AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)(text)["input_ids"] == \
+        assert torch.equal(hf(**ids).logits, back["f32"](**ids).logits)
+    assert AutoTokenizer.from_pretrained(paths["f32"].parent, gguf_file=paths["f32"].name)(text)["input_ids"] == \
         tok(text)["input_ids"]
+    # Greedy answers to test challenges: the same for F32 and F16; the quantized types nearly all.
+    test = [c for f in ("math", "sorting", "json_repair") for c in sample(f, 1, "test", 10, 0)]
+    want = Engine(hf, tok).answer(test)
+    agree = {k: sum(a == b for a, b in zip(want, Engine(m, tok).answer(test))) / len(test) for k, m in back.items()}
+    assert agree["f32"] == agree["f16"] == 1.0 and agree["q8_0"] >= 0.9 and agree["q4_0"] >= 0.5, agree
+    sizes = {k: p.stat().st_size for k, p in paths.items()}
+    assert sizes["f32"] > sizes["f16"] > sizes["q8_0"] > sizes["q4_0"]
+    # The Modelfile runs the first type with the host's chat template, filled the way Ollama fills it.
+    lines = (tmp_path / "out" / "Modelfile").read_text()
+    assert lines.startswith("FROM ./model-q8_0.gguf\n") and f'SYSTEM """{SYSTEM_PROMPT}"""' in lines
+    template = lines.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    chat = tok.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                                   tokenize=False, add_generation_prompt=True)
+    assert template.replace("{{ .System }}", "S").replace("{{ .Prompt }}", "U").replace("{{ .Response }}", "R") == \
+        chat + "R" + tok.eos_token
     with pytest.raises(CheckpointError):
         export(tiny_host_dir, tmp_path / "again", expected_sha="0" * 64)
+    with pytest.raises(CheckpointError, match="choose from f32, f16, q8_0, q4_0"):
+        export(tiny_host_dir, tmp_path / "again", kinds=("q3",))
+    assert not (tmp_path / "again").exists()
 
 
 def test_tracking_to_a_dead_server_fails_fast_and_never_raises(monkeypatch):
@@ -237,7 +260,7 @@ def test_a_generation_cut_off_while_logging_is_logged_once_later(tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     row = {"GEN_ID": "gen_1", "parent_sha": "p" * 64, "child_sha": "c" * 64, "gate_verdict": "accepted",
            "git_rev": "abc", "lr": 0.001, "walltime_min": 1.0}
-    record = {"ledger": row, "metrics": {"test_math": 0.5}}
+    record = {"ledger": row, "metrics": {"test": {"math": 0.5}, "gate": {"accepted": True, "recall_parent": None}}}
     first = tracking.log_generation(record, {}, Params())
     client = MlflowClient()
     client.set_terminated(first, "FAILED")  # as if the process died halfway through logging

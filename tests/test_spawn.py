@@ -75,7 +75,7 @@ def test_generalists_learn_and_are_tested_on_every_family(tiny_host_dir, tiny_da
                                  "target_modules": TARGETS}, "assimilate": {"probes_per_level": 2}})
     colony = spawn(host, [], p, 0, None, tmp_path / "g0")
     assert [o.species for o in colony] == [ALL, ALL]
-    delta = data_delta(colony[0], read_jsonl(tiny_data_dir / "train.jsonl"), [], 60, random.Random(0))
+    delta = data_delta(colony[0], read_jsonl(tiny_data_dir / "train.jsonl"), [], 60, {}, 0.0, random.Random(0))
     assert {r["family"] for r in delta} == set(FAMILIES)
     engine = Engine(load_colony(host, {o.id: tmp_path / "g0" / o.id for o in colony}), tok)
     settlement = {"organelles": {o.id: {"roi": 1.0, "topup": 0.0} for o in colony}}
