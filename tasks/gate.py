@@ -23,7 +23,7 @@ import torch
 from cambrian.bandit import arm
 from cambrian.challenges import Challenge
 from cambrian.config import GateConfig
-from cambrian.engine import Engine
+from cambrian.engine import Engine, accuracy_by_family
 from tasks.assimilate import mcnemar_p
 
 
@@ -81,10 +81,9 @@ def perplexity(engine: Engine, texts: list[str], max_tokens: int = 256) -> float
 def _by_arm(engine: Engine, rows: list[Challenge]) -> tuple[float | None, dict[str, float]]:
     """(accuracy on `rows`, accuracy per arm family/level): what the next generation aims its data at."""
     ok = engine.correct(rows)
-    arms: dict[str, list[bool]] = {}
-    for c, k in zip(rows, ok):
-        arms.setdefault(arm(c.family, c.level), []).append(k)
-    return (sum(ok) / len(ok) if ok else None), {a: sum(v) / len(v) for a, v in sorted(arms.items())}
+    table = accuracy_by_family(rows, ok)
+    return (sum(ok) / len(ok) if ok else None), {arm(f, int(lv)): a for f, v in table.items()
+                                                 for lv, a in v["by_level"].items()}
 
 
 def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challenge], holdout: list[Challenge],
@@ -96,7 +95,8 @@ def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challeng
          "recall_child": sum(recalled[1]) / len(prior_qa) if prior_qa else None,
          "recall_drop_p": mcnemar_p(*recalled),  # one-sided: the parent recalls more than the child
          "generalization_parent": gen_parent, "generalization_child": gen_child,
-         "holdout_by_arm_parent": arms_parent, "holdout_by_arm_child": arms_child, "style_drift": drift["kl"], "forbidden_rate": drift["forbidden_rate"],
+         "holdout_by_arm_parent": arms_parent, "holdout_by_arm_child": arms_child,
+         "style_drift": drift["kl"], "forbidden_rate": drift["forbidden_rate"],
          "tone_replies": drift["child_replies"], "n_recall": len(prior_qa), "n_generalization": len(holdout)}
     m["delta_generalization"] = (m["generalization_child"] - m["generalization_parent"]) if holdout else 0.0
     texts = prose(cfg.ppl_passages)

@@ -3,9 +3,9 @@
 The data delta of an organelle in a generation: its own verified-correct answers from the last
 generation's episodes (rejection sampling) plus gold answers of fresh train-split challenges of
 its species (of every family for a generalist), spread over family/level arms by `colony.focus`:
-towards the arms the host still fails, as the last gate measured it on the holdout split; replay mixes in rows of earlier deltas of its
-lineage at `replay_ratio`. Only train-split prompts are ever used: the split is a function of the
-prompt text.
+towards the arms the host still fails, as the last gate measured it on the holdout split; replay
+mixes in rows of earlier deltas of its lineage at `replay_ratio`. Only train-split prompts are
+ever used: the split is a function of the prompt text.
 
 Two learners, chosen by `colony.learner`, with the same budget of `train_steps` updates:
 - gradient: LoRA SFT with trl's SFTTrainer (completion-only loss), unsloth when CUDA is present;
@@ -39,11 +39,11 @@ def gold_mix(pool: list[Challenge], n: int, host_accuracy: dict[str, float], foc
     """`n` challenges of `pool` spread over its arms (family/level): each arm's share is its weight
     (1 - focus) + focus * (1 - the host's measured accuracy on it), so with focus > 0 the data aims at
     what the host still gets wrong (an arm never measured counts as unsolved). focus 0 is uniform."""
+    if focus == 0 or not host_accuracy:
+        return rng.sample(pool, min(n, len(pool)))
     arms: dict[str, list[Challenge]] = {}
     for c in pool:
         arms.setdefault(arm(c.family, c.level), []).append(c)
-    if focus == 0 or not host_accuracy:
-        return rng.sample(pool, min(n, len(pool)))
     weight = {a: (1 - focus) + focus * (1 - host_accuracy.get(a, 0.0)) for a in sorted(arms)}
     share = {a: n * w / sum(weight.values()) for a, w in weight.items()}
     count = {a: int(s) for a, s in share.items()}
