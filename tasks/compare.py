@@ -26,7 +26,9 @@ BASELINES = ("plain", "multitask")
 # The ladder without one mechanism at a time: params.yaml's sections updated with these values.
 ABLATIONS = {
     "ladder": {},
-    "no_economy": {"energy": {"ticket": 0.0, "token_cost": 0.0, "step_cost": 0.0, "topup_cap": 0.0}},  # nobody culled
+    # Nobody pays, so nobody is culled and ROI says nothing: assimilation no longer asks for one.
+    "no_economy": {"energy": {"ticket": 0.0, "token_cost": 0.0, "step_cost": 0.0, "topup_cap": 0.0},
+                   "assimilate": {"min_roi": 0.0}},
     "uniform_routing": {"bandit": {"routing": "uniform"}},
     "no_assimilation_test": {"assimilate": {"min_roi": 0.0, "alpha": 1.0, "min_effect": -1.0,
                                             "holdout_min_effect": -1.0}},  # every organelle is merged

@@ -25,7 +25,9 @@ def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tmp_path, mon
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     # The ladder cell (an ablation: one seed) runs the default path: generalists folded in by a merge.
+    # A real min_roi: no_economy makes every cost 0, so it must stop asking for an ROI or nothing merges.
     params = {**TINY, "colony": {**TINY["colony"], "species": "all"}, "sleep": {**TINY["sleep"], "in_generation": False},
+              "assimilate": {**TINY["assimilate"], "min_roi": 0.5},
               "ladder": {"gen_1": {"parent": "base"}},
               "compare": {"recipes": ["plain", "multitask", "no_economy"], "seeds": [0, 1], "ablation_seeds": [0],
                           "preset": "full"}}

@@ -306,10 +306,12 @@ def test_a_damaged_file_in_a_parent_run_folder_is_refused(repo):
 
 
 def test_a_generation_whose_learning_diverges_fails_in_one_line_and_publishes_nothing(repo, tmp_path):
-    """A finite but absurd lora_alpha makes the organelle's loss NaN: the learn step fails the
-    generation with one line naming the knobs, and no checkpoint, run folder or metrics are written."""
+    """A lora_alpha that is finite in params but beyond float32 makes the organelle's first loss NaN
+    (its scale is inf in the weights' precision, and 0 * inf is NaN): the learn step fails the
+    generation with one line naming the knobs, and no checkpoint, run folder or metrics are written.
+    (On the tiny host an absurd lr does not do it: its norms rescale any weight back to a finite loss.)"""
     data = yaml.safe_load((repo.root / "params.yaml").read_text())
-    data["ladder"]["gen_1"]["overrides"] = {"colony": {"lora_alpha": 1e30}}
+    data["ladder"]["gen_1"]["overrides"] = {"colony": {"lora_alpha": 1e300}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     for d in ("models", "runs"):  # the same parent, the host; the generation writes here
         (tmp_path / d).mkdir()
