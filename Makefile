@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test bench
+.PHONY: install repro test bench example
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,16 @@ repro: install
 	dvc repro report ledger
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# A ladder on a challenge family of your own (data/examples/units.yaml), beside the default one:
+# the bare host's test accuracy, then one generation and its test accuracy (reports/units).
+EXAMPLE := -p data/examples/units.yaml
+example: install
+	cambrian host $(EXAMPLE) --out models/units/base --run runs/units/base
+	cambrian challenges $(EXAMPLE) --out data/units
+	cambrian baseline $(EXAMPLE) --host models/units/base --data data/units --out reports/units/baseline.json
+	cambrian ladder $(EXAMPLE) --models models/units --runs runs/units --data data/units --reports reports/units
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -20,7 +20,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GenerationConfig
 
-from cambrian.challenges import MAX_ANSWER_TOKENS, sample
+from cambrian.challenges import BUILTIN, sample
 from cambrian.checkpoint import atomic_write_text, read_manifest
 from cambrian.config import FAMILIES, EvalConfig
 from cambrian.engine import Engine
@@ -34,7 +34,7 @@ def naive(model, engine: Engine, jobs, slack: int) -> tuple[list[str], int, floa
         for challenge, adapter in jobs:
             model.set_adapter(adapter)
             enc = engine.tok([engine.chat(challenge.prompt)], return_tensors="pt", add_special_tokens=False)
-            config = GenerationConfig(max_new_tokens=MAX_ANSWER_TOKENS[challenge.family] + slack, do_sample=False,
+            config = GenerationConfig(max_new_tokens=challenge.max_tokens + slack, do_sample=False,
                                       eos_token_id=engine.stop_ids, pad_token_id=engine.tok.pad_token_id)
             new = model.generate(**enc, generation_config=config)[0, enc["input_ids"].shape[1]:].tolist()
             tokens += len(new)  # generate stops right after the first end-of-turn
@@ -54,7 +54,7 @@ def measure(host: str, n_adapters: int = 8, n_challenges: int = 64, batch_size: 
     model.eval()
     per_family = -(-n_challenges // len(FAMILIES))
     challenges = [c for f in FAMILIES for lv in (1, 2, 3)
-                  for c in sample(f, lv, "probe", -(-per_family // 3), seed=0)][:n_challenges]
+                  for c in sample(BUILTIN[f], lv, "probe", -(-per_family // 3), seed=0)][:n_challenges]
     jobs = [(c, a) for a in names for c in challenges]
 
     engine = Engine(model, tok, EvalConfig(batch_size=batch_size, slack_tokens=slack))

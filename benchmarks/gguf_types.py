@@ -25,7 +25,7 @@ from cambrian.host import load_host
 
 
 def _accuracy(test, replies) -> float:
-    return sum(score(c.family, r, c.answer) for c, r in zip(test, replies)) / len(test)
+    return sum(score(c.scorer, r, c.answer) for c, r in zip(test, replies)) / len(test)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cambrian.challenges import sample
+from cambrian.challenges import BUILTIN, sample
 from cambrian.checkpoint import read_manifest
 from cambrian.engine import Engine
 from cambrian.host import load_host
@@ -46,7 +46,7 @@ def run(host_dir: str, device: str, start: Path, rows: list[dict], steps: int, l
         seconds = time.perf_counter() - t
         after = fitness(host, tok, adapter, rows)
         engine = Engine(load_colony(host, {"x": adapter}), tok)
-        replies = engine.answer([sample("math", 1, "probe", 1, 0)[0]] * 4, ["x", None, "x", None])
+        replies = engine.answer([sample(BUILTIN["math"], 1, "probe", 1, 0)[0]] * 4, ["x", None, "x", None])
         return {"device": device, "backend": read_manifest(adapter).get("trained_with"), "steps": len(losses),
                 "seconds_per_step": round(seconds / max(1, len(losses)), 3), "fitness_before": round(before, 4),
                 "fitness_after": round(after, 4), "loss_first": losses[0], "loss_last": losses[-1],
@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this check needs a GPU")
-    rows = [{"prompt": c.prompt, "answer": c.answer} for c in sample("math", 1, "train", 64, 0)]
+    rows = [{"prompt": c.prompt, "answer": c.answer} for c in sample(BUILTIN["math"], 1, "train", 64, 0)]
     with tempfile.TemporaryDirectory() as tmp:
         host, _ = load_host(args.host, device="cpu")
         new_adapter(host, lora_config(8, 16.0, TARGETS), seed=0, out=Path(tmp) / "start")

@@ -63,7 +63,7 @@ def main() -> None:
                     fit = engine.loglik([r["prompt"] for r in rows[:32]], [r["answer"] for r in rows[:32]],
                                         [name] * 32)
                     row[name or "host"] = {
-                        "holdout_accuracy": sum(score(c.family, r, c.answer) for c, r in zip(hold, replies)) / len(hold),
+                        "holdout_accuracy": sum(score(c.scorer, r, c.answer) for c, r in zip(hold, replies)) / len(hold),
                         "train_loglik": round(sum(fit) / len(fit), 4), "seconds": seconds.get(name)}
             finally:
                 model.unload()

@@ -1,4 +1,5 @@
-"""The challenge grid: five families of verifiable puzzles, each with difficulty levels 1-3.
+"""The challenge grid: five built-in families of verifiable puzzles, each with difficulty levels
+1-3, and the families you define in params.yaml (`challenges.custom`: a JSONL file or a generator).
 
 Every family is a seeded generator of the puzzle's data and its answer, a set of phrasings that
 turn the data into a request, and a strict scorer. Scoring rules (surrounding whitespace is always
@@ -20,17 +21,25 @@ Splits are a pure function of the prompt text (sha256 bucket), so train / probe 
 can never share a prompt, whatever was generated when, and fresh challenges can be drawn at any
 time. probe and holdout are for selection (assimilation, gate); test is read only by the baseline,
 the score step, the report and the comparison of recipes: nothing that selects ever sees it.
+
+A family of your own is a family everywhere (species, arms, assimilation, gate, report, continual
+benchmark). Its rows are split by the same prompt hash; it has one phrasing per row, so no
+transfer part. Every challenge carries its scorer and reply budget, so scoring needs no registry.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from cambrian.checkpoint import atomic_dir, jsonl_text, read_rows, write_manifest
+from cambrian.checkpoint import CheckpointError, atomic_dir, jsonl_text, read_manifest, read_rows, verify, write_manifest
 from cambrian.config import ChallengeConfig
 
 SPLITS = ("train", "probe", "holdout", "test")
@@ -50,6 +59,8 @@ class Challenge:
     prompt: str
     answer: str
     phrasing: int = 0
+    scorer: str = "exact"  # how a reply is checked (`score`): a built-in family's name or a custom scorer
+    max_tokens: int = 32  # longest reply generated
 
     @property
     def transfer(self) -> bool:
@@ -217,66 +228,248 @@ MAX_ANSWER_TOKENS = {"math": 6, "logic": 2, "sorting": 28, "sequence": 6, "json_
 
 _INT = re.compile(r"-?\d+")
 _INT_LIST = re.compile(r"-?\d+(\s*,\s*-?\d+)*")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def score(family: str, reply: str, answer: str) -> bool:
-    """Strict check of a model reply against the gold answer (rules in the module docstring)."""
+def _json_equal(reply: str, answer: str, objects_only: bool = False) -> bool:
+    try:
+        got = json.loads(reply)
+    except json.JSONDecodeError:
+        return False
+    # Compare canonical texts, not Python values: in Python true == 1 and 1.0 == 1.
+    return (isinstance(got, dict) or not objects_only) and \
+        json.dumps(got, sort_keys=True) == json.dumps(json.loads(answer), sort_keys=True)
+
+
+def score(scorer: str, reply: str, answer: str) -> bool:
+    """Strict check of a model reply against the gold answer by the challenge's scorer: a built-in
+    family's name (rules in the module docstring) or a custom scorer, `name[:argument]`."""
     reply = reply.strip()
-    if family in ("math", "sequence"):
+    kind, _, arg = scorer.partition(":")
+    if kind in ("math", "sequence", "integer"):
         return bool(_INT.fullmatch(reply)) and int(reply) == int(answer)
-    if family == "logic":
-        return reply.lower() == answer
-    if family == "sorting":
+    if kind in ("logic", "exact_ci"):
+        return reply.casefold() == answer.casefold()
+    if kind == "sorting":
         return bool(_INT_LIST.fullmatch(reply)) and [int(x) for x in reply.split(",")] == [int(x) for x in answer.split(",")]
-    if family == "json_repair":
+    if kind in ("json_repair", "json_equal"):
+        return _json_equal(reply, answer, objects_only=kind == "json_repair")
+    if kind == "exact":
+        return reply == answer
+    if kind == "number":
+        return bool(_NUMBER.fullmatch(reply)) and abs(float(reply) - float(answer)) <= float(arg)
+    if kind == "regex":
+        return re.fullmatch(arg, reply) is not None
+    if kind == "one_of":
+        return reply.casefold() == answer.casefold() and reply.casefold() in {c.casefold() for c in json.loads(arg)}
+    if kind == "contains":
+        return answer.casefold() in reply.casefold()
+    raise ValueError(f"unknown scorer {scorer!r}")
+
+
+# --- families: how a family's challenges are drawn -------------------------------------------
+
+@dataclass(frozen=True)
+class Family:
+    """One family of the grid: its scorer, its reply budget and its levels, and where its
+    challenges come from: `make(rng, level, transfer) -> (prompt, answer, phrasing, scorer)` for a
+    generated family (built in, or your function), `rows` (every split) for a file of your own."""
+    name: str
+    scorer: str
+    max_tokens: int
+    levels: tuple[int, ...]
+    make: Callable[[random.Random, int, bool], tuple[str, str, int, str]] | None = None
+    rows: tuple[Challenge, ...] = ()
+    transfer: bool = False  # has reserved phrasings (built-in families only)
+
+
+def _builtin(name: str) -> Family:
+    def make(rng: random.Random, level: int, transfer: bool) -> tuple[str, str, int, str]:
+        data, answer = GENERATORS[name](rng, level)
+        k = rng.choice(range(TRAINED, len(PHRASINGS[name])) if transfer else range(TRAINED))
+        return PHRASINGS[name][k].format(**data), answer, k, name
+    return Family(name, name, MAX_ANSWER_TOKENS[name], (1, 2, 3), make, transfer=True)
+
+
+BUILTIN = {name: _builtin(name) for name in GENERATORS}
+
+
+def family(cfg: ChallengeConfig, name: str) -> Family:
+    """The family `name` of `cfg` (built in or `challenges.custom`) at the levels `cfg` asks for; a
+    custom one is checked here: a bad file or generator raises naming the file and line."""
+    if name in BUILTIN:
+        return replace(BUILTIN[name], levels=tuple(cfg.levels))
+    spec = next((c for c in cfg.custom if c.name == name), None)
+    if spec is None:
+        raise ValueError(f"unknown challenge family {name!r}")
+    scorer = {"number": f"number:{spec.tolerance}", "one_of": f"one_of:{json.dumps(spec.choices)}"}.get(spec.scorer, spec.scorer)
+    if spec.file is not None:
+        path = Path(spec.file)
+        if not path.is_file():
+            raise ValueError(f"{spec.file}: file not found")
+        stat = path.stat()
+        rows = tuple(c for c in _file_rows(str(path), stat.st_mtime_ns, stat.st_size, name, scorer, spec.max_tokens)
+                     if c.level in cfg.levels)
+        for split in SPLITS:
+            if not any(c.split == split for c in rows):
+                raise ValueError(f"{spec.file}: no row of levels {cfg.levels} falls in the {split} split ({len(rows)} "
+                                 f"distinct prompts; a prompt's hash puts it in probe, holdout or test with 15% chance "
+                                 f"each): add rows")
+        return Family(name, scorer, spec.max_tokens, tuple(sorted({c.level for c in rows})), rows=rows)
+    return Family(name, scorer, spec.max_tokens, tuple(cfg.levels), _imported(spec.generator, scorer, cfg.levels))
+
+
+def _checked(where: str, prompt, answer, pattern, scorer: str) -> str:
+    """The row's scorer (with its pattern for regex); raises naming `where` if the row is unusable."""
+    for field, value in (("prompt", prompt), ("answer", answer)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where}: {field} must be a non-empty string")
+    if scorer == "regex":
+        if not isinstance(pattern, str):
+            raise ValueError(f"{where}: scorer regex needs a pattern on every row")
         try:
-            got = json.loads(reply)
-        except json.JSONDecodeError:
-            return False
-        # Compare canonical texts, not Python values: in Python true == 1 and 1.0 == 1.
-        return isinstance(got, dict) and json.dumps(got, sort_keys=True) == json.dumps(json.loads(answer), sort_keys=True)
-    raise ValueError(f"unknown challenge family {family!r}")
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"{where}: pattern {pattern!r} is not a regular expression ({err})") from None
+        scorer = f"regex:{pattern}"
+    try:
+        ok = score(scorer, answer, answer.strip())
+    except (ValueError, json.JSONDecodeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: answer {answer!r} fails its own scorer {scorer.partition(':')[0]}")
+    return scorer
+
+
+@functools.lru_cache(maxsize=32)
+def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_tokens: int) -> tuple[Challenge, ...]:
+    """Every row of a custom family's JSONL file as a challenge of its split (by prompt hash, as
+    generated ones); raises naming the file and line of the first bad row."""
+    rows: dict[str, tuple[int, Challenge]] = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: a row is a JSON object with prompt, answer and optional level")
+        unknown = set(row) - {"prompt", "answer", "level", "pattern"}
+        if unknown:
+            raise ValueError(f"{where}: unknown field {sorted(unknown)[0]!r} (a row has prompt, answer, level, pattern)")
+        missing = [k for k in ("prompt", "answer") if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing field {missing[0]!r}")
+        level = row.get("level", 1)
+        if not isinstance(level, int) or isinstance(level, bool) or level < 1:
+            raise ValueError(f"{where}: level must be a positive integer")
+        prompt, answer = row["prompt"], row["answer"]
+        check = _checked(where, prompt, answer, row.get("pattern"), scorer)
+        prompt, answer = prompt.strip(), answer.strip()
+        if prompt in rows:
+            first, seen = rows[prompt]
+            if seen.answer != answer:
+                raise ValueError(f"{where}: the prompt of line {first} again, with another answer")
+            continue
+        cid = hashlib.sha256(prompt.encode()).hexdigest()[:12]
+        rows[prompt] = (n, Challenge(cid, name, level, split_of(prompt), prompt, answer, 0, check, max_tokens))
+    return tuple(c for _, c in rows.values())
+
+
+def _imported(ref: str, scorer: str, levels: list[int]):
+    """Your generator `module:function`, (random.Random, level) -> (prompt, answer[, pattern]), as a
+    family's `make`; the module is imported from the project root. Checked once per level here."""
+    module, _, attr = ref.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"generator {ref!r} cannot be imported: {err}") from None
+
+    def make(rng: random.Random, level: int, transfer: bool) -> tuple[str, str, int, str]:
+        out = fn(rng, level)
+        if not (isinstance(out, tuple) and len(out) in (2, 3)):
+            raise ValueError(f"generator {ref!r} returned {out!r}: expected (prompt, answer) or (prompt, answer, pattern)")
+        prompt, answer, pattern = (*out, None)[:3]
+        check = _checked(f"generator {ref!r}, level {level}", prompt, answer, pattern, scorer)
+        return prompt.strip(), answer.strip(), 0, check
+
+    for level in levels:
+        make(random.Random(0), level, False)
+    return make
 
 
 # --- sampling and datasets -------------------------------------------------------------------
 
-def sample(family: str, level: int, split: str, n: int, seed: int | str, exclude: set[str] = frozenset(),
+def sample(fam: Family, level: int, split: str, n: int, seed: int | str, exclude: set[str] = frozenset(),
            transfer: bool = False) -> list[Challenge]:
-    """`n` distinct challenges of one cell, all in `split`, none whose prompt is in `exclude`; asked
-    in the trained phrasings, or with `transfer` (test split only) in the reserved ones."""
+    """`n` distinct challenges of one cell of `fam`, all in `split`, none whose prompt is in
+    `exclude`; asked in the trained phrasings, or with `transfer` (test split only) in the reserved
+    ones. A file family gives the rows it has there (at most `n`), and no reserved phrasings."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     if transfer and split != "test":
         raise ValueError("reserved phrasings belong to the test split only")
-    phrasings = range(TRAINED, len(PHRASINGS[family])) if transfer else range(TRAINED)
-    rng = random.Random(f"{seed}/{family}/{level}/{split}{'/transfer' if transfer else ''}")
+    rng = random.Random(f"{seed}/{fam.name}/{level}/{split}{'/transfer' if transfer else ''}")
+    if transfer and not fam.transfer:
+        return []
+    if fam.make is None:
+        pool = [c for c in fam.rows if c.split == split and c.level == level and c.prompt not in exclude]
+        return rng.sample(pool, min(n, len(pool)))
     out: dict[str, Challenge] = {}
     for _ in range(200 * n + 1000):
         if len(out) == n:
             break
-        data, answer = GENERATORS[family](rng, level)
-        k = rng.choice(phrasings)
-        prompt = PHRASINGS[family][k].format(**data)
+        prompt, answer, k, scorer = fam.make(rng, level, transfer)
         if prompt in out or prompt in exclude or split_of(prompt) != split:
             continue
         cid = hashlib.sha256(prompt.encode()).hexdigest()[:12]
-        out[prompt] = Challenge(cid, family, level, split, prompt, answer, k)
+        out[prompt] = Challenge(cid, fam.name, level, split, prompt, answer, k, scorer, fam.max_tokens)
     if len(out) < n:
-        raise ValueError(f"could only draw {len(out)} of {n} distinct {family} level-{level} {split} challenges: "
+        raise ValueError(f"could only draw {len(out)} of {n} distinct {fam.name} level-{level} {split} challenges: "
                          f"lower challenges.{split}_per_cell in params.yaml")
     return list(out.values())
 
 
 def build_splits(cfg: ChallengeConfig, seed: int) -> dict[str, list[Challenge]]:
     """Every split of the grid; test holds `test_per_cell` trained-phrasing rows and
-    `transfer_per_cell` reserved-phrasing rows per cell."""
+    `transfer_per_cell` reserved-phrasing rows per cell. A file family's rows go in whole."""
     counts = {"train": cfg.train_per_cell, "probe": cfg.probe_per_cell, "holdout": cfg.holdout_per_cell,
               "test": cfg.test_per_cell}
-    splits = {split: [c for f in cfg.families for lv in cfg.levels for c in sample(f, lv, split, counts[split], seed)]
-              for split in SPLITS}
-    splits["test"] += [c for f in cfg.families for lv in cfg.levels
-                       for c in sample(f, lv, "test", cfg.transfer_per_cell, seed, transfer=True)]
+    fams = [family(cfg, f) for f in cfg.families]
+    splits = {split: [c for fam in fams for lv in fam.levels
+                      for c in sample(fam, lv, split, len(fam.rows) or counts[split], seed)] for split in SPLITS}
+    splits["test"] += [c for fam in fams for lv in fam.levels
+                       for c in sample(fam, lv, "test", cfg.transfer_per_cell, seed, transfer=True)]
     return splits
+
+
+def sources(cfg: ChallengeConfig) -> dict[str, str]:
+    """sha256 of each custom family's file or generator module: what a dataset was built from."""
+    out = {}
+    for c in cfg.custom:
+        path = Path(c.file) if c.file else Path(sys.modules[c.generator.partition(":")[0]].__file__)
+        out[c.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def verify_dataset(cfg: ChallengeConfig, folder: str | Path) -> str:
+    """The dataset's sha256 (`verify`), if it was built from the custom family files and generators
+    that `cfg` names now: a step that draws from a file is keyed on this sha, not on the file."""
+    sha = verify(folder)
+    if read_manifest(folder).get("sources", {}) != sources(cfg):
+        raise CheckpointError(f"{folder} was built from other custom family files or generators than "
+                              f"challenges.custom names now: run `dvc repro` (or `cambrian challenges`)")
+    return sha
+
+
+def as_rows(challenges: list[Challenge]) -> list[dict]:
+    """Training / QA rows: what a row needs to be trained on and scored again."""
+    return [{"prompt": c.prompt, "answer": c.answer, "family": c.family, "level": c.level, "scorer": c.scorer,
+             "max_tokens": c.max_tokens} for c in challenges]
 
 
 def write_jsonl(path: Path, rows: list[Challenge]) -> None:
@@ -293,4 +486,5 @@ def write_dataset(cfg: ChallengeConfig, seed: int, out: str | Path) -> str:
     with atomic_dir(out) as tmp:
         for split, rows in splits.items():
             write_jsonl(tmp / f"{split}.jsonl", rows)
-        return write_manifest(tmp, kind="challenges", counts={s: len(r) for s, r in splits.items()})
+        return write_manifest(tmp, kind="challenges", counts={s: len(r) for s, r in splits.items()},
+                              sources=sources(cfg))

@@ -77,17 +77,19 @@ def baseline(params: Path = PARAMS,
              out: Path = typer.Option(Path("reports/baseline.json"), help="Report to write.")):
     """Score the bare host on the test split per family, in trained and in reserved phrasings: the
     bar evolution must clear (the same cached step that scores every generation)."""
+    from cambrian.challenges import verify_dataset
     from cambrian.checkpoint import atomic_write_text, verify
     from cambrian.ledger import checkpoint_metrics
     from flows.generation import score_step
 
     p = _params(params)
-    host_sha, data_sha = verify(host_dir), verify(data)
+    host_sha, data_sha = verify(host_dir), verify_dataset(p.challenges, data)
     scores = score_step.fn(str(host_dir), host_sha, str(data), data_sha, p.for_steps())
     report = checkpoint_metrics(scores)
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     for fam in scores["test"]:
-        typer.echo(f"{fam:12s} test {scores['test'][fam]:.3f}  transfer {scores['transfer'][fam]:.3f}")
+        transfer = f"{scores['transfer'][fam]:.3f}" if fam in scores["transfer"] else "-"  # yours have none
+        typer.echo(f"{fam:12s} test {scores['test'][fam]:.3f}  transfer {transfer}")
     typer.echo(f"{'mean':12s} test {report['test_mean']:.3f}  transfer {report['transfer_mean']:.3f}  ({out})")
 
 

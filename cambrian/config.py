@@ -12,8 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-FAMILIES = ("math", "logic", "sorting", "sequence", "json_repair")
-Family = Literal["math", "logic", "sorting", "sequence", "json_repair"]
+FAMILIES = ("math", "logic", "sorting", "sequence", "json_repair")  # built in; challenges.custom adds yours
+SCORERS = ("exact", "exact_ci", "integer", "number", "regex", "json_equal", "one_of", "contains")
 
 
 class Strict(BaseModel):
@@ -29,8 +29,37 @@ class HostConfig(Strict):
     tiny_seed: int = Field(0, ge=0)
 
 
+class CustomFamily(Strict):
+    """A challenge family of your own (README "Your own data"): the rows of a JSONL file (one
+    {"prompt", "answer", "level" (default 1), "pattern" (regex only)} per line, split by prompt
+    hash like generated ones) or a generator function, and the scorer its replies are checked by."""
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    file: str | None = None  # path from the project root
+    # "module:function", importable from the project root: (random.Random, level) -> (prompt, answer)
+    generator: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    # exact, exact_ci (any letter case), integer, number (|reply - answer| <= tolerance), regex (the
+    # row's pattern matches the whole reply), json_equal, one_of (the answer, which is one of
+    # `choices`, any letter case), contains (the answer appears in the reply, any letter case).
+    # Surrounding whitespace is always ignored.
+    scorer: Literal[SCORERS] = "exact"
+    tolerance: float = Field(0.0, ge=0.0)
+    choices: list[str] = Field(default_factory=list)
+    max_tokens: int = Field(32, ge=1, le=4096)  # longest reply generated
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CustomFamily":
+        if (self.file is None) == (self.generator is None):
+            raise ValueError(f"challenges.custom {self.name}: give exactly one of file and generator")
+        if self.name in FAMILIES:
+            raise ValueError(f"challenges.custom {self.name}: the name of a built-in family")
+        if (self.scorer == "one_of") != bool(self.choices):
+            raise ValueError(f"challenges.custom {self.name}: choices go with (and only with) scorer one_of")
+        return self
+
+
 class ChallengeConfig(Strict):
-    families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    # Which families the grid has: built-in ones and those defined under `custom`.
+    families: list[str] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     levels: list[Literal[1, 2, 3]] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     # Counts are per (family, level) cell.
     train_per_cell: int = Field(200, ge=1, le=100_000)
@@ -38,6 +67,7 @@ class ChallengeConfig(Strict):
     holdout_per_cell: int = Field(20, ge=1, le=10_000)
     test_per_cell: int = Field(20, ge=1, le=10_000)  # test split, trained phrasings: read by no selection step
     transfer_per_cell: int = Field(20, ge=1, le=10_000)  # test split, reserved phrasings only
+    custom: list[CustomFamily] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> "ChallengeConfig":
@@ -45,6 +75,18 @@ class ChallengeConfig(Strict):
             raise ValueError("challenges.families has duplicates")
         if len(set(self.levels)) != len(self.levels):
             raise ValueError("challenges.levels has duplicates")
+        names = [c.name for c in self.custom]
+        if len(set(names)) != len(names):
+            raise ValueError("challenges.custom has two families of one name")
+        for name in self.families:
+            if name not in FAMILIES and name not in names:
+                raise ValueError(f"challenges.families: unknown family {name!r} (built in: {', '.join(FAMILIES)}; "
+                                 f"others are defined under challenges.custom)")
+        for name in names:
+            if name not in self.families:
+                raise ValueError(f"challenges.custom {name}: defined but not in challenges.families")
+            from cambrian.challenges import family  # here, not at the top: challenges imports this module
+            family(self, name)  # a bad file or generator fails here, before any work starts
         return self
 
 
@@ -264,7 +306,7 @@ MODES = ("full_cls", "no_sleep", "no_ewc", "no_refresh", "no_hippocampus")
 
 class ContinualConfig(Strict):
     """The continual-learning benchmark: challenge families as an ordered task stream."""
-    order: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=2)
+    order: list[str] = Field(default_factory=lambda: list(FAMILIES), min_length=2)  # of challenges.families
     modes: list[Literal[MODES]] = Field(default_factory=lambda: list(MODES), min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [7, 42, 123], min_length=1)
     train_rows: int = Field(200, ge=1, le=100_000)  # train-split rows streamed per task

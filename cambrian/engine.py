@@ -17,7 +17,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from cambrian.challenges import MAX_ANSWER_TOKENS, SYSTEM_PROMPT, Challenge, score
+from cambrian.challenges import SYSTEM_PROMPT, Challenge, score
 from cambrian.config import EvalConfig
 
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
@@ -134,12 +134,12 @@ class Engine:
     def answer(self, challenges: Sequence[Challenge], adapters: Sequence[str | None] | None = None,
                desc: str = "evaluate") -> list[str]:
         adapters = adapters if adapters is not None else [None] * len(challenges)
-        budget = [MAX_ANSWER_TOKENS[c.family] + self.slack for c in challenges]
+        budget = [c.max_tokens + self.slack for c in challenges]
         return self.generate([c.prompt for c in challenges], adapters, budget, desc=desc)
 
     def correct(self, challenges: Sequence[Challenge], adapters: Sequence[str | None] | None = None) -> list[bool]:
         replies = self.answer(challenges, adapters)
-        return [score(c.family, r, c.answer) for c, r in zip(challenges, replies)]
+        return [score(c.scorer, r, c.answer) for c, r in zip(challenges, replies)]
 
     @torch.inference_mode()
     def loglik(self, prompts: Sequence[str], answers: Sequence[str], adapters: Sequence[str | None]) -> list[float]:

@@ -63,7 +63,7 @@ def checkpoint_metrics(scores: dict, gate: dict | None = None, colony: dict | No
     """The one metrics schema of every checkpoint (reports/baseline.json for the host, reports/gen_N.json):
     test and transfer accuracy per family and their means, then, for a generation, what its gate
     measured and its colony, so `dvc metrics show`, `diff` and `dvc exp show` line up column by column."""
-    out = {**scores, **{f"{part}_mean": sum(t.values()) / len(t) for part, t in scores.items()}}
+    out = {**scores, **{f"{part}_mean": sum(t.values()) / len(t) if t else None for part, t in scores.items()}}
     return {**out, **({"gate": gate} if gate is not None else {}), **({"colony": colony} if colony is not None else {})}
 
 

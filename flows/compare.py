@@ -100,7 +100,7 @@ def aggregate(cells: list[dict], host: dict, families: list[str]) -> dict:
         mine = [c for c in cells if c["recipe"] == recipe]
         cols = {**{f"test_{f}": [c["test"][f] for c in mine] for f in families},
                 "test_mean": [statistics.fmean(c["test"][f] for f in families) for c in mine],
-                "transfer_mean": [statistics.fmean(c["transfer"][f] for f in families) for c in mine],
+                "transfer_mean": [statistics.fmean(c["transfer"].values()) for c in mine],  # built-in families
                 "ppl_change": [c["ppl"] / host["ppl"] - 1 for c in mine],
                 "rows": [c["rows"] for c in mine], "minutes": [c["minutes"] for c in mine]}
         out[recipe] = {"seeds": [c["seed"] for c in mine], **{k: _interval(v) for k, v in cols.items()}}

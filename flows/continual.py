@@ -13,9 +13,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from cambrian.challenges import read_jsonl
+from cambrian.challenges import read_jsonl, verify_dataset
 from cambrian.checkpoint import atomic_dir, verify
-from cambrian.config import load_params, parse_params
+from cambrian.config import ParamsError, load_params, parse_params
 from cambrian.host import load_host
 from flows.steps import step
 from tasks.continual import run_stream
@@ -73,7 +73,9 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
     log = get_run_logger()
     params = load_params(params_path).with_preset("continual")
     cc = params.continual
-    host_sha, data_sha = verify(host_dir), verify(data_dir)
+    if unknown := [f for f in cc.order if f not in params.challenges.families]:
+        raise ParamsError(f"continual.order: {unknown[0]!r} is not one of challenges.families")
+    host_sha, data_sha = verify(host_dir), verify_dataset(params.challenges, data_dir)
     # The cache key leaves out which modes and seeds this call runs (every run is keyed on its own)
     # and the preset's name (its values are in).
     pdict = params.model_dump(include={"seed", "eval", "colony", "sleep", "continual"},

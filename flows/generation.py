@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cambrian import ledger, tracking
 from cambrian.card import CARD, generation_card, write_card
-from cambrian.challenges import Challenge, read_jsonl
+from cambrian.challenges import Challenge, read_jsonl, verify_dataset
 from cambrian.checkpoint import (atomic_dir, atomic_write_text, jsonl_text, local, read_rows, scratch, share, store_get,
                                  store_put, verify, write_manifest)
 from cambrian.cluster import configured
@@ -89,7 +89,9 @@ def _engine_over(parent_dir: str, parent_sha: str, adapters: dict[str, str], par
 
 @step("evaluate", sections=("challenges", "colony", "bandit", "eval"))
 def evaluate_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
-                  params: dict, gen: int) -> dict:
+                  data_sha: str, params: dict, gen: int) -> dict:
+    """The colony's episodes; keyed on the dataset's sha too, which stands for the rows of any
+    family read from a file."""
     p, colony = restricted(params), _colony(population)
     _, engine = _engine_over(parent_dir, parent_sha, {o.id: adapters[o.id] for o in colony if o.alive}, p)
     episodes = run_episodes(engine, colony, p, gen)
@@ -150,7 +152,7 @@ def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[d
     holdout = [c for c in read_jsonl(Path(data_dir) / "holdout.jsonl") if c.family in families]
     engines = [Engine(m, tok, p.eval) for m in (parent, child)]
     keep = random.Random(f"{p.seed}/recall").sample(range(len(prior_qa)), min(len(prior_qa), p.gate.recall_rows))
-    qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"])
+    qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"], 0, r["scorer"], r["max_tokens"])
           for r in (prior_qa[i] for i in sorted(keep))]  # recall on a fixed sample, in file order
     return measure(*engines, qa, holdout, p.gate)
 
@@ -302,7 +304,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     gen = int(gid.split("_")[1])
     pdict = params.for_steps()
     parent_dir, parent_sha, population, adapters, history = _parent(gid, params, models, runs)
-    data_sha = verify(data)
+    data_sha = verify_dataset(params.challenges, data)
     pd = str(parent_dir)
 
     progress = Progress(gid, next((h["ledger"]["walltime_min"] for h in reversed(history)
@@ -327,7 +329,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
             progress.done(f"learn {k + 1}/{len(futures)}")
         adapters = {**adapters, **{oid: r["adapter"] for oid, r in learned.items()}}
         curves = {oid: r["curve"] for oid, r in learned.items()}
-        ev = evaluate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, pdict, gen)
+        ev = evaluate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, data_sha, pdict, gen)
         episodes = ev["episodes"]
         progress.done("evaluate")
         st = settle_step(ev["population"], episodes, {k: len(v) for k, v in curves.items()}, pdict, gen)

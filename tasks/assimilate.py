@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from cambrian.challenges import Challenge, sample
+from cambrian.challenges import Challenge, family, sample
 from cambrian.config import Params
 from cambrian.engine import Engine
 from cambrian.organelle import Organelle, families_of
@@ -40,8 +40,8 @@ def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, ho
     jobs: list[tuple[str, Organelle, Challenge]] = []  # (kind, organelle, challenge), host and organelle paired
     for o in candidates:
         mine = families_of(o.species, params.challenges.families)
-        probes = [c for f in mine for lv in params.challenges.levels
-                  for c in sample(f, lv, "probe", cfg.probes_per_level, f"{params.seed}/assimilate/{gen}/{o.id}")]
+        probes = [c for fam in (family(params.challenges, f) for f in mine) for lv in fam.levels
+                  for c in sample(fam, lv, "probe", cfg.probes_per_level, f"{params.seed}/assimilate/{gen}/{o.id}")]
         jobs += [("probe", o, c) for c in probes] + [("holdout", o, c) for c in holdout if c.family in mine]
     # Host and organelles answer in one mixed-adapter batch.
     challenges = [c for _, _, c in jobs] * 2

@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from cambrian.challenges import Challenge
+from cambrian.challenges import Challenge, as_rows
 from cambrian.config import Params
 from cambrian.engine import Engine
 from cambrian.hippocampus import LoRABank, ReplayBuffer, wake
-from tasks.sleep import Switched, as_rows, consolidate, forgetting_signal, pressure, refresh
+from tasks.sleep import Switched, consolidate, forgetting_signal, pressure, refresh
 
 
 def metrics(A: list[list[float]], b: list[float]) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from cambrian.bandit import arm
-from cambrian.challenges import SYSTEM_PROMPT, Challenge
+from cambrian.challenges import SYSTEM_PROMPT, Challenge, as_rows
 from cambrian.checkpoint import atomic_dir, write_manifest
 from cambrian.config import ColonyConfig
 from cambrian.engine import Engine
@@ -59,11 +59,10 @@ def data_delta(o: Organelle, train: list[Challenge], own_correct: list[dict], si
     """New training rows: own verified-correct answers first, then gold rows of its species (of
     every family for a generalist), aimed at the host's weak arms by `gold_mix`."""
     rows = [{"prompt": e["prompt"], "answer": e["reply"], "family": e["family"], "level": e["level"],
-             "source": "own"} for e in own_correct][:size]
+             "scorer": e["scorer"], "max_tokens": e["max_tokens"], "source": "own"} for e in own_correct][:size]
     mine = families_of(o.species, sorted({c.family for c in train}))
     pool = [c for c in train if c.family in mine]
-    rows += [{"prompt": c.prompt, "answer": c.answer, "family": c.family, "level": c.level, "source": "gold"}
-             for c in gold_mix(pool, size - len(rows), host_accuracy, focus, rng)]
+    rows += [{**r, "source": "gold"} for r in as_rows(gold_mix(pool, size - len(rows), host_accuracy, focus, rng))]
     return rows
 
 

@@ -35,7 +35,6 @@ import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
 
-from cambrian.challenges import MAX_ANSWER_TOKENS, Challenge
 from cambrian.config import EvalConfig, SleepConfig
 from cambrian.engine import BASE, Engine
 from cambrian.hippocampus import LoRABank, encode
@@ -104,7 +103,7 @@ def pseudo_rows(teacher, tok, prompts: list[dict], batch_size: int) -> list[dict
         return []
     engine = Engine(teacher, tok, EvalConfig(batch_size=batch_size))
     replies = engine.generate([r["prompt"] for r in prompts], [r.get("teacher") for r in prompts],
-                              [MAX_ANSWER_TOKENS[r["family"]] + 4 for r in prompts], desc="pseudo-rehearsal")
+                              [r["max_tokens"] + 4 for r in prompts], desc="pseudo-rehearsal")
     return [{**r, "answer": reply, "source": "pseudo"} for r, reply in zip(prompts, replies)]
 
 
@@ -209,7 +208,3 @@ def pressure(signals: dict, cfg: SleepConfig) -> tuple[float, bool]:
     p = (cfg.w_saturation * signals["saturation"] + cfg.w_novelty * signals["novelty"]
          + cfg.w_forgetting * signals["forgetting"])
     return p, p >= cfg.threshold
-
-
-def as_rows(challenges: list[Challenge]) -> list[dict]:
-    return [{"prompt": c.prompt, "answer": c.answer, "family": c.family, "level": c.level} for c in challenges]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from cambrian.challenges import (GENERATORS, MAX_ANSWER_TOKENS, PHRASINGS, SPLITS, TRAINED, build_splits, read_jsonl,
-                                 sample, score, split_of, write_dataset)
+from cambrian.challenges import (BUILTIN, GENERATORS, MAX_ANSWER_TOKENS, PHRASINGS, SPLITS, TRAINED, build_splits,
+                                 read_jsonl, sample, score, split_of, write_dataset)
 from cambrian.checkpoint import CheckpointError, verify
 from cambrian.config import FAMILIES, ChallengeConfig
 
@@ -15,22 +15,22 @@ def test_every_family_has_generator_and_budget():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_has_eight_phrasings_two_of_them_reserved_for_transfer(family):
     assert len(set(PHRASINGS[family])) >= 8 and len(PHRASINGS[family]) - TRAINED >= 2
-    trained = [c for lv in (1, 2, 3) for c in sample(family, lv, "train", 60, 0)]
+    trained = [c for lv in (1, 2, 3) for c in sample(BUILTIN[family], lv, "train", 60, 0)]
     assert {c.phrasing for c in trained} == set(range(TRAINED))  # every trained phrasing is used
-    transfer = [c for lv in (1, 2, 3) for c in sample(family, lv, "test", 20, 0, transfer=True)]
+    transfer = [c for lv in (1, 2, 3) for c in sample(BUILTIN[family], lv, "test", 20, 0, transfer=True)]
     assert {c.phrasing for c in transfer} == set(range(TRAINED, len(PHRASINGS[family])))
     for c in transfer:  # only the wording varies: the gold answer is what the strict scorer wants
         assert c.split == "test" and c.transfer and score(family, c.answer, c.answer)
     with pytest.raises(ValueError, match="test split only"):
-        sample(family, 1, "train", 1, 0, transfer=True)
+        sample(BUILTIN[family], 1, "train", 1, 0, transfer=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("level", [1, 2, 3])
 def test_generators_are_seeded_and_gold_answers_score(family, level):
-    a = sample(family, level, "train", 30, seed=1)
-    assert a == sample(family, level, "train", 30, seed=1)
-    assert [c.prompt for c in a] != [c.prompt for c in sample(family, level, "train", 30, seed=2)]
+    a = sample(BUILTIN[family], level, "train", 30, seed=1)
+    assert a == sample(BUILTIN[family], level, "train", 30, seed=1)
+    assert [c.prompt for c in a] != [c.prompt for c in sample(BUILTIN[family], level, "train", 30, seed=2)]
     assert len({c.prompt for c in a}) == 30
     for c in a:
         assert (c.family, c.level, c.split) == (family, level, "train")
@@ -40,7 +40,7 @@ def test_generators_are_seeded_and_gold_answers_score(family, level):
 
 
 def test_levels_differ_in_difficulty():
-    lengths = [sum(len(c.answer) for c in sample("sorting", lv, "train", 20, 0)) for lv in (1, 2, 3)]
+    lengths = [sum(len(c.answer) for c in sample(BUILTIN["sorting"], lv, "train", 20, 0)) for lv in (1, 2, 3)]
     assert lengths[0] < lengths[1] < lengths[2]
 
 
@@ -65,7 +65,7 @@ def test_splits_are_disjoint_and_follow_prompt_hash():
 
 def test_exhausted_cell_is_a_clear_error():
     with pytest.raises(ValueError, match="could only draw"):
-        sample("sorting", 1, "holdout", 5000, 0)  # only 1000 distinct 3-digit lists exist
+        sample(BUILTIN["sorting"], 1, "holdout", 5000, 0)  # only 1000 distinct 3-digit lists exist
 
 
 @pytest.mark.parametrize("family, reply, answer, ok", [
@@ -110,7 +110,7 @@ def test_scorer_edge_cases(family, reply, answer, ok):
 
 def test_json_repair_prompts_are_really_broken():
     for lv in (1, 2, 3):
-        for c in sample("json_repair", lv, "train", 50, 0):
+        for c in sample(BUILTIN["json_repair"], lv, "train", 50, 0):
             broken = c.prompt.removeprefix("Fix this JSON: ")
             with pytest.raises(json.JSONDecodeError):
                 json.loads(broken)
@@ -120,7 +120,8 @@ def test_unknown_family_and_split():
     with pytest.raises(ValueError):
         score("poetry", "x", "x")
     with pytest.raises(ValueError):
-        sample("math", 1, "dev", 1, 0)
+        sample(BUILTIN["math"], 1, "dev", 1, 0)
+    assert "unknown family 'poetry'" in str(pytest.raises(ValueError, ChallengeConfig, families=["poetry"]).value)
 
 
 def test_dataset_files_are_content_hashed_and_reproducible(tmp_path):

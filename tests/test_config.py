@@ -23,7 +23,7 @@ def test_defaults_fill_missing_sections():
     ({"eval": {"batch_size": "64"}}, "eval.batch_size", "integer"),
     ({"eval": {"batch_size": 0}}, "eval.batch_size", "greater than or equal"),
     ({"seed": -1}, "seed", "greater than or equal"),
-    ({"challenges": {"families": ["math", "poetry"]}}, "challenges.families.1", "math"),
+    ({"challenges": {"families": ["math", "poetry"]}}, "challenges", "unknown family 'poetry'"),
     ({"challenges": {"levels": [4]}}, "challenges.levels.0", "1"),
     ({"challenges": {"families": ["math", "math"]}}, "challenges", "duplicates"),
     ({"colony": {"lora_alpha": float("inf")}}, "colony.lora_alpha", "finite"),

@@ -2,7 +2,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from cambrian.challenges import sample
+from cambrian.challenges import BUILTIN, sample
 from cambrian.config import EvalConfig
 from cambrian.engine import Engine, accuracy_by_family
 
@@ -27,7 +27,7 @@ def colony(tiny_host):
 
 @pytest.fixture(scope="module")
 def jobs():
-    ch = [c for f in ("math", "logic", "json_repair") for c in sample(f, 2, "probe", 4, 0)]
+    ch = [c for f in ("math", "logic", "json_repair") for c in sample(BUILTIN[f], 2, "probe", 4, 0)]
     adapters = [None] + ADAPTERS
     return [(c, a) for c in ch for a in adapters]
 
@@ -58,7 +58,7 @@ def test_loglik_batched_equals_single(colony, jobs):
 def test_loglik_prefers_what_the_model_says(tiny_host):
     model, tok = tiny_host
     engine = Engine(model, tok)
-    c = sample("math", 1, "probe", 1, 0)[0]
+    c = sample(BUILTIN["math"], 1, "probe", 1, 0)[0]
     said = engine.generate([c.prompt], [None], [3])[0]
     ids = tok(said, add_special_tokens=False)["input_ids"]
     greedy, other = engine.loglik([c.prompt] * 2, [said, tok.decode([(ids[0] + 7) % 1000 + 100])], [None, None])
@@ -83,7 +83,7 @@ def test_adapters_need_a_peft_model(tiny_host):
 
 
 def test_accuracy_by_family():
-    ch = sample("math", 1, "probe", 2, 0) + sample("logic", 2, "probe", 2, 0)
+    ch = sample(BUILTIN["math"], 1, "probe", 2, 0) + sample(BUILTIN["logic"], 2, "probe", 2, 0)
     table = accuracy_by_family(ch, [True, False, True, True])
     assert table["math"] == {"accuracy": 0.5, "correct": 1, "n": 2, "by_level": {"1": 0.5}}
     assert table["logic"]["accuracy"] == 1.0

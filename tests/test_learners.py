@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cambrian.challenges import sample
+from cambrian.challenges import BUILTIN, sample
 from cambrian.config import ColonyConfig, ESConfig
 from cambrian.engine import Engine
 from cambrian.organelle import load_colony, lora_config, new_adapter, read_adapter, write_adapter
@@ -24,7 +24,7 @@ def _fitness(host, tok, adapter, rows):
 def toy(tiny_host, tmp_path):
     host, tok = tiny_host
     new_adapter(host, lora_config(4, 8.0, TARGETS), seed=0, out=tmp_path / "org")
-    rows = [{"prompt": c.prompt, "answer": c.answer} for c in sample("math", 1, "train", 16, 0)]
+    rows = [{"prompt": c.prompt, "answer": c.answer} for c in sample(BUILTIN["math"], 1, "train", 16, 0)]
     return host, tok, tmp_path / "org", rows
 
 

@@ -62,13 +62,13 @@ def test_soup_of_one_adapter_at_weight_one_equals_peft_merge(tiny_host_dir, trai
 
 
 def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge(tiny_host_dir, trained_adapter):
-    from cambrian.challenges import sample
+    from cambrian.challenges import BUILTIN, sample
     from cambrian.host import load_host
 
     parent, tok = load_host(tiny_host_dir)
     child, _ = load_host(tiny_host_dir)
     cfg = GateConfig(neutral_prompts=["Hello.", "Describe the sea."], reply_tokens=6)
-    holdout = sample("math", 1, "holdout", 3, 0)
+    holdout = sample(BUILTIN["math"], 1, "holdout", 3, 0)
     same = measure(Engine(parent, tok), Engine(child, tok), [], holdout, cfg)
     assert same["style_drift"] == pytest.approx(0.0, abs=1e-6) and same["recall_child"] is None
     assert same["ppl_child"] == same["ppl_parent"] > 1.0 and same["nonfinite_tensors"] == 0
@@ -189,7 +189,7 @@ def test_gguf_export_loads_back_with_equal_logits_and_quantized_answers(tiny_hos
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cambrian.challenges import SYSTEM_PROMPT, sample
+    from cambrian.challenges import BUILTIN, SYSTEM_PROMPT, sample
     from cambrian.export import export
     from cambrian.host import load_host
 
@@ -206,7 +206,7 @@ def test_gguf_export_loads_back_with_equal_logits_and_quantized_answers(tiny_hos
     assert AutoTokenizer.from_pretrained(paths["f32"].parent, gguf_file=paths["f32"].name)(text)["input_ids"] == \
         tok(text)["input_ids"]
     # Greedy answers to test challenges: the same for F32 and F16; the quantized types nearly all.
-    test = [c for f in ("math", "sorting", "json_repair") for c in sample(f, 1, "test", 10, 0)]
+    test = [c for f in ("math", "sorting", "json_repair") for c in sample(BUILTIN[f], 1, "test", 10, 0)]
     want = Engine(hf, tok).answer(test)
     agree = {k: sum(a == b for a, b in zip(want, Engine(m, tok).answer(test))) / len(test) for k, m in back.items()}
     assert agree["f32"] == agree["f16"] == 1.0 and agree["q8_0"] >= 0.9 and agree["q4_0"] >= 0.5, agree

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cambrian.challenges import sample
+from cambrian.challenges import BUILTIN, sample
 from cambrian.checkpoint import verify
 from cambrian.config import HostConfig
 from cambrian.engine import Engine
@@ -29,7 +29,7 @@ def test_conversion_keeps_the_weights(real_host_dir):
 def test_real_host_answers_challenges(real_host_dir):
     model, tok = load_host(real_host_dir)
     engine = Engine(model, tok)
-    challenges = [c for f in ("logic", "math") for c in sample(f, 1, "holdout", 4, 0)]
+    challenges = [c for f in ("logic", "math") for c in sample(BUILTIN[f], 1, "holdout", 4, 0)]
     replies = engine.answer(challenges)
     assert all(isinstance(r, str) and r for r in replies)
     assert engine.new_tokens > len(challenges)

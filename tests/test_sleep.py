@@ -115,10 +115,10 @@ def test_fresh_or_disabled_bank_leaves_the_host_unchanged_and_fold_is_exact(tiny
 
 
 def _rows():
-    from cambrian.challenges import sample
-    from tasks.sleep import as_rows
+    from cambrian.challenges import BUILTIN, sample
+    from cambrian.challenges import as_rows
 
-    return as_rows(sample("sorting", 1, "train", 12, 0) + sample("math", 1, "train", 12, 0))
+    return as_rows(sample(BUILTIN["sorting"], 1, "train", 12, 0) + sample(BUILTIN["math"], 1, "train", 12, 0))
 
 
 def test_sleep_distils_the_hippocampus_into_the_host_and_ewc_holds_weights_back(tiny_host_dir):
