@@ -36,7 +36,7 @@ import random
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cambrian.checkpoint import CheckpointError, atomic_dir, jsonl_text, read_manifest, read_rows, verify, write_manifest
@@ -59,8 +59,10 @@ class Challenge:
     prompt: str
     answer: str
     phrasing: int = 0
-    scorer: str = "exact"  # how a reply is checked (`score`): a built-in family's name or a custom scorer
-    max_tokens: int = 32  # longest reply generated
+    # How a reply is checked (`score`: a built-in family's name or a custom scorer) and the longest
+    # reply generated. No defaults: a row without them must not be scored by a rule it never had.
+    scorer: str = field(kw_only=True)
+    max_tokens: int = field(kw_only=True)
 
     @property
     def transfer(self) -> bool:
@@ -321,9 +323,9 @@ def family(cfg: ChallengeConfig, name: str) -> Family:
 
 def _checked(where: str, prompt, answer, pattern, scorer: str) -> str:
     """The row's scorer (with its pattern for regex); raises naming `where` if the row is unusable."""
-    for field, value in (("prompt", prompt), ("answer", answer)):
+    for key, value in (("prompt", prompt), ("answer", answer)):
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{where}: {field} must be a non-empty string")
+            raise ValueError(f"{where}: {key} must be a non-empty string")
     if scorer == "regex":
         if not isinstance(pattern, str):
             raise ValueError(f"{where}: scorer regex needs a pattern on every row")
@@ -363,8 +365,8 @@ def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_
         if missing:
             raise ValueError(f"{where}: missing field {missing[0]!r}")
         level = row.get("level", 1)
-        if not isinstance(level, int) or isinstance(level, bool) or level < 1:
-            raise ValueError(f"{where}: level must be a positive integer")
+        if level not in (1, 2, 3) or isinstance(level, bool):
+            raise ValueError(f"{where}: level must be 1, 2 or 3")
         prompt, answer = row["prompt"], row["answer"]
         check = _checked(where, prompt, answer, row.get("pattern"), scorer)
         prompt, answer = prompt.strip(), answer.strip()
@@ -374,7 +376,8 @@ def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_
                 raise ValueError(f"{where}: the prompt of line {first} again, with another answer")
             continue
         cid = hashlib.sha256(prompt.encode()).hexdigest()[:12]
-        rows[prompt] = (n, Challenge(cid, name, level, split_of(prompt), prompt, answer, 0, check, max_tokens))
+        rows[prompt] = (n, Challenge(cid, name, level, split_of(prompt), prompt, answer, scorer=check,
+                                     max_tokens=max_tokens))
     return tuple(c for _, c in rows.values())
 
 
@@ -427,7 +430,7 @@ def sample(fam: Family, level: int, split: str, n: int, seed: int | str, exclude
         if prompt in out or prompt in exclude or split_of(prompt) != split:
             continue
         cid = hashlib.sha256(prompt.encode()).hexdigest()[:12]
-        out[prompt] = Challenge(cid, fam.name, level, split, prompt, answer, k, scorer, fam.max_tokens)
+        out[prompt] = Challenge(cid, fam.name, level, split, prompt, answer, k, scorer=scorer, max_tokens=fam.max_tokens)
     if len(out) < n:
         raise ValueError(f"could only draw {len(out)} of {n} distinct {fam.name} level-{level} {split} challenges: "
                          f"lower challenges.{split}_per_cell in params.yaml")
@@ -477,7 +480,11 @@ def write_jsonl(path: Path, rows: list[Challenge]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[Challenge]:
-    return [Challenge(**row) for row in read_rows(path)]
+    rows = read_rows(path)
+    if rows and not {"scorer", "max_tokens"} <= set(rows[0]):
+        raise CheckpointError(f"{path} was written by an older Cambrian (its rows name no scorer): "
+                              f"rebuild it with `cambrian challenges` or `dvc repro`")
+    return [Challenge(**row) for row in rows]
 
 
 def write_dataset(cfg: ChallengeConfig, seed: int, out: str | Path) -> str:

@@ -152,7 +152,8 @@ def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[d
     holdout = [c for c in read_jsonl(Path(data_dir) / "holdout.jsonl") if c.family in families]
     engines = [Engine(m, tok, p.eval) for m in (parent, child)]
     keep = random.Random(f"{p.seed}/recall").sample(range(len(prior_qa)), min(len(prior_qa), p.gate.recall_rows))
-    qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"], 0, r["scorer"], r["max_tokens"])
+    qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"], scorer=r["scorer"],
+                    max_tokens=r["max_tokens"])
           for r in (prior_qa[i] for i in sorted(keep))]  # recall on a fixed sample, in file order
     return measure(*engines, qa, holdout, p.gate)
 

@@ -134,6 +134,10 @@ def test_dataset_files_are_content_hashed_and_reproducible(tmp_path):
     assert len(rows) == 3 * 5 * 3 and all(r.split == "holdout" for r in rows)
     test = read_jsonl(tmp_path / "a" / "test.jsonl")
     assert len(test) == (cfg.test_per_cell + cfg.transfer_per_cell) * 5 * 3 and {r.split for r in test} == {"test"}
+    old = tmp_path / "old.jsonl"  # a dataset row of an earlier Cambrian: no scorer, so it is not guessed
+    old.write_text(json.dumps({k: v for k, v in vars(rows[0]).items() if k not in ("scorer", "max_tokens")}) + "\n")
+    with pytest.raises(CheckpointError, match="older Cambrian"):
+        read_jsonl(old)
     with open(tmp_path / "a" / "train.jsonl", "a") as f:
         f.write('{"tampered": true}\n')
     with pytest.raises(CheckpointError):

@@ -87,6 +87,7 @@ def test_bad_files_fail_before_any_work_naming_file_line_and_reason(tmp_path):
     assert f"{f}:3: missing field 'answer'" in _error(tmp_path, good[:2] + [{"prompt": "x"}] + good[2:])
     assert f"{f}:3: unknown field 'answr'" in _error(tmp_path, good[:2] + [{"prompt": "x", "answr": "1"}] + good[2:])
     assert f"{f}:2: not JSON" in _error(tmp_path, good[:1] + ["{oops"] + good[1:])
+    assert f"{f}:3: level must be 1, 2 or 3" in _error(tmp_path, good[:2] + [{"prompt": "x", "answer": "1", "level": 4}])
     clash = {**good[0], "answer": "7"}
     assert f"{f}:201: the prompt of line 1 again, with another answer" in _error(tmp_path, good + [clash])
     assert f"{f}:4: answer 'about 3' fails its own scorer integer" in \

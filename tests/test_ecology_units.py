@@ -96,7 +96,8 @@ def test_factor_keeps_the_delta_at_full_rank_and_reports_energy():
 
 
 def _challenges(family, level, n):
-    return [Challenge(f"{family}{level}-{k}", family, level, "train", f"{family} {level} {k}", "1") for k in range(n)]
+    return [Challenge(f"{family}{level}-{k}", family, level, "train", f"{family} {level} {k}", "1", scorer=family,
+                      max_tokens=6) for k in range(n)]
 
 
 def test_the_gold_mix_aims_at_the_arms_the_host_fails():
