@@ -87,10 +87,10 @@ def baseline(params: Path = PARAMS,
     scores = score_step.fn(str(host_dir), host_sha, str(data), data_sha, p.for_steps())
     report = checkpoint_metrics(scores)
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    for fam in scores["test"]:
-        transfer = f"{scores['transfer'][fam]:.3f}" if fam in scores["transfer"] else "-"  # yours have none
-        typer.echo(f"{fam:12s} test {scores['test'][fam]:.3f}  transfer {transfer}")
-    typer.echo(f"{'mean':12s} test {report['test_mean']:.3f}  transfer {report['transfer_mean']:.3f}  ({out})")
+    for fam, mean in [*scores["test"].items(), ("mean", report["test_mean"])]:
+        transfer = scores["transfer"].get(fam) if fam != "mean" else report["transfer_mean"]
+        typer.echo(f"{fam:12s} test {mean:.3f}  transfer {'-' if transfer is None else f'{transfer:.3f}'}"
+                   + (f"  ({out})" if fam == "mean" else ""))  # your families have no transfer part
 
 
 DIRS = {"models_dir": typer.Option("models", "--models", help="Where checkpoints go (models/base is the host)."),

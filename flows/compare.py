@@ -14,6 +14,7 @@ Every cell is cached, so the table can be built up over several sessions. Writes
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -93,6 +94,12 @@ def _interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
 
 
+def _mean(values) -> float:
+    """The mean, or nan when there is nothing: families of your own have no transfer part."""
+    values = list(values)
+    return statistics.fmean(values) if values else math.nan
+
+
 def aggregate(cells: list[dict], host: dict, families: list[str]) -> dict:
     """Per recipe: mean and 95% interval over its seeds of every column."""
     out = {}
@@ -100,7 +107,7 @@ def aggregate(cells: list[dict], host: dict, families: list[str]) -> dict:
         mine = [c for c in cells if c["recipe"] == recipe]
         cols = {**{f"test_{f}": [c["test"][f] for c in mine] for f in families},
                 "test_mean": [statistics.fmean(c["test"][f] for f in families) for c in mine],
-                "transfer_mean": [statistics.fmean(c["transfer"].values()) for c in mine],  # built-in families
+                "transfer_mean": [_mean(c["transfer"].values()) for c in mine],
                 "ppl_change": [c["ppl"] / host["ppl"] - 1 for c in mine],
                 "rows": [c["rows"] for c in mine], "minutes": [c["minutes"] for c in mine]}
         out[recipe] = {"seeds": [c["seed"] for c in mine], **{k: _interval(v) for k, v in cols.items()}}
@@ -123,7 +130,7 @@ def table(agg: dict, host: dict, families: list[str], preset: str) -> str:
              "| recipe | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|",
              "| bare host | - | " + " | ".join(
                  [*(f"{host['test'][f]:.3f}" for f in families), f"{statistics.fmean(host['test'].values()):.3f}",
-                  f"{statistics.fmean(host['transfer'].values()):.3f}", "+0.000", "0", "0"]) + " |"]
+                  f"{_mean(host['transfer'].values()):.3f}", "+0.000", "0", "0"]) + " |"]
     for recipe, a in agg.items():
         lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(_format(c, *a[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
@@ -151,7 +158,7 @@ def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out
                 cell = _ladder_cell(recipe, seed, params, Path(host_dir), host_sha, data_dir, data_sha)
             cells.append({"recipe": recipe, "seed": seed, **cell})
             log.info(f"compare {recipe} seed {seed}: test mean {statistics.fmean(cell['test'].values()):.3f}, "
-                     f"transfer mean {statistics.fmean(cell['transfer'].values()):.3f}, {cell['rows']} SFT rows, "
+                     f"transfer mean {_mean(cell['transfer'].values()):.3f}, {cell['rows']} SFT rows, "
                      f"{cell['minutes']:.1f} min")
     agg = aggregate(cells, host, families)
     out = Path(out_dir)

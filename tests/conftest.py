@@ -40,3 +40,17 @@ def tiny_data_dir(tmp_path_factory):
     write_dataset(ChallengeConfig(train_per_cell=12, probe_per_cell=3, holdout_per_cell=3, test_per_cell=3,
                                   transfer_per_cell=3), 0, out)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api(tmp_path_factory):
+    """One Prefect API server for the session, as users run one: every `cambrian` process a test
+    starts reports to it instead of starting a temporary server of its own (~5 s each)."""
+    from cambrian.cluster import local_servers
+
+    with local_servers(tmp_path_factory.mktemp("servers")) as (api, _):
+        os.environ["PREFECT_API_URL"] = api
+        try:
+            yield api
+        finally:
+            del os.environ["PREFECT_API_URL"]
