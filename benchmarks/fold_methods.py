@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cambrian.challenges import read_jsonl
+from cambrian.challenges import as_rows, read_jsonl
 from cambrian.checkpoint import atomic_write_text
 from cambrian.config import MergeConfig, Params
 from cambrian.host import load_host
@@ -57,8 +57,7 @@ def main() -> None:
         adapters = train_loras(host, tok, {f: [{"prompt": c.prompt, "answer": c.answer} for c in cs]
                                            for f, cs in drawn.items()}, args.steps, p.colony, 0, Path(tmp))
         # Each organelle teaches 48 of its own rows in the distillation folds (its data delta).
-        rows = [{"prompt": c.prompt, "answer": c.answer, "family": f, "level": c.level, "source": "gold", "teacher": f}
-                for f, cs in drawn.items() for c in cs[:48]]
+        rows = [{**r, "source": "gold", "teacher": f} for f, cs in drawn.items() for r in as_rows(cs[:48])]
         # 2. Every fold, each from a fresh copy of the host, scored the same way.
         for name, method, extra, weight, sleep_steps in FOLDS:
             start = time.perf_counter()
@@ -70,8 +69,8 @@ def main() -> None:
                 consolidate(model, tok, teacher, rows, p.sleep.model_copy(update={"steps": sleep_steps}),
                             p.colony.target_modules, None, ewc=True, seed=0)
             m = measure(model, tok, test, p)
-            results[name] = {**m, "test_mean": sum(m["test"].values()) / len(fams),
-                             "transfer_mean": sum(m["transfer"].values()) / len(fams),
+            results[name] = {**m, "test_mean": sum(m["test"].values()) / len(m["test"]),
+                             "transfer_mean": sum(m["transfer"].values()) / len(m["transfer"]),  # built-in only
                              "seconds": round(time.perf_counter() - start, 1)}
             print(f"{name:24s} test {results[name]['test_mean']:.3f}  transfer {results[name]['transfer_mean']:.3f}  "
                   f"ppl {m['ppl']:.2f}  " + " ".join(f"{f} {a:.2f}" for f, a in sorted(m["test"].items())), flush=True)

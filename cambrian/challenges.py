@@ -273,16 +273,19 @@ def score(scorer: str, reply: str, answer: str) -> bool:
 
 @dataclass(frozen=True)
 class Family:
-    """One family of the grid: its scorer, its reply budget and its levels, and where its
+    """One family of the grid: its reply budget and its levels, and where its
     challenges come from: `make(rng, level, transfer) -> (prompt, answer, phrasing, scorer)` for a
     generated family (built in, or your function), `rows` (every split) for a file of your own."""
     name: str
-    scorer: str
     max_tokens: int
     levels: tuple[int, ...]
     make: Callable[[random.Random, int, bool], tuple[str, str, int, str]] | None = None
     rows: tuple[Challenge, ...] = ()
     transfer: bool = False  # has reserved phrasings (built-in families only)
+
+    def levels_in(self, split: str) -> tuple[int, ...]:
+        """The levels with challenges in `split`: all of them, but for a file without rows there."""
+        return self.levels if self.make else tuple(sorted({c.level for c in self.rows if c.split == split}))
 
 
 def _builtin(name: str) -> Family:
@@ -290,7 +293,7 @@ def _builtin(name: str) -> Family:
         data, answer = GENERATORS[name](rng, level)
         k = rng.choice(range(TRAINED, len(PHRASINGS[name])) if transfer else range(TRAINED))
         return PHRASINGS[name][k].format(**data), answer, k, name
-    return Family(name, name, MAX_ANSWER_TOKENS[name], (1, 2, 3), make, transfer=True)
+    return Family(name, MAX_ANSWER_TOKENS[name], (1, 2, 3), make, transfer=True)
 
 
 BUILTIN = {name: _builtin(name) for name in GENERATORS}
@@ -317,8 +320,8 @@ def family(cfg: ChallengeConfig, name: str) -> Family:
                 raise ValueError(f"{spec.file}: no row of levels {cfg.levels} falls in the {split} split ({len(rows)} "
                                  f"distinct prompts; a prompt's hash puts it in probe, holdout or test with 15% chance "
                                  f"each): add rows")
-        return Family(name, scorer, spec.max_tokens, tuple(sorted({c.level for c in rows})), rows=rows)
-    return Family(name, scorer, spec.max_tokens, tuple(cfg.levels), _imported(spec.generator, scorer, cfg.levels))
+        return Family(name, spec.max_tokens, tuple(sorted({c.level for c in rows})), rows=rows)
+    return Family(name, spec.max_tokens, tuple(cfg.levels), _imported(spec.generator, scorer, cfg.levels))
 
 
 def _checked(where: str, prompt, answer, pattern, scorer: str) -> str:
@@ -365,7 +368,7 @@ def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_
         if missing:
             raise ValueError(f"{where}: missing field {missing[0]!r}")
         level = row.get("level", 1)
-        if level not in (1, 2, 3) or isinstance(level, bool):
+        if type(level) is not int or level not in (1, 2, 3):
             raise ValueError(f"{where}: level must be 1, 2 or 3")
         prompt, answer = row["prompt"], row["answer"]
         check = _checked(where, prompt, answer, row.get("pattern"), scorer)
@@ -383,7 +386,8 @@ def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_
 
 def _imported(ref: str, scorer: str, levels: list[int]):
     """Your generator `module:function`, (random.Random, level) -> (prompt, answer[, pattern]), as a
-    family's `make`; the module is imported from the project root. Checked once per level here."""
+    family's `make`; the module is imported from the working directory (the project root under
+    `dvc repro` and make). Checked once per level here."""
     module, _, attr = ref.partition(":")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -451,11 +455,12 @@ def build_splits(cfg: ChallengeConfig, seed: int) -> dict[str, list[Challenge]]:
 
 
 def sources(cfg: ChallengeConfig) -> dict[str, str]:
-    """sha256 of each custom family's file or generator module: what a dataset was built from."""
+    """sha256 of each custom family's entry and file or generator module: what a dataset was built
+    from (a module the generator imports in turn is not covered)."""
     out = {}
     for c in cfg.custom:
         path = Path(c.file) if c.file else Path(sys.modules[c.generator.partition(":")[0]].__file__)
-        out[c.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[c.name] = hashlib.sha256(c.model_dump_json().encode() + path.read_bytes()).hexdigest()
     return out
 
 
@@ -464,8 +469,9 @@ def verify_dataset(cfg: ChallengeConfig, folder: str | Path) -> str:
     that `cfg` names now: a step that draws from a file is keyed on this sha, not on the file."""
     sha = verify(folder)
     if read_manifest(folder).get("sources", {}) != sources(cfg):
-        raise CheckpointError(f"{folder} was built from other custom family files or generators than "
-                              f"challenges.custom names now: run `dvc repro` (or `cambrian challenges`)")
+        raise CheckpointError(f"{folder} was built from other custom families (entries, files or generators) than "
+                              f"challenges.custom names now: rebuild it with `cambrian challenges` (with DVC: "
+                              f"`dvc repro -f challenges`, and list the file in that stage's deps)")
     return sha
 
 

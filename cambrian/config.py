@@ -30,7 +30,7 @@ class HostConfig(Strict):
 
 
 class CustomFamily(Strict):
-    """A challenge family of your own (README "Your own data"): the rows of a JSONL file (one
+    """A challenge family of your own (README "Your own challenge families"): the rows of a JSONL file (one
     {"prompt", "answer", "level" (default 1), "pattern" (regex only)} per line, split by prompt
     hash like generated ones) or a generator function, and the scorer its replies are checked by."""
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
@@ -334,6 +334,8 @@ class CompareConfig(Strict):
 
 class Tracking(Strict):
     experiment: str = Field("cambrian", min_length=1)  # MLflow experiment; server from MLFLOW_TRACKING_URI
+    # Registered model: each accepted generation is a version, the newest has the alias `champion`.
+    registered_model: str = Field("cambrian", min_length=1)
 
 
 class ScaleConfig(Strict):

@@ -68,12 +68,13 @@ def checkpoint_metrics(scores: dict, gate: dict | None = None, colony: dict | No
 
 
 def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """Nested metrics as dotted names (test.math), the way DVC shows them; None left out."""
+    """Nested metrics as dotted names (test.math), the way DVC shows them; only numbers (and
+    booleans) are metrics: None, text and lists are left out."""
     out = {}
     for k, v in metrics.items():
         if isinstance(v, dict):
             out.update(flat(v, f"{prefix}{k}."))
-        elif v is not None:
+        elif isinstance(v, (int, float)):
             out[f"{prefix}{k}"] = float(v)
     return out
 

@@ -94,12 +94,6 @@ def _interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
 
 
-def _mean(values) -> float:
-    """The mean, or nan when there is nothing: families of your own have no transfer part."""
-    values = list(values)
-    return statistics.fmean(values) if values else math.nan
-
-
 def aggregate(cells: list[dict], host: dict, families: list[str]) -> dict:
     """Per recipe: mean and 95% interval over its seeds of every column."""
     out = {}
@@ -107,7 +101,9 @@ def aggregate(cells: list[dict], host: dict, families: list[str]) -> dict:
         mine = [c for c in cells if c["recipe"] == recipe]
         cols = {**{f"test_{f}": [c["test"][f] for c in mine] for f in families},
                 "test_mean": [statistics.fmean(c["test"][f] for f in families) for c in mine],
-                "transfer_mean": [_mean(c["transfer"].values()) for c in mine],
+                # families of your own have no transfer part: with only those, no transfer column
+                **({"transfer_mean": [statistics.fmean(c["transfer"].values()) for c in mine]}
+                   if all(c["transfer"] for c in mine) else {}),
                 "ppl_change": [c["ppl"] / host["ppl"] - 1 for c in mine],
                 "rows": [c["rows"] for c in mine], "minutes": [c["minutes"] for c in mine]}
         out[recipe] = {"seeds": [c["seed"] for c in mine], **{k: _interval(v) for k, v in cols.items()}}
@@ -130,9 +126,10 @@ def table(agg: dict, host: dict, families: list[str], preset: str) -> str:
              "| recipe | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|",
              "| bare host | - | " + " | ".join(
                  [*(f"{host['test'][f]:.3f}" for f in families), f"{statistics.fmean(host['test'].values()):.3f}",
-                  f"{_mean(host['transfer'].values()):.3f}", "+0.000", "0", "0"]) + " |"]
+                  f"{statistics.fmean(host['transfer'].values()):.3f}" if host["transfer"] else "-",
+                  "+0.000", "0", "0"]) + " |"]
     for recipe, a in agg.items():
-        lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(_format(c, *a[c]) for c in cols) + " |")
+        lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(_format(c, *a[c]) if c in a else "-" for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +155,7 @@ def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out
                 cell = _ladder_cell(recipe, seed, params, Path(host_dir), host_sha, data_dir, data_sha)
             cells.append({"recipe": recipe, "seed": seed, **cell})
             log.info(f"compare {recipe} seed {seed}: test mean {statistics.fmean(cell['test'].values()):.3f}, "
-                     f"transfer mean {_mean(cell['transfer'].values()):.3f}, {cell['rows']} SFT rows, "
+                     f"transfer mean {statistics.fmean(cell['transfer'].values() or [math.nan]):.3f}, {cell['rows']} SFT rows, "
                      f"{cell['minutes']:.1f} min")
     agg = aggregate(cells, host, families)
     out = Path(out_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from cambrian import tracking
 from cambrian.challenges import read_jsonl, verify_dataset
 from cambrian.checkpoint import atomic_dir, verify
 from cambrian.config import ParamsError, load_params, parse_params
@@ -93,4 +94,10 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
         (tmp / "results.md").write_text(table(runs, cc.modes, cc.preset))
         for run in runs:
             heatmap(run, tmp / f"A_{run['mode']}_{run['seed']}.png")
+    tracking.log_report(f"{params.tracking.experiment}-continual", f"continual ({cc.preset})",
+                        {"preset": cc.preset, "order": ",".join(cc.order), "host": host_sha[:12]},
+                        {mode: {k: statistics.fmean(r[k] for r in runs if r["mode"] == mode)
+                                for k in runs[0] if k.startswith("final_")} for mode in cc.modes},  # mean of seeds
+                        [(f"{r['mode']} seed {r['seed']}", {k: v for k, v in r.items() if k.startswith("final_")})
+                         for r in runs])
     return {"runs": runs, "table": table(runs, cc.modes, cc.preset)}

@@ -22,8 +22,9 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from safetensors.torch import load_file
 
+from cambrian import tracking
 from cambrian.card import evomerge_card, write_card
-from cambrian.challenges import read_jsonl
+from cambrian.challenges import read_jsonl, verify_dataset
 from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_put, verify,
                                  write_manifest)
 from cambrian.config import EvalConfig, MergeConfig, load_params, parse_params
@@ -118,7 +119,7 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
     torch.set_num_threads(THREADS)  # the holdout scores and the diversity below are computed here, not in steps
     params = load_params(params_path).with_preset("evomerge")
     cfg, out, data = params.evomerge, Path(out_dir), Path(data_dir)
-    data_sha, pdict = verify(data), params.for_steps()
+    data_sha, pdict = verify_dataset(params.challenges, data), params.for_steps()
     parents = _parents(cfg.parents, Path(host_dir), data, data_sha, params)
     n_layers = json.loads((Path(host_dir) / "config.json").read_text())["num_hidden_layers"]
     # Rounds are read back only from a run with the same parents and params, how long it ran aside.
@@ -162,4 +163,7 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
               "diversity_by_round": [r["diversity"] for r in rounds]}
     report["beats_parents_mean"] = combined["best"] > report["parents_mean"]
     atomic_write_text(report_path, json.dumps(report, indent=1, sort_keys=True) + "\n")
+    tracking.log_report(f"{params.tracking.experiment}-evomerge", f"evomerge ({cfg.preset})",
+                        {"parents": ",".join(cfg.parents), "preset": cfg.preset, "seed": cfg.seed}, report,
+                        [(f"round {r['round']} candidate {i}", c) for r in rounds for i, c in enumerate(r["ranked"])])
     return report

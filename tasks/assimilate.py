@@ -40,7 +40,7 @@ def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, ho
     jobs: list[tuple[str, Organelle, Challenge]] = []  # (kind, organelle, challenge), host and organelle paired
     for o in candidates:
         mine = families_of(o.species, params.challenges.families)
-        probes = [c for fam in (family(params.challenges, f) for f in mine) for lv in fam.levels
+        probes = [c for fam in (family(params.challenges, f) for f in mine) for lv in fam.levels_in("probe")
                   for c in sample(fam, lv, "probe", cfg.probes_per_level, f"{params.seed}/assimilate/{gen}/{o.id}")]
         jobs += [("probe", o, c) for c in probes] + [("holdout", o, c) for c in holdout if c.family in mine]
     # Host and organelles answer in one mixed-adapter batch.

@@ -19,7 +19,7 @@ def run_episodes(engine: Engine, organelles: list[Organelle], params: Params, ge
     families = {f: family(params.challenges, f) for f in params.challenges.families}
     living = [o for o in organelles if o.alive]
     # Each organelle's untried arms are explored own-species first.
-    arms = {o.id: [arm(f, lv) for f in sorted(families, key=lambda f: f != o.species) for lv in families[f].levels]
+    arms = {o.id: [arm(f, lv) for f in sorted(families, key=lambda f: f != o.species) for lv in families[f].levels_in("train")]
             for o in living}
     episodes: list[dict] = []
     for rnd in range(cfg.episodes // cfg.pull_size):
@@ -37,6 +37,5 @@ def run_episodes(engine: Engine, organelles: list[Organelle], params: Params, ge
                              "correct": score(c.scorer, reply, c.answer), "tokens": tokens})
         for o in living:
             mine = [e["correct"] for e in episodes[-len(jobs):] if e["organelle"] == o.id]
-            if mine:  # a file family's level can have no train rows to pull
-                update(o.arms, picks[o.id], sum(mine) / len(mine))
+            update(o.arms, picks[o.id], sum(mine) / len(mine))
     return episodes

@@ -57,7 +57,8 @@ def test_a_file_family_is_split_by_prompt_hash_and_scored_by_its_scorer(tmp_path
     assert len([c for c in splits["train"] if c.family == "math"]) == 4 * 3  # the built-in cells as configured
     drawn = sample(fam, 1, "probe", 5, "s")
     assert len(drawn) == 5 and all(c.split == "probe" and c.level == 1 for c in drawn)
-    assert drawn == sample(fam, 1, "probe", 5, "s") and len(sample(fam, 2, "probe", 10_000, "s")) < 10_000
+    probe_2 = [c for c in fam.rows if c.split == "probe" and c.level == 2]
+    assert drawn == sample(fam, 1, "probe", 5, "s") and len(sample(fam, 2, "probe", 10_000, "s")) == len(probe_2)
     assert score(drawn[0].scorer, f" {drawn[0].answer} ", drawn[0].answer)
 
 
@@ -88,6 +89,7 @@ def test_bad_files_fail_before_any_work_naming_file_line_and_reason(tmp_path):
     assert f"{f}:3: unknown field 'answr'" in _error(tmp_path, good[:2] + [{"prompt": "x", "answr": "1"}] + good[2:])
     assert f"{f}:2: not JSON" in _error(tmp_path, good[:1] + ["{oops"] + good[1:])
     assert f"{f}:3: level must be 1, 2 or 3" in _error(tmp_path, good[:2] + [{"prompt": "x", "answer": "1", "level": 4}])
+    assert f"{f}:3: level must be 1, 2 or 3" in _error(tmp_path, good[:2] + [{"prompt": "x", "answer": "1", "level": 1.0}])
     clash = {**good[0], "answer": "7"}
     assert f"{f}:201: the prompt of line 1 again, with another answer" in _error(tmp_path, good + [clash])
     assert f"{f}:4: answer 'about 3' fails its own scorer integer" in \
@@ -150,3 +152,24 @@ def test_a_custom_family_is_a_family_everywhere_in_a_generation(tiny_host_dir, t
         f.write(json.dumps({"prompt": "Convert 1001 km to m.", "answer": "1001000"}) + "\n")
     with pytest.raises(CheckpointError, match="built from other custom family files"):
         generation("gen_1", *args)
+
+
+def test_an_organelle_pulls_only_levels_that_have_train_rows(tmp_path):
+    """A file family's level whose rows all fell outside train is not a bandit arm: pulling it would
+    draw nothing and, never updated, it would hold its organelle for the rest of the generation."""
+    from cambrian.organelle import Organelle
+    from tasks.evaluate import run_episodes
+
+    class Silent:  # an engine that answers nothing: routing is under test, not answers
+        def answer(self, challenges, adapters, desc=""):
+            self.last_tokens = [0] * len(challenges)
+            return [""] * len(challenges)
+
+    lone = next(p for p in (f"Convert {k} g to mg." for k in range(10_000)) if split_of(p) == "probe")
+    p = parse_params({**params(tmp_path, units() + [{"prompt": lone, "answer": "1", "level": 3}]),
+                      "colony": {"episodes": 8, "pull_size": 2}})
+    fam = family(p.challenges, "units")
+    assert fam.levels == (1, 2, 3) and fam.levels_in("train") == (1, 2) and 3 in fam.levels_in("probe")
+    o = Organelle("o", "units", [], 0, 4, 8.0, 1e-3, 3.0)
+    episodes = run_episodes(Silent(), [o], p, 1)
+    assert len(episodes) == 8 and "units/3" not in o.arms and sum(n for n, _ in o.arms.values()) == 4

@@ -3,6 +3,7 @@ compares the best candidate with each parent, and a resumed run equals an uninte
 import json
 import random
 
+import pytest
 import yaml
 
 from cambrian.checkpoint import verify
@@ -35,8 +36,12 @@ def test_next_population_is_six_mutants_and_two_triples():
     assert mutate(children[6], random.Random(0), 0.1)["mix"] != children[6]["mix"]
 
 
-def test_evomerge_runs_reports_and_resumes_to_the_same_result(tmp_path, tiny_host_dir, tiny_data_dir):
+def test_evomerge_runs_reports_and_resumes_to_the_same_result(tmp_path, tiny_host_dir, tiny_data_dir, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
     from flows.evomerge import evomerge
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(TINY))
@@ -56,6 +61,18 @@ def test_evomerge_runs_reports_and_resumes_to_the_same_result(tmp_path, tiny_hos
     params.write_text(yaml.safe_dump(TINY))
     resumed = evomerge(str(params), str(tiny_host_dir), str(tiny_data_dir), str(tmp_path / "b"), str(tmp_path / "b.json"))
     assert resumed == full
+    # MLflow: one run per distinct report (the resumed one is the first again: not logged twice),
+    # its numbers as metrics, a nested run per candidate of every round.
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("cambrian-evomerge").experiment_id])
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(top) == 2 and all(r.data.metrics["rounds"] in (1, 2) for r in top)
+    main = next(r for r in top if r.data.metrics["rounds"] == 2)
+    assert main.data.metrics["best_probe_fitness"] == pytest.approx(full["best_probe_fitness"])
+    assert "combined.specialist_math" in main.data.metrics
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == main.info.run_id]
+    assert len(nested) == sum(len(json.loads((tmp_path / "a" / f"round_{k}.json").read_text())["ranked"])
+                              for k in (0, 1)) and all("fitness" in r.data.metrics for r in nested)
     for k in (0, 1):
         assert (tmp_path / "b" / f"round_{k}.json").read_bytes() == (tmp_path / "a" / f"round_{k}.json").read_bytes()
     assert parse_params(TINY).evomerge.parents[1] == "specialist:math"

@@ -195,7 +195,7 @@ def test_second_repro_is_a_noop(repo):
     assert "Running stage" not in out and "didn't change" in out
 
 
-def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo):
+def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo, tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(repo.env["MLFLOW_TRACKING_URI"])
@@ -210,6 +210,15 @@ def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo):
         assert {"colony.accuracy", "test.math", "test_mean", "gate.accepted"} <= set(r.data.metrics)
         nested = [n for n in runs if n.data.tags.get("mlflow.parentRunId") == r.info.run_id]
         assert len(nested) == (0 if gid == "gen_4" else 3)
+    # Accepted generations are versions of the registered model; the newest accepted is the champion.
+    versions = sorted(client.search_model_versions("name = 'cambrian'"), key=lambda v: int(v.version))
+    assert [v.tags["cambrian.generation"] for v in versions] == ["gen_1", "gen_2"]
+    champion = client.get_model_version_by_alias("cambrian", "champion")
+    assert champion.tags["checkpoint.sha256"] == ledger["gen_2"]["child_sha"]
+    import mlflow
+    mlflow.set_tracking_uri(repo.env["MLFLOW_TRACKING_URI"])
+    folder = mlflow.artifacts.download_artifacts("models:/cambrian@champion", dst_path=str(tmp_path / "champion"))
+    assert verify(folder, ledger["gen_2"]["child_sha"]) == ledger["gen_2"]["child_sha"]
 
 
 def test_track_back_fills_mlflow_from_the_run_folders_once(repo, tmp_path):

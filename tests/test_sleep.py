@@ -167,16 +167,25 @@ SUITE = {"sleep": {"experts": 2, "top_k": 1, "rank": 4, "wake_steps": 2, "wake_b
          "colony": {"target_modules": ["q_proj", "down_proj"]}, "eval": {"batch_size": 16}}
 
 
-def test_tiny_ablation_suite_end_to_end(tiny_host_dir, tiny_data_dir, tmp_path):
+def test_tiny_ablation_suite_end_to_end(tiny_host_dir, tiny_data_dir, tmp_path, monkeypatch):
     import yaml
+    from mlflow.tracking import MlflowClient
 
     from flows.continual import continual
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(SUITE))
     out = tmp_path / "continual"
     result = continual(str(params), str(tiny_host_dir), str(tiny_data_dir), str(out))
     runs = json.loads((out / "results.json").read_text())["runs"]
+    client = MlflowClient()  # one MLflow run, the mean of the seeds per mode; one nested run per (mode, seed)
+    logged = client.search_runs([client.get_experiment_by_name("cambrian-continual").experiment_id])
+    top = [r for r in logged if "mlflow.parentRunId" not in r.data.tags]
+    assert len(top) == 1 and len(logged) == 1 + len(runs)
+    assert top[0].data.metrics["no_ewc.final_bwt"] == pytest.approx(
+        sum(r["final_bwt"] for r in runs if r["mode"] == "no_ewc") / 2)
     assert [(r["mode"], r["seed"]) for r in runs] == [(m, s) for m in
                                                       ["full_cls", "no_sleep", "no_ewc", "no_refresh", "no_hippocampus"]
                                                       for s in (7, 42)]
