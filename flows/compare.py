@@ -56,8 +56,9 @@ def _cell_params(recipe: str, seed: int, params: Params) -> Params:
     """The params of a ladder cell: `params` with the recipe's updates and this seed."""
     data = params.model_dump()
     data["seed"] = seed
-    # The cells' generations are MLflow runs of their own experiment, apart from the ladder's.
-    data["tracking"] = {"experiment": f"{params.tracking.experiment}-compare"}
+    # The cells' generations are MLflow runs (and model versions) of their own, apart from the ladder's.
+    data["tracking"] = {"experiment": f"{params.tracking.experiment}-compare",
+                        "registered_model": f"{params.tracking.registered_model}-compare"}
     for section, values in ablation(recipe, params).items():
         data[section] = {**data[section], **values}
     return parse_params(data)

@@ -56,6 +56,7 @@ def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tmp_path, mon
     assert client.get_experiment_by_name("cambrian") is None
     runs = client.search_runs([client.get_experiment_by_name("cambrian-compare").experiment_id])
     assert [r.data.tags["cambrian.generation"] for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["gen_1"]
+    assert not client.search_model_versions("name = 'cambrian'")  # a cell's gen_1 is no champion of the ladder
     compare(str(path), str(tiny_host_dir), str(tmp_path / "again"))
     cached = json.loads((tmp_path / "again" / "compare.json").read_text())["cells"]
     assert cached[:4] == cells[:4]  # baseline cells come from the cache, wall time included
