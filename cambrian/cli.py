@@ -237,17 +237,24 @@ def compare(params: Path = PARAMS,
 def deployments():
     """The deployments `cambrian serve` offers the Prefect UI."""
     from cambrian.cluster import configured
+    from flows.compare import compare as compare_flow
+    from flows.continual import continual as continual_flow
+    from flows.evomerge import evomerge as evomerge_flow
     from flows.generation import generation as gen_flow
     from flows.generation import ladder as ladder_flow
     from flows.repro import repro
     return [repro.to_deployment(name="dvc-repro", description="Run `dvc repro` (the whole ladder by default)."),
             ladder_flow.to_deployment(name="ladder", description="Every generation of params.yaml's ladder."),
-            configured(gen_flow).to_deployment(name="generation", description="One generation, by id.")]
+            configured(gen_flow).to_deployment(name="generation", description="One generation, by id."),
+            configured(evomerge_flow).to_deployment(name="evomerge", description="EvoMerge (params evomerge)."),
+            continual_flow.to_deployment(name="continual", description="The continual-learning benchmark."),
+            compare_flow.to_deployment(name="compare", description="The ladder against plain and multitask SFT.")]
 
 
 @app.command()
 def serve():
-    """Serve the ladder flows to a Prefect server so the UI can trigger them with typed parameters.
+    """Serve the ladder, EvoMerge, continual and compare flows to a Prefect server so the UI can
+    trigger them with typed parameters.
     Start a server first (`prefect server start`) and point PREFECT_API_URL at it; open
     http://127.0.0.1:4200, Deployments, then Run."""
     from prefect import serve as prefect_serve

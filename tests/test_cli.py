@@ -41,7 +41,9 @@ def test_served_deployments_take_typed_parameters():
     from cambrian.cli import deployments
 
     by_name = {d.name: d for d in deployments()}
-    assert set(by_name) == {"dvc-repro", "ladder", "generation"}
+    assert set(by_name) == {"dvc-repro", "ladder", "generation", "evomerge", "continual", "compare"}
+    for name in ("evomerge", "continual", "compare"):
+        assert by_name[name]._parameter_openapi_schema.model_dump()["properties"]["params_path"]["type"] == "string"
     schema = by_name["generation"]._parameter_openapi_schema.model_dump()
     assert schema["properties"]["gid"]["type"] == "string" and "gid" in schema["required"]
     assert by_name["dvc-repro"]._parameter_openapi_schema.model_dump()["properties"]["force"]["type"] == "boolean"
