@@ -32,7 +32,7 @@ from cambrian.engine import Engine
 from cambrian.host import load_host
 from cambrian.organelle import lora_config, new_adapter
 from flows.steps import THREADS, step
-from tasks.evomerge import DOMAINS, build, diversity, fitness, next_population, seed_genomes
+from tasks.evomerge import DOMAINS, build, diversity, domain_accuracy, fitness, next_population, seed_genomes
 from tasks.learn import learn_gradient
 from tasks.merge import fold
 
@@ -107,9 +107,7 @@ def _parents(names: list[str], host_dir: Path, data_dir: Path, data_sha: str, pa
 
 def _holdout(folder: Path, holdout: list, cfg: EvalConfig) -> dict:
     model, tok = load_host(folder, device="cpu")
-    ok = Engine(model, tok, cfg).correct(holdout)
-    return {d: sum(k for c, k in zip(holdout, ok) if c.family in fams) / max(1, sum(c.family in fams for c in holdout))
-            for d, fams in DOMAINS.items()}
+    return domain_accuracy(holdout, Engine(model, tok, cfg).correct(holdout))
 
 
 @flow(name="evomerge", task_runner=ThreadPoolTaskRunner(max_workers=1))  # see cambrian/cluster.py to spread

@@ -24,7 +24,7 @@ import torch
 
 from cambrian.challenges import Challenge, as_rows
 from cambrian.config import Params
-from cambrian.engine import Engine
+from cambrian.engine import Engine, accuracy_by_family
 from cambrian.hippocampus import LoRABank, ReplayBuffer, wake
 from tasks.sleep import Switched, consolidate, forgetting_signal, pressure, refresh
 
@@ -42,8 +42,7 @@ def metrics(A: list[list[float]], b: list[float]) -> dict:
 
 def _accuracy(engine: Engine, evals: dict[str, list[Challenge]]) -> dict[str, float]:
     rows = [c for family in evals for c in evals[family]]
-    correct = engine.correct(rows)
-    return {f: sum(ok for c, ok in zip(rows, correct) if c.family == f) / len(evals[f]) for f in evals}
+    return {f: v["accuracy"] for f, v in accuracy_by_family(rows, engine.correct(rows)).items()}
 
 
 def run_stream(model, tok, params: Params, train: list[Challenge], holdout: list[Challenge], mode: str,

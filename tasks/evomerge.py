@@ -90,14 +90,19 @@ def build(g: dict, parents: list[dict[str, torch.Tensor]], load, seed: int) -> d
     return state
 
 
+def domain_accuracy(challenges: list[Challenge], correct: list[bool]) -> dict[str, float]:
+    """Accuracy per domain (0.0 for a domain without challenges)."""
+    out = {}
+    for domain, families in DOMAINS.items():
+        mine = [k for c, k in zip(challenges, correct) if c.family in families]
+        out[domain] = sum(mine) / len(mine) if mine else 0.0
+    return out
+
+
 def fitness(engine: Engine, probes: list[Challenge], cfg: EvoMergeConfig) -> dict:
     """Per-domain probe accuracy, the perplexity of the probes' gold answers and their weighted sum.
     (Every candidate has the host's layers and size, so no size term could tell two apart.)"""
-    ok = engine.correct(probes)
-    acc = {}
-    for domain, families in DOMAINS.items():
-        mine = [k for c, k in zip(probes, ok) if c.family in families]
-        acc[domain] = sum(mine) / len(mine) if mine else 0.0
+    acc = domain_accuracy(probes, engine.correct(probes))
     ll = engine.loglik([c.prompt for c in probes], [c.answer for c in probes], [None] * len(probes))
     ppl = math.exp(-sum(ll) / len(ll))
     w = cfg.fitness
