@@ -148,6 +148,14 @@ def store_put(folder: Path, **info) -> str:
     return sha
 
 
+def store_model(model, tok, **info) -> str:
+    """Save a model and its tokenizer into the store (`store_put`); returns its sha."""
+    out = scratch()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return store_put(out, **info)
+
+
 def store_get(sha: str) -> Path:
     """The store's folder for `sha`, pulled from the remote first when it is only there, verified:
     a damaged or swapped folder is refused, never used."""

@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 from cambrian import tracking
 from cambrian.card import evomerge_card, write_card
 from cambrian.challenges import read_jsonl, verify_dataset
-from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_put, verify,
-                                 write_manifest)
+from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_model, store_put,
+                                 verify, write_manifest)
 from cambrian.config import EvalConfig, MergeConfig, load_params, parse_params
 from cambrian.engine import Engine
 from cambrian.host import load_host
@@ -52,9 +52,7 @@ def specialist_step(parent_dir: str, parent_sha: str, family: str, data_dir: str
     learn_gradient(host, tok, work / "adapter", rows, cfg.specialist_steps, p.colony.train_batch,
                    cfg.specialist_lr, cfg.seed)
     fold(host, {"s": work / "adapter"}, {"s": 1.0}, MergeConfig())
-    host.save_pretrained(work / "model")
-    tok.save_pretrained(work / "model")
-    sha = store_put(work / "model", kind="host", specialist=family)
+    sha = store_model(host, tok, kind="host", specialist=family)
     shutil.rmtree(work)
     return sha
 
@@ -76,10 +74,7 @@ def candidate_step(parents: list[str], genome: dict, data_dir: str, data_sha: st
     state = build(genome, states, lambda sha: _state(store_get(sha)), cfg.seed)
     host, tok = load_host(store_get(parents[0]), parents[0], device="cpu")
     host.load_state_dict(state, strict=False)  # lm_head is tied to the embeddings
-    out = scratch()
-    host.save_pretrained(out)
-    tok.save_pretrained(out)
-    sha = store_put(out, kind="candidate")
+    sha = store_model(host, tok, kind="candidate")
     probe = read_jsonl(local(data_dir, data_sha) / "probe.jsonl")
     probes = [c for fams in DOMAINS.values() for c in [c for c in probe if c.family in fams][:cfg.probes_per_domain]]
     scores = fitness(Engine(host, tok, p.eval), probes, cfg)

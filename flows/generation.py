@@ -35,7 +35,7 @@ from cambrian import ledger, tracking
 from cambrian.card import CARD, generation_card, write_card
 from cambrian.challenges import Challenge, read_jsonl, verify_dataset
 from cambrian.checkpoint import (atomic_dir, atomic_write_text, jsonl_text, local, read_rows, scratch, share, store_get,
-                                 store_put, verify, write_manifest)
+                                 store_model, store_put, verify, write_manifest)
 from cambrian.cluster import configured
 from cambrian.config import Params, load_params, parse_params, restricted
 from cambrian.engine import Engine, test_accuracy
@@ -119,10 +119,7 @@ def merge_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], weigh
                params: dict) -> dict:
     host, tok = load_host(parent_dir, parent_sha, device="cpu")
     report = fold(host, {k: store_get(v) for k, v in adapters.items()}, weights, restricted(params).merge)
-    out = scratch()
-    host.save_pretrained(out)
-    tok.save_pretrained(out)
-    return {"child": store_put(out, kind="host"), "report": report}
+    return {"child": store_model(host, tok, kind="host"), "report": report}
 
 
 @step("sleep-consolidate", sections=("colony", "sleep"))
@@ -137,10 +134,7 @@ def sleep_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], repla
     teacher = load_colony(teacher, {k: store_get(v) for k, v in adapters.items()})
     _, stats = consolidate(student, tok, teacher, replay, p.sleep, p.colony.target_modules, None,
                            ewc=p.sleep.ewc_lambda > 0, seed=p.seed * 7919 + gen)
-    out = scratch()
-    student.save_pretrained(out)
-    tok.save_pretrained(out)
-    return {"child": store_put(out, kind="host"), "stats": stats}
+    return {"child": store_model(student, tok, kind="host"), "stats": stats}
 
 
 @step("gate", sections=("gate", "eval"))
