@@ -150,7 +150,7 @@ def test_a_custom_family_is_a_family_everywhere_in_a_generation(tiny_host_dir, t
     assert [b["task"] for b in runs[0]["boundaries"]] == ["units", "math"]
     with open(tmp_path / "fam.jsonl", "a") as f:
         f.write(json.dumps({"prompt": "Convert 1001 km to m.", "answer": "1001000"}) + "\n")
-    with pytest.raises(CheckpointError, match="built from other custom family files"):
+    with pytest.raises(CheckpointError, match="built from other custom families"):
         generation("gen_1", *args)
 
 
