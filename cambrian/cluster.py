@@ -101,9 +101,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_servers(home: Path) -> Iterator[tuple[str, str]]:
-    """A Prefect API server and an MLflow tracking server on 127.0.0.1, started as users start
-    them, with their state under `home`; yields (PREFECT_API_URL, MLFLOW_TRACKING_URI)."""
+def local_servers(home: Path, mlflow: bool = True) -> Iterator[tuple[str, str]]:
+    """A Prefect API server and (unless not `mlflow`) an MLflow tracking server on 127.0.0.1,
+    started as users start them, with their state under `home`; yields (PREFECT_API_URL,
+    MLFLOW_TRACKING_URI)."""
     bin_dir = Path(sys.executable).parent
     prefect_port, mlflow_port = free_port(), free_port()
     api, tracking = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
@@ -114,6 +115,8 @@ def local_servers(home: Path) -> Iterator[tuple[str, str]]:
                "mlflow": ([str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
                            "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
                            "--artifacts-destination", str(home / "mlflow-artifacts")], f"{tracking}/health")}
+    if not mlflow:
+        del servers["mlflow"]
     home.mkdir(parents=True, exist_ok=True)
     procs = []
     try:

@@ -45,12 +45,12 @@ def tiny_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api(tmp_path_factory):
     """One Prefect API server for the session, as users run one: every `cambrian` process a test
-    starts reports to it instead of starting a temporary server of its own (~5 s each). The MLflow
-    server local_servers starts beside it is not used: tests track to sqlite files of their own."""
+    starts reports to it instead of starting a temporary server of its own (~5 s each). No MLflow
+    server: tests track to sqlite files of their own."""
     from cambrian.cluster import local_servers
 
     before = os.environ.get("PREFECT_API_URL")
-    with local_servers(tmp_path_factory.mktemp("servers")) as (api, _):
+    with local_servers(tmp_path_factory.mktemp("servers"), mlflow=False) as (api, _):
         os.environ["PREFECT_API_URL"] = api
         try:
             yield api
