@@ -70,6 +70,10 @@ class Challenge:
         return self.phrasing >= TRAINED
 
 
+def challenge_id(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()[:12]
+
+
 def split_of(prompt: str) -> str:
     bucket = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big") % 100
     for split, pct in _PCT.items():
@@ -378,8 +382,7 @@ def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_
             if seen.answer != answer:
                 raise ValueError(f"{where}: the prompt of line {first} again, with another answer")
             continue
-        cid = hashlib.sha256(prompt.encode()).hexdigest()[:12]
-        rows[prompt] = (n, Challenge(cid, name, level, split_of(prompt), prompt, answer, scorer=check,
+        rows[prompt] = (n, Challenge(challenge_id(prompt), name, level, split_of(prompt), prompt, answer, scorer=check,
                                      max_tokens=max_tokens))
     return tuple(c for _, c in rows.values())
 
@@ -433,8 +436,8 @@ def sample(fam: Family, level: int, split: str, n: int, seed: int | str, exclude
         prompt, answer, k, scorer = fam.make(rng, level, transfer)
         if prompt in out or prompt in exclude or split_of(prompt) != split:
             continue
-        cid = hashlib.sha256(prompt.encode()).hexdigest()[:12]
-        out[prompt] = Challenge(cid, fam.name, level, split, prompt, answer, k, scorer=scorer, max_tokens=fam.max_tokens)
+        out[prompt] = Challenge(challenge_id(prompt), fam.name, level, split, prompt, answer, k, scorer=scorer,
+                                max_tokens=fam.max_tokens)
     if len(out) < n:
         raise ValueError(f"could only draw {len(out)} of {n} distinct {fam.name} level-{level} {split} challenges: "
                          f"lower challenges.{split}_per_cell in params.yaml")

@@ -133,11 +133,16 @@ def scratch() -> Path:
     return Path(tempfile.mkdtemp(dir=home() / "tmp"))
 
 
+def stored(sha: str) -> Path:
+    """Where the store keeps the folder of content sha256 `sha` (present or not)."""
+    return home() / "store" / sha
+
+
 def store_put(folder: Path, **info) -> str:
     """Move a finished folder into the store under its content sha (written in its manifest); with
     a remote configured, push it there too, so any worker can fetch it by that sha."""
     sha = write_manifest(folder, **info)
-    target = home() / "store" / sha
+    target = stored(sha)
     if target.exists():
         shutil.rmtree(folder)
     else:
@@ -159,7 +164,7 @@ def store_model(model, tok, **info) -> str:
 def store_get(sha: str) -> Path:
     """The store's folder for `sha`, pulled from the remote first when it is only there, verified:
     a damaged or swapped folder is refused, never used."""
-    path = home() / "store" / sha
+    path = stored(sha)
     if not (path / MANIFEST).is_file() and not (remote_name() and pull(sha)):
         raise CheckpointError(f"checkpoint {sha[:12]} is not in the store {path.parent}"
                               f"{' nor in DVC remote ' + repr(remote_name()) if remote_name() else ''}: it was deleted "
@@ -240,7 +245,7 @@ def pull(sha: str) -> bool:
     except BaseException:
         shutil.rmtree(work)
         raise
-    target = home() / "store" / sha
+    target = stored(sha)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         work.rename(target)

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from cambrian import ledger
-from cambrian.checkpoint import MANIFEST, home
+from cambrian.checkpoint import MANIFEST, stored
 from cambrian.config import Params
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -85,7 +85,7 @@ def _register(client, name: str, run_id: str, row: dict) -> None:
     folder `cambrian.host.load_host` loads (and verifies against the version's sha tag)."""
     from mlflow.exceptions import MlflowException
 
-    source = home() / "store" / row["child_sha"]
+    source = stored(row["child_sha"])
     if not (source / MANIFEST).is_file():
         log.warning("%s is not in the store %s: not registered in MLflow", row["GEN_ID"], source.parent)
         return
