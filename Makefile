@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test bench example
+.PHONY: install repro test bench example conversations
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ example: install
 	cambrian challenges $(EXAMPLE) --out data/units
 	cambrian baseline $(EXAMPLE) --host models/units/base --data data/units --out reports/units/baseline.json
 	cambrian ladder $(EXAMPLE) --models models/units --runs runs/units --data data/units --reports reports/units
+
+# A ladder on your own conversations (data/examples/conversations.yaml): three weekly deltas of
+# questions about Cambrian's parameters, one generation each (reports/chat).
+CHAT := -p data/examples/conversations.yaml
+conversations: install
+	cambrian host $(CHAT) --out models/chat/base --run runs/chat/base
+	cambrian challenges $(CHAT) --out data/chat
+	cambrian ladder $(CHAT) --models models/chat --runs runs/chat --data data/chat --reports reports/chat
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -75,19 +75,26 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
             f"the {row['gate_verdict']} child, which is not this checkpoint, against its parent"
         lines += ["", f"## Gate ({title})", "", "| measure | parent | child |", "| --- | --- | --- |"]
         for name, label in (("recall", "recall (earlier QA)"), ("generalization", "generalization (holdout)"),
+                            ("recall_loglik", "recall of earlier conversations (answer log-likelihood)"),
+                            ("recall_exact", "recall of earlier conversations (short answers, exact)"),
+                            ("heldout_loglik", "this delta's held-out conversations (answer log-likelihood)"),
                             ("ppl", "perplexity of English prose")):
             if gate.get(f"{name}_child") is not None:
                 lines.append(f"| {label} | {gate[f'{name}_parent']:.3f} | {gate[f'{name}_child']:.3f} |")
         lines.append(f"| style drift, KL(parent ‖ child) | - | {gate['style_drift']:.4f} |")
-    fold = "distillation (sleep)" if params["sleep"]["in_generation"] else \
+    fold = "distillation (sleep)" if params["sleep"]["in_generation"] and not record.get("delta") else \
         f"merge `{params['merge']['method']}` (seed {params['merge']['seed']})"
     made = f"were folded into the parent by {fold}" if row["gate_verdict"] == "accepted" else \
         f"would have been folded in by {fold}; this generation is {row['gate_verdict']}, so this checkpoint is " \
         "an earlier one, unchanged"
+    how = (f"One LoRA ({params['colony']['train_steps']} steps at lr {params['colony']['lr']}) learned the "
+           f"conversation delta `{record['delta']}` (sha256 `{row['data_delta_sha'][:12]}`) with replay; it "
+           f"{made.replace('were folded', 'was folded')}") if record.get("delta") else \
+        (f"Organelles ({params['colony']['species']}, population {params['colony']['population']}, "
+         f"{params['colony']['train_steps']} LoRA steps each at lr {params['colony']['lr']}) that passed the "
+         f"assimilation test {made}")
     lines += ["", "## How it was made", "",
-              f"Organelles ({params['colony']['species']}, population {params['colony']['population']}, "
-              f"{params['colony']['train_steps']} LoRA steps each at lr {params['colony']['lr']}) that passed the "
-              f"assimilation test {made}; seed {params['seed']}. The params of this generation:", "",
+              f"{how}; seed {params['seed']}. The params of this generation:", "",
               "```yaml", yaml.safe_dump(params, sort_keys=False).rstrip(), "```"]
     return _front(host_meta(source)) + "\n".join(lines) + "\n"
 

@@ -34,19 +34,33 @@ def check(params: Path = PARAMS,
           ok: Path = typer.Option(None, help="Also verify every checkpoint a generation starts from (where it "
                                              "exists), then write this file: the `params` DVC stage, which "
                                              "every stage depends on, so bad params or a damaged parent stop "
-                                             "`dvc repro` before DVC removes any stage's outputs.")):
-    """Validate params.yaml (every generation's overrides included) and print the resolved
-    configuration (defaults filled in)."""
+                                             "`dvc repro` before DVC removes any stage's outputs."),
+          deltas: Path = typer.Option(None, help="Also write DELTAS/<generation>.json for every generation of the "
+                                                 "ladder: the sha256 of its conversation delta (or none), the file "
+                                                 "its DVC stage depends on, so a changed delta re-runs its own "
+                                                 "generation only. Deltas must then live in data/deltas/.")):
+    """Validate params.yaml (every generation's overrides and conversation deltas included) and print
+    the resolved configuration (defaults filled in)."""
     p = _params(params)
-    if ok is None:
+    if ok is None and deltas is None:
         typer.echo(json.dumps(p.model_dump(), indent=2))
         return
     from cambrian import ledger
-    from cambrian.checkpoint import atomic_write_text
-    for parent in dict.fromkeys(g.parent for g in p.ladder.values()):
-        if (Path("runs") / parent / "generation.json").is_file():
-            ledger.verify_generation(Path("models") / parent, Path("runs") / parent)
-    atomic_write_text(ok, "params valid, parents verified\n")  # the same bytes every time: nothing downstream re-runs
+    from cambrian.checkpoint import atomic_write_text, file_sha
+    from cambrian.config import ParamsError
+    if deltas is not None:
+        watched = Path("data/deltas").resolve()
+        for gid, g in p.ladder.items():
+            if g.delta and watched not in Path(g.delta).resolve().parents:
+                raise ParamsError(f"ladder.{gid}.delta: {g.delta} is outside data/deltas/, the folder the params "
+                                 f"stage watches: move it there")
+            atomic_write_text(deltas / f"{gid}.json", json.dumps(
+                {"delta": g.delta, "sha256": file_sha(Path(g.delta)) if g.delta else None}) + "\n")
+    if ok is not None:
+        for parent in dict.fromkeys(g.parent for g in p.ladder.values()):
+            if (Path("runs") / parent / "generation.json").is_file():
+                ledger.verify_generation(Path("models") / parent, Path("runs") / parent)
+        atomic_write_text(ok, "params valid, parents verified\n")  # the same bytes every time: nothing downstream re-runs
 
 
 @app.command()

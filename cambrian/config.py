@@ -191,7 +191,12 @@ class GateConfig(Strict):
     recall_rows: int = Field(150, ge=1, le=100_000)  # prior QA rows answered (a fixed sample when there are more)
     recall_alpha: float = Field(0.05, gt=0.0, le=1.0)  # ...and the drop is significant (paired McNemar p <= this;
                                                        # 1.0: the threshold alone)
-    generalization_min_delta: float = Field(0.0, ge=-1.0, le=1.0)  # child - parent on the delta's holdout
+    # Conversation deltas' held-out answers (recall, in every later generation): the child's mean
+    # per-token log-likelihood may fall at most this far below the parent's (exact match of the short
+    # answers falls under recall_drop_max / recall_alpha like the QA set)
+    recall_loglik_drop_max: float = Field(0.1, ge=0.0)
+    generalization_min_delta: float = Field(0.0, ge=-1.0, le=1.0)  # child - parent on the delta's holdout (accuracy;
+                                                                   # a conversation delta: answer log-likelihood)
     max_kl: float = Field(0.5, ge=0.0)  # mean per-token KL(parent || child) on neutral prompts
     max_forbidden_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of neutral replies with a forbidden phrase
     forbidden_phrases: list[str] = Field(default_factory=lambda: ["as an ai", "i cannot", "i'm sorry"])
@@ -355,6 +360,16 @@ class LadderGen(Strict):
     parent: str  # "base" (the host, G0) or an earlier generation id
     # Per-generation overrides of top-level sections, e.g. {colony: {lr: 0.002}}.
     overrides: dict = Field(default_factory=dict)
+    # A conversation delta (cambrian/conversations.py): this generation learns these conversations
+    # instead of the challenges, e.g. data/deltas/week2.jsonl.
+    delta: str | None = None
+
+    @model_validator(mode="after")
+    def _delta(self) -> "LadderGen":
+        if self.delta is not None:
+            from cambrian.conversations import read_delta
+            read_delta(self.delta)  # a bad file fails here, naming its line, before any work starts
+        return self
 
 
 def _overridden(data: dict, overrides: dict) -> dict:

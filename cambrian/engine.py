@@ -24,9 +24,11 @@ BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
 END_OF_TURN = "<|im_end|>"
 
 
-def chat_text(tok, prompt: str) -> str:
-    """A challenge prompt in the host's chat template, ready for the assistant's reply."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+def chat_text(tok, prompt: str | list[dict]) -> str:
+    """A prompt in the host's chat template, ready for the assistant's reply: a challenge's text
+    (asked under Cambrian's system prompt) or the chat messages of a conversation (as they are)."""
+    messages = prompt if isinstance(prompt, list) else \
+        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -43,7 +45,7 @@ class Engine:
         self.last_tokens: list[int] = []  # per row, of the last generate call
         self.seconds = 0.0
 
-    def chat(self, prompt: str) -> str:
+    def chat(self, prompt: str | list[dict]) -> str:
         return chat_text(self.tok, prompt)
 
     def _adapter_kwargs(self, adapters: Sequence[str | None]) -> dict:
@@ -109,7 +111,7 @@ class Engine:
             mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], adapters: Sequence[str | None], max_new_tokens: Sequence[int],
+    def generate(self, prompts: Sequence[str | list[dict]], adapters: Sequence[str | None], max_new_tokens: Sequence[int],
                  desc: str = "generate") -> list[str]:
         if not len(prompts) == len(adapters) == len(max_new_tokens):
             raise ValueError("prompts, adapters and max_new_tokens must have the same length")
@@ -142,8 +144,10 @@ class Engine:
         return [score(c.scorer, r, c.answer) for c, r in zip(challenges, replies)]
 
     @torch.inference_mode()
-    def loglik(self, prompts: Sequence[str], answers: Sequence[str], adapters: Sequence[str | None]) -> list[float]:
+    def loglik(self, prompts: Sequence[str | list[dict]], answers: Sequence[str], adapters: Sequence[str | None]) -> list[float]:
         """Mean log-probability per token of each answer (followed by end-of-turn) given its prompt."""
+        if not prompts:
+            return []
         pids = self.tok([self.chat(p) for p in prompts], add_special_tokens=False)["input_ids"]
         aids = self.tok([a + END_OF_TURN for a in answers], add_special_tokens=False)["input_ids"]
         out = [0.0] * len(prompts)

@@ -17,7 +17,8 @@ from cambrian.checkpoint import atomic_dir, atomic_write_text, read_rows
 VERDICT_COLOURS = {"accepted": "#2e7d32", "rejected": "#c62828", "unchanged": "#9e9e9e", "stopped": "#212121",
                    "rolled back": "#ef6c00"}
 CURVES = ["roi_mean", "roi_median", "roi_std", "energy_mean", "energy_gini", "effective_population",
-          "recall_parent", "recall_child", "generalization_parent", "generalization_child", "style_drift"]
+          "recall_parent", "recall_child", "generalization_parent", "generalization_child", "style_drift",
+          "recall_loglik_parent", "recall_loglik_child", "heldout_loglik_parent", "heldout_loglik_child"]
 
 
 PARTS = ("test", "transfer")  # the test split in trained phrasings, and in reserved ones
@@ -195,20 +196,28 @@ def plot_lineage(data: dict, path: Path) -> None:
 
 
 def plot_gate(rows: list[dict], path: Path, thresholds: dict) -> None:
+    """The gate's measures per generation, parent (dashed) beside child; a fourth panel when the
+    ladder learned conversation deltas (answer log-likelihood of held-out conversations)."""
     plt = _plt()
     names = [r["generation"] for r in rows]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    ax[0].plot(names, _num(rows, "recall_parent"), "s--", label="parent")
-    ax[0].plot(names, _num(rows, "recall_child"), "o-", label="child")
-    ax[0].set_title(f"recall on the parent's QA set (max drop {thresholds['recall_drop_max']})")
-    ax[0].legend(fontsize=8)
-    ax[1].plot(names, _num(rows, "generalization_parent"), "s--", label="parent")
-    ax[1].plot(names, _num(rows, "generalization_child"), "o-", label="child")
-    ax[1].set_title("generalization (holdout of new families)")
+    conversations = any(r["heldout_loglik_child"] not in ("", None) for r in rows)
+    fig, ax = plt.subplots(1, 3 + conversations, figsize=(13 + 4 * conversations, 3.6))
+    panels = [("recall", f"recall on the parent's QA set (max drop {thresholds['recall_drop_max']})"),
+              ("generalization", "generalization (holdout of new families)")]
+    if conversations:
+        panels.append(("heldout_loglik", "held-out conversations: answer log-lik."))
+    for a, (key, title) in zip([ax[0], ax[1], *ax[3:]], panels):
+        a.plot(names, _num(rows, f"{key}_parent"), "s--", label="parent")
+        a.plot(names, _num(rows, f"{key}_child"), "o-", label="child")
+        a.set_title(title)
+        a.legend(fontsize=8)
+    if conversations:
+        ax[3].plot(names, _num(rows, "recall_loglik_child"), "x", color="tab:purple", ms=9,
+                   label="child, earlier deltas (recall)")
+        ax[3].legend(fontsize=8)
     ax[2].plot(names, _num(rows, "style_drift"), "o-", color="tab:red")
     ax[2].axhline(thresholds["max_kl"], ls="--", c="grey", lw=1)
     ax[2].set_title("style drift KL (dashed: max_kl)")
-    ax[1].legend(fontsize=8)
     for a in ax:
         for i, r in enumerate(rows):
             a.axvspan(i - 0.4, i + 0.4, color=VERDICT_COLOURS.get(r["verdict"], "grey"), alpha=0.08)

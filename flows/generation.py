@@ -3,6 +3,10 @@
     spawn -> learn (one task per organelle) -> evaluate -> settle energy -> assimilate
           -> merge (or sleep-consolidate) -> gate / rollback -> score (test split per family) -> publish
 
+A ladder entry with a conversation `delta` (cambrian/conversations.py) learns that file instead:
+
+    new adapter -> learn the delta (with replay) -> merge -> gate / rollback -> score -> publish
+
 The organelles that pass assimilation are folded into the parent host one of two ways: by merge
 (default; their weights combined by a mergekit method with soup weights, which is exact for the
 default colony of one generalist), or, with sleep.in_generation: true, by sleep-consolidate (each
@@ -34,18 +38,19 @@ from prefect.cache_policies import NO_CACHE
 from cambrian import ledger, tracking
 from cambrian.card import CARD, generation_card, write_card
 from cambrian.challenges import Challenge, read_jsonl, verify_dataset
-from cambrian.checkpoint import (atomic_dir, atomic_write_text, jsonl_text, local, read_rows, scratch, share, store_get,
-                                 store_model, store_put, verify, write_manifest)
+from cambrian.checkpoint import (atomic_dir, atomic_write_text, file_sha, jsonl_text, local, read_rows, scratch, share,
+                                 store_get, store_model, store_put, verify, write_manifest)
 from cambrian.cluster import configured
 from cambrian.config import Params, load_params, parse_params, restricted
+from cambrian.conversations import read_delta
 from cambrian.engine import Engine, test_accuracy
 from cambrian.host import load_host
-from cambrian.organelle import Organelle, families_of, load_colony, save_population
+from cambrian.organelle import Organelle, families_of, load_colony, lora_config, new_adapter, save_population
 from flows.steps import step
 from tasks.assimilate import assimilate, gating
 from tasks.evaluate import run_episodes
 from tasks.gate import measure, should_stop, verdict
-from tasks.learn import learn, training_data
+from tasks.learn import learn, training_data, with_replay
 from tasks.merge import fold, soup_weights
 from tasks.settle import settle
 from tasks.sleep import consolidate
@@ -67,6 +72,17 @@ def spawn_step(parent_dir: str, parent_sha: str, population: list[dict], adapter
     shas = {o.id: store_put(out / o.id, kind="organelle") for o in colony}
     shutil.rmtree(prev), shutil.rmtree(out)
     return {"population": [asdict(o) for o in colony], "adapters": shas}
+
+
+@step("new-adapter", sections=("colony",))
+def adapter_step(parent_dir: str, parent_sha: str, params: dict, seed: int) -> str:
+    """A fresh LoRA adapter on the host (B = 0: it starts as the host itself), in the store."""
+    host, _ = load_host(parent_dir, parent_sha)
+    c, work = restricted(params).colony, scratch()
+    new_adapter(host, lora_config(c.lora_rank, c.lora_alpha, c.target_modules), seed, work / "adapter")
+    sha = store_put(work / "adapter", kind="organelle")
+    shutil.rmtree(work)
+    return sha
 
 
 @step("learn")
@@ -139,7 +155,11 @@ def sleep_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], repla
 
 @step("gate", sections=("gate", "eval"))
 def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[dict], data_dir: str,
-              data_sha: str, families: list[str], params: dict) -> dict:
+              data_sha: str, families: list[str], params: dict, recall_conversations: list[dict],
+              heldout_conversations: list[dict]) -> dict:
+    """Parent and child side by side (tasks/gate.py): recall of the prior QA set and of the earlier
+    conversation deltas' held-out answers, generalization to the holdout split of `families` or to
+    the new delta's held-out answers, style drift and general-text perplexity."""
     p = restricted(params)
     parent, tok = load_host(parent_dir, parent_sha)
     child, _ = load_host(store_get(child_sha), child_sha)
@@ -149,7 +169,7 @@ def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[d
     qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"], scorer=r["scorer"],
                     max_tokens=r["max_tokens"])
           for r in (prior_qa[i] for i in sorted(keep))]  # recall on a fixed sample, in file order
-    return measure(*engines, qa, holdout, p.gate)
+    return measure(*engines, qa, holdout, p.gate, recall_conversations, heldout_conversations)
 
 
 @step("score", sections=("eval",))
@@ -217,6 +237,84 @@ def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path],
     return deltas, rows
 
 
+def _evolve(gid: str, gen: int, params: Params, pd: str, parent_sha: str, population: list[dict],
+            adapters: dict[str, str], lineage: list[Path], history: list[dict], data: Path, data_sha: str,
+            prior_qa: list[dict], runs: Path, progress: "Progress") -> dict:
+    """The colony's part of a generation on the challenges: spawn, learn, evaluate, settle,
+    assimilate, then fold what passed into the parent (merge or sleep). Returns the new colony and
+    the child's sha under "child" (absent when nothing was folded) for the gate."""
+    pdict = params.for_steps()
+    sp = spawn_step(pd, parent_sha, population, adapters, pdict, gen)
+    colony, adapters = _colony(sp["population"]), sp["adapters"]
+    progress.done("spawn")
+    deltas, rows = _training_rows(colony, params, lineage, history, read_jsonl(data / "train.jsonl"), gen)
+    living = [o for o in colony if o.alive]
+    futures = {o.id: learn_step.submit(pd, parent_sha, adapters[o.id], rows[o.id],
+                                       params.colony.model_dump(), o.lr, params.seed * 7919 + gen * 1009 + k)
+               for k, o in enumerate(living)}
+    learned = {}
+    for k, (oid, f) in enumerate(futures.items()):
+        learned[oid] = f.result()
+        progress.done(f"learn {k + 1}/{len(futures)}")
+    adapters = {**adapters, **{oid: r["adapter"] for oid, r in learned.items()}}
+    curves = {oid: r["curve"] for oid, r in learned.items()}
+    ev = evaluate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, data_sha, pdict, gen)
+    episodes = ev["episodes"]
+    progress.done("evaluate")
+    st = settle_step(ev["population"], episodes, {k: len(v) for k, v in curves.items()}, pdict, gen)
+    colony, summary = _colony(st["population"]), st["summary"]
+    summary.update(bandit={o.id: o.arms for o in colony if o.alive}, learning_curves=curves,
+                   accuracy=sum(e["correct"] for e in episodes) / max(1, len(episodes)))
+    attempts = assimilate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, summary, str(data),
+                               data_sha, pdict, gen)
+    prior = json.loads((runs / params.ladder[gid].parent / "summary.json").read_text()).get("gating", {}) \
+        if lineage else {}
+    progress.done("assimilate")
+    summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
+    weights = soup_weights(attempts, params.merge)
+    part = {"colony": colony, "adapters": adapters, "episodes": episodes, "summary": summary, "attempts": attempts,
+            "deltas": deltas, "weights": weights,
+            "unchanged": "the child is its parent byte for byte (e.g. every sleep step was non-finite and skipped): its "
+                         "organelles stay in the colony" if weights else "nothing passed assimilation",
+            "families": sorted({f for o in colony if o.id in weights
+                                for f in families_of(o.species, params.challenges.families)})}
+    if weights and params.sleep.in_generation:  # fold by distillation from each organelle
+        replay = prior_qa + [{**r, "teacher": oid} for oid in sorted(weights) for r in deltas[oid]]
+        slept = sleep_step(pd, parent_sha, {k: adapters[k] for k in weights}, replay, pdict, gen)
+        part["child"], summary["sleep"] = slept["child"], slept["stats"]
+        progress.done("sleep-consolidate")
+    elif weights:  # fold by merging the organelles' weights (mergekit)
+        merged = merge_step(pd, parent_sha, {k: adapters[k] for k in weights}, weights, pdict)
+        part["child"], summary["merge"] = merged["child"], merged["report"]
+        progress.done("merge")
+    return part
+
+
+def _converse(gid: str, gen: int, params: Params, pd: str, parent_sha: str, population: list[dict],
+              adapters: dict[str, str], conversation: list[dict], learned_before: list[dict], prior_qa: list[dict],
+              progress: "Progress") -> dict:
+    """A generation that learns a conversation delta: one fresh LoRA (the colony's rank, steps and lr)
+    on the delta's training conversations with replay (earlier deltas' training conversations and the
+    parent's QA set, at `colony.replay_ratio`), folded into the parent by the configured merge at
+    `merge.total_weight`. The colony waits: its organelles pass to the child untouched."""
+    pdict = params.for_steps()
+    rng = random.Random(f"{params.seed}/conversation/{gen}")
+    rows = with_replay([r for r in conversation if r["split"] == "train"],
+                       [r for r in learned_before if r["split"] == "train"] + prior_qa, params.colony.replay_ratio, rng)
+    seed = params.seed * 7919 + gen * 1009
+    fresh = adapter_step(pd, parent_sha, pdict, seed)
+    learned = learn_step(pd, parent_sha, fresh, rows, params.colony.model_dump(), params.colony.lr, seed)
+    progress.done("learn the delta")
+    merged = merge_step(pd, parent_sha, {"delta": learned["adapter"]}, {"delta": params.merge.total_weight}, pdict)
+    progress.done("merge")
+    summary = {"learning_curves": {"delta": learned["curve"]}, "merge": merged["report"],
+               "conversations": {"file": params.ladder[gid].delta, "train_rows": len(rows),
+                                 "heldout": sum(r["split"] == "heldout" for r in conversation)}}
+    return {"colony": _colony(population), "adapters": adapters, "episodes": [], "summary": summary, "attempts": [],
+            "deltas": {}, "weights": {}, "families": [], "child": merged["child"],
+            "unchanged": "the child is its parent byte for byte"}
+
+
 class Progress:
     """Logs each finished step with the generation's elapsed time and, when the parent generation's
     wall time is known, an estimate of what is left; `marks` is the timeline (step, minutes)."""
@@ -240,14 +338,13 @@ def _before_streak(gid: str, params: Params, history: list[dict]) -> str:
 
 
 def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_name: str, why: str, summary: dict,
-            deltas: dict, metrics: dict | None, history: list[dict], stopped: bool, minutes: float) -> dict:
+            delta_sha: str, metrics: dict | None, history: list[dict], stopped: bool, minutes: float) -> dict:
     """The generation's record: its ledger row, gate metrics, stop flag and DVC metrics."""
     curves = list(summary.get("learning_curves", {}).values())
     firsts, lasts = [c[0] for c in curves if c], [c[-1] for c in curves if c]
     m = metrics or {}
     row = {"GEN_ID": gid, "parent_sha": parent_sha, "child_sha": child_sha,
-           "data_delta_sha": hashlib.sha256(jsonl_text([r for k in sorted(deltas) for r in deltas[k]]).encode())
-           .hexdigest(),
+           "data_delta_sha": delta_sha,
            "steps": sum(map(len, curves)), "lr": params.colony.lr, "walltime_min": round(minutes, 3),
            "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
            "eval_recall": "" if m.get("recall_child") is None else m["recall_child"],
@@ -258,7 +355,9 @@ def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_n
     stop = stopped or bool(metrics and should_stop([h["gate"] for h in history] + [metrics], params.gate))
     gate = {"accepted": verdict_name == "accepted",
             **{k: m.get(k) for k in ("recall_parent", "recall_child", "generalization_parent", "generalization_child",
-                                     "style_drift", "forbidden_rate", "ppl_parent", "ppl_child")}}
+                                     "style_drift", "forbidden_rate", "ppl_parent", "ppl_child",
+                                     "recall_loglik_parent", "recall_loglik_child", "recall_exact_parent",
+                                     "recall_exact_child", "heldout_loglik_parent", "heldout_loglik_child")}}
     colony = {"assimilated": len(summary.get("assimilated", [])), "accuracy": summary.get("accuracy", 0.0),
               "survivors": summary.get("survivors", 0)}
     return {"ledger": row, "gate": metrics, "stop": stop,
@@ -290,8 +389,9 @@ def _parent(gid: str, params: Params, models: Path, runs: Path) -> tuple[Path, s
 @flow(name="generation", task_runner=ThreadPoolTaskRunner(max_workers=1))  # one model trains at a time
 def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "models", runs_dir: str = "runs",
                data_dir: str = "data/challenges", reports_dir: str = "reports") -> dict:
-    """One rung of the ladder: evolve the colony on the parent host, fold the organelles that
-    prove real uplift into it, gate the child against the parent, and publish the result."""
+    """One rung of the ladder: evolve the colony on the parent host and fold the organelles that
+    prove real uplift into it (or, when the ladder entry names a conversation `delta`, learn that),
+    gate the child against the parent, and publish the result."""
     start = time.perf_counter()
     log = get_run_logger()
     params = load_params(params_path).for_generation(gid)
@@ -305,57 +405,32 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     progress = Progress(gid, next((h["ledger"]["walltime_min"] for h in reversed(history)
                                    if h["ledger"]["gate_verdict"] != "stopped"), None))
     stopped = bool(history) and history[-1].get("stop", False)
-    episodes, summary, attempts, deltas, metrics, child_sha = [], {}, [], {}, None, parent_sha
+    lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
+    prior_qa = read_rows(lineage[-1] / "qa.jsonl", missing_ok=True) if lineage else []
+    learned_before = [r for run, h in zip(lineage, history) if h["ledger"]["gate_verdict"] == "accepted"
+                      for r in read_rows(run / "conversations.jsonl", missing_ok=True)]  # earlier deltas, as learned
+    delta_file = params.ladder[gid].delta
+    conversation = read_delta(delta_file) if delta_file else []
+    metrics, child_sha, why, verdict_name = None, parent_sha, "", ""
     if stopped:
-        colony, why, verdict_name = _colony(population), "the stop rule ended the ladder before it", "stopped"
+        part = {"colony": _colony(population), "adapters": adapters, "episodes": [], "summary": {}, "attempts": [],
+                "deltas": {}, "weights": {}, "families": []}
+        why, verdict_name = "the stop rule ended the ladder before it", "stopped"
+    elif delta_file:
+        part = _converse(gid, gen, params, pd, parent_sha, population, adapters, conversation, learned_before,
+                         prior_qa, progress)
     else:
-        sp = spawn_step(pd, parent_sha, population, adapters, pdict, gen)
-        colony, adapters = _colony(sp["population"]), sp["adapters"]
-        progress.done("spawn")
-        lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
-        deltas, rows = _training_rows(colony, params, lineage, history, read_jsonl(data / "train.jsonl"), gen)
-        living = [o for o in colony if o.alive]
-        futures = {o.id: learn_step.submit(pd, parent_sha, adapters[o.id], rows[o.id],
-                                           params.colony.model_dump(), o.lr, params.seed * 7919 + gen * 1009 + k)
-                   for k, o in enumerate(living)}
-        learned = {}
-        for k, (oid, f) in enumerate(futures.items()):
-            learned[oid] = f.result()
-            progress.done(f"learn {k + 1}/{len(futures)}")
-        adapters = {**adapters, **{oid: r["adapter"] for oid, r in learned.items()}}
-        curves = {oid: r["curve"] for oid, r in learned.items()}
-        ev = evaluate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, data_sha, pdict, gen)
-        episodes = ev["episodes"]
-        progress.done("evaluate")
-        st = settle_step(ev["population"], episodes, {k: len(v) for k, v in curves.items()}, pdict, gen)
-        colony, summary = _colony(st["population"]), st["summary"]
-        summary.update(bandit={o.id: o.arms for o in colony if o.alive}, learning_curves=curves,
-                       accuracy=sum(e["correct"] for e in episodes) / max(1, len(episodes)))
-        attempts = assimilate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, summary, str(data),
-                                   data_sha, pdict, gen)
-        prior = json.loads((runs / params.ladder[gid].parent / "summary.json").read_text()).get("gating", {}) \
-            if lineage else {}
-        progress.done("assimilate")
-        summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
-        weights = soup_weights(attempts, params.merge)
-        prior_qa = read_rows(lineage[-1] / "qa.jsonl", missing_ok=True) if lineage else []
-        if weights and params.sleep.in_generation:  # fold by distillation from each organelle
-            replay = prior_qa + [{**r, "teacher": oid} for oid in sorted(weights) for r in deltas[oid]]
-            slept = sleep_step(pd, parent_sha, {k: adapters[k] for k in weights}, replay, pdict, gen)
-            child_sha, summary["sleep"] = slept["child"], slept["stats"]
-            progress.done("sleep-consolidate")
-        elif weights:  # fold by merging the organelles' weights (mergekit)
-            merged = merge_step(pd, parent_sha, {k: adapters[k] for k in weights}, weights, pdict)
-            child_sha, summary["merge"] = merged["child"], merged["report"]
-            progress.done("merge")
-        if not weights:
-            why, verdict_name = "nothing passed assimilation", "unchanged"
-        elif child_sha == parent_sha:  # e.g. every sleep step was non-finite and skipped
-            why, verdict_name = "the child is its parent byte for byte: its organelles stay in the colony", "unchanged"
+        part = _evolve(gid, gen, params, pd, parent_sha, population, adapters, lineage, history, data, data_sha,
+                       prior_qa, runs, progress)
+    colony, adapters, summary, deltas, weights = (part[k] for k in ("colony", "adapters", "summary", "deltas", "weights"))
+    if not stopped:
+        child_sha = part.get("child", parent_sha)
+        if child_sha == parent_sha:
+            why, verdict_name = part["unchanged"], "unchanged"
         else:
-            families = sorted({f for o in colony if o.id in weights
-                               for f in families_of(o.species, params.challenges.families)})
-            metrics = gate_step(pd, parent_sha, child_sha, prior_qa, str(data), data_sha, families, pdict)
+            metrics = gate_step(pd, parent_sha, child_sha, prior_qa, str(data), data_sha, part["families"], pdict,
+                                [r for r in learned_before if r["split"] == "heldout"],
+                                [r for r in conversation if r["split"] == "heldout"])
             accepted, why = verdict(metrics, params.gate)
             progress.done("gate")
             verdict_name = "accepted" if accepted else "rejected"
@@ -379,17 +454,19 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
 
     # The child's QA set (the next gate's recall test): what it assimilated, or, when it is its
     # parent unchanged, the parent's.
-    qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if verdict_name == "accepted" else \
-        read_rows(runs / params.ladder[gid].parent / "qa.jsonl", missing_ok=True)
+    qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if summary.get("assimilated") else prior_qa
     if verdict_name != "rolled back":
         source = store_get(child_sha) if child_sha != parent_sha else parent_dir
     summary["scores"] = score_step(str(source), child_sha, str(data), data_sha, pdict)
     progress.done("score")
-    record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, deltas, metrics, history, stopped,
-                     (time.perf_counter() - start) / 60)
+    delta_sha = file_sha(Path(delta_file)) if delta_file else \
+        hashlib.sha256(jsonl_text([r for k in sorted(deltas) for r in deltas[k]]).encode()).hexdigest()
+    record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, delta_sha, metrics, history,
+                     stopped, (time.perf_counter() - start) / 60)
+    record["delta"] = delta_file  # the conversation delta it learned (None: the challenges)
     record["timeline"] = progress.marks  # minutes since the start at the end of each step (beside the wall time)
-    files = {"episodes.jsonl": jsonl_text(episodes), "assimilation.jsonl": jsonl_text(attempts),
-             "qa.jsonl": jsonl_text(qa),
+    files = {"episodes.jsonl": jsonl_text(part["episodes"]), "assimilation.jsonl": jsonl_text(part["attempts"]),
+             "qa.jsonl": jsonl_text(qa), **({"conversations.jsonl": jsonl_text(conversation)} if conversation else {}),
              "summary.json": json.dumps(summary, indent=1, sort_keys=True) + "\n",
              **{f"deltas/{oid}.jsonl": jsonl_text(rows) for oid, rows in deltas.items()}}
     card = generation_card(params.host.source, [ledger.record(runs / "base"), *history, record], params.for_steps())

@@ -6,6 +6,10 @@ Measured on the parent and the child side by side:
   is significant (paired exact McNemar, one-sided, p <= `recall_alpha`), so sampling noise on a
   small QA set does not roll back a child that forgot nothing;
 - generalization: accuracy on the holdout split of the families in the new delta;
+- conversations (cambrian/conversations.py): recall on the held-out answers of the lineage's earlier
+  conversation deltas, as mean per-token answer log-likelihood (a fall over `recall_loglik_drop_max`
+  fails) and exact match of the short answers (as the QA set); a generation that learns a delta is
+  judged on its generalization to the delta's own held-out answers (log-likelihood) instead;
 - style drift: on neutral prompts, the mean per-token KL(parent || child) along the parent's own
   greedy replies, and the share of the child's replies containing a forbidden phrase;
 - general ability: perplexity on a fixed slice of English prose that ships with Python (the
@@ -21,14 +25,16 @@ import math
 import torch
 
 from cambrian.bandit import arm
-from cambrian.challenges import Challenge
+from cambrian.challenges import Challenge, score
 from cambrian.config import GateConfig
+from cambrian.conversations import is_short
 from cambrian.engine import Engine, accuracy_by_family
 from tasks.assimilate import mcnemar_p
 
 
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
-           "style_drift", "forbidden_rate", "ppl_parent", "ppl_child")
+           "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", "recall_loglik_parent", "recall_loglik_child",
+           "recall_exact_parent", "recall_exact_child", "heldout_loglik_parent", "heldout_loglik_child")
 
 
 @torch.inference_mode()
@@ -86,8 +92,30 @@ def _by_arm(engine: Engine, rows: list[Challenge]) -> tuple[float | None, dict[s
                                                  for lv, a in v["by_level"].items()}
 
 
+def conversations(engines: tuple[Engine, Engine], recall: list[dict], heldout: list[dict]) -> dict:
+    """Parent beside child on conversation rows: mean answer log-likelihood on the earlier deltas'
+    held-out answers (`recall`) and on the new delta's (`heldout`), and exact match of the short
+    recall answers (the reply budget: the answer's tokens plus the engine's slack)."""
+    m: dict = {}
+    for name, rows in (("recall_loglik", recall), ("heldout_loglik", heldout)):
+        for who, engine in zip(("parent", "child"), engines):
+            lls = engine.loglik([r["prompt"] for r in rows], [r["answer"] for r in rows], [None] * len(rows))
+            m[f"{name}_{who}"] = sum(lls) / len(lls) if rows else None
+    short = [r for r in recall if is_short(r)]
+    budget = [len(engines[0].tok(r["answer"], add_special_tokens=False)["input_ids"]) + engines[0].slack
+              for r in short]
+    exact = [[score("exact_ci", reply, r["answer"]) for reply, r in
+              zip(e.generate([r["prompt"] for r in short], [None] * len(short), budget, desc="recall"), short)]
+             for e in engines]
+    m.update(recall_exact_parent=sum(exact[0]) / len(short) if short else None,
+             recall_exact_child=sum(exact[1]) / len(short) if short else None,
+             recall_exact_p=mcnemar_p(*exact), n_recall_conversations=len(recall),
+             n_recall_exact=len(short), n_heldout_conversations=len(heldout))
+    return m
+
+
 def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challenge], holdout: list[Challenge],
-            cfg: GateConfig) -> dict:
+            cfg: GateConfig, recall_conversations: list[dict] = (), heldout_conversations: list[dict] = ()) -> dict:
     drift = style_drift(parent_engine, child_engine, cfg)
     (gen_parent, arms_parent), (gen_child, arms_child) = _by_arm(parent_engine, holdout), _by_arm(child_engine, holdout)
     recalled = [engine.correct(prior_qa) for engine in (parent_engine, child_engine)]
@@ -98,7 +126,9 @@ def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challeng
          "holdout_by_arm_parent": arms_parent, "holdout_by_arm_child": arms_child,
          "style_drift": drift["kl"], "forbidden_rate": drift["forbidden_rate"],
          "tone_replies": drift["child_replies"], "n_recall": len(prior_qa), "n_generalization": len(holdout)}
-    m["delta_generalization"] = (m["generalization_child"] - m["generalization_parent"]) if holdout else 0.0
+    m.update(conversations((parent_engine, child_engine), list(recall_conversations), list(heldout_conversations)))
+    m["delta_generalization"] = (m["generalization_child"] - m["generalization_parent"]) if holdout else \
+        (m["heldout_loglik_child"] - m["heldout_loglik_parent"]) if heldout_conversations else 0.0
     texts = prose(cfg.ppl_passages)
     m["ppl_parent"], m["ppl_child"] = perplexity(parent_engine, texts), perplexity(child_engine, texts)
     m["nonfinite_tensors"] = sum(not torch.isfinite(p).all() for p in child_engine.model.parameters())
@@ -110,16 +140,24 @@ def verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:
     comparison with NaN is False, so a NaN would otherwise pass each threshold below."""
     if m["nonfinite_tensors"]:
         return False, f"{m['nonfinite_tensors']} weight tensors of the child are not finite"
-    bad = sorted(k for k in METRICS if m[k] is not None and not math.isfinite(m[k]))
+    bad = sorted(k for k in METRICS if m.get(k) is not None and not math.isfinite(m[k]))
     if bad:
         return False, "non-finite gate metrics: " + ", ".join(f"{k}={m[k]}" for k in bad)
     if m["recall_child"] is not None and m["recall_parent"] - m["recall_child"] > cfg.recall_drop_max \
             and m["recall_drop_p"] <= cfg.recall_alpha:
         return False, (f"recall dropped {m['recall_parent']:.3f} -> {m['recall_child']:.3f} (max drop "
                        f"{cfg.recall_drop_max}, p={m['recall_drop_p']:.3g} <= {cfg.recall_alpha})")
+    if m.get("recall_loglik_child") is not None and \
+            m["recall_loglik_parent"] - m["recall_loglik_child"] > cfg.recall_loglik_drop_max:
+        return False, (f"recall of earlier conversations: answer log-likelihood {m['recall_loglik_parent']:.3f} -> "
+                       f"{m['recall_loglik_child']:.3f} (max drop {cfg.recall_loglik_drop_max})")
+    if m.get("recall_exact_child") is not None and m["recall_exact_parent"] - m["recall_exact_child"] > cfg.recall_drop_max \
+            and m["recall_exact_p"] <= cfg.recall_alpha:
+        return False, (f"recall of earlier conversations' short answers dropped {m['recall_exact_parent']:.3f} -> "
+                       f"{m['recall_exact_child']:.3f} (max drop {cfg.recall_drop_max}, p={m['recall_exact_p']:.3g})")
+    generalized = _generalization(m)
     if m["delta_generalization"] < cfg.generalization_min_delta:
-        return False, (f"generalization {m['generalization_parent']:.3f} -> {m['generalization_child']:.3f} "
-                       f"(min delta {cfg.generalization_min_delta})")
+        return False, f"{generalized} (min delta {cfg.generalization_min_delta})"
     if m["style_drift"] > cfg.max_kl:
         return False, f"style drift KL {m['style_drift']:.3f} > {cfg.max_kl}"
     if m["ppl_child"] > m["ppl_parent"] * (1 + cfg.max_ppl_increase):
@@ -127,8 +165,17 @@ def verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:
                        f"(max increase {cfg.max_ppl_increase:.0%})")
     if m["forbidden_rate"] > cfg.max_forbidden_rate:
         return False, f"forbidden-phrase rate {m['forbidden_rate']:.2f} > {cfg.max_forbidden_rate}"
-    return True, (f"generalization {m['generalization_parent']:.3f} -> {m['generalization_child']:.3f}, "
-                  f"drift KL {m['style_drift']:.3f}")
+    return True, f"{generalized}, drift KL {m['style_drift']:.3f}"
+
+
+def _generalization(m: dict) -> str:
+    """What the child's generalization was judged on, parent -> child."""
+    if m.get("heldout_loglik_child") is not None and m["generalization_child"] is None:
+        return (f"held-out conversations' answer log-likelihood {m['heldout_loglik_parent']:.3f} -> "
+                f"{m['heldout_loglik_child']:.3f}")
+    if m["generalization_child"] is None:
+        return "generalization not measured"
+    return f"generalization {m['generalization_parent']:.3f} -> {m['generalization_child']:.3f}"
 
 
 def should_stop(history: list[dict], cfg: GateConfig) -> bool:

@@ -85,8 +85,11 @@ def training_data(o: Organelle, train: list[Challenge], last_episodes: list[dict
 
 
 def _messages(row: dict) -> dict:
-    return {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["prompt"]}],
-            "completion": [{"role": "assistant", "content": row["answer"]}]}
+    """A training row in trl's conversational prompt-completion form: a challenge's prompt under
+    Cambrian's system prompt, or a conversation's messages (cambrian/conversations.py) as they are."""
+    prompt = row["prompt"] if isinstance(row["prompt"], list) else \
+        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["prompt"]}]
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": row["answer"]}]}
 
 
 def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,

@@ -78,7 +78,7 @@ class Repo:
 def _project(root: Path, edit=None) -> Repo:
     """A git + DVC project with Cambrian's pipeline and the TINY params (edited by `edit`)."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "cambrian", "tasks", "flows"):
+    for name in ("dvc.yaml", "cambrian", "tasks", "flows", "data/deltas"):
         src = REPO / name
         (shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, root / name))
@@ -444,6 +444,37 @@ def test_two_generations_on_a_two_worker_dask_cluster_with_real_servers(repo, tm
                 assert names.count("learn_step") == len(learned[fr.parameters["gid"]])
                 for step in ("spawn_step", "evaluate_step", "settle_step", "assimilate_step", "score_step", "publish"):
                     assert names.count(step) == 1, (step, names)
+
+
+def test_a_conversation_delta_is_a_dvc_input_of_its_own_generation_only(repo):
+    """Adding a delta and a ladder entry that learns it re-runs that generation only; the ledger
+    holds the delta file's sha256; editing the delta re-runs its generation again, nothing else; a
+    delta outside data/deltas/ (which the params stage watches) is refused in one line."""
+    from cambrian.checkpoint import file_sha
+
+    delta = repo.root / "data" / "deltas" / "params-1.jsonl"
+    repo.params(lambda p: p["ladder"].update(gen_5={"parent": "gen_1", "delta": "data/deltas/params-1.jsonl"}))
+    repo.run("dvc", "repro", "params")
+    status = repo.run("dvc", "status")
+    assert "generation@gen_5" in status and not any(f"generation@gen_{k}" in status for k in (1, 2, 3, 4))
+    out = repo.run("dvc", "repro", "generation@gen_5")
+    assert "Running stage 'generation@gen_1'" not in out
+    record = json.loads((repo.root / "runs" / "gen_5" / "generation.json").read_text())
+    assert record["ledger"]["data_delta_sha"] == file_sha(delta) and record["delta"] == "data/deltas/params-1.jsonl"
+    with delta.open("a") as f:
+        f.write(json.dumps({"prompt": "What is colony.lr for?", "completion": "The organelles' learning rate."}) + "\n")
+    repo.run("dvc", "repro", "params")
+    status = repo.run("dvc", "status")
+    assert "generation@gen_5" in status and not any(f"generation@gen_{k}" in status for k in (1, 2, 3, 4))
+
+    outside = repo.root / "elsewhere.jsonl"
+    shutil.copy(delta, outside)
+    repo.params(lambda p: p["ladder"].update(gen_5={"parent": "gen_1", "delta": str(outside)}))
+    refused = subprocess.run([sys.executable, "-m", "cambrian.cli", "check", "--ok", "reports/params.ok", "--deltas",
+                              "data/ladder"], cwd=repo.root, env=repo.env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "is outside data/deltas/" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    subprocess.run(["git", "checkout", "params.yaml", "data/deltas"], cwd=repo.root, check=True)
 
 
 def test_a_child_identical_to_its_parent_is_unchanged_and_its_organelles_stay(tiny_host_dir, tiny_data_dir, tmp_path,

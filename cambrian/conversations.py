@@ -1,0 +1,89 @@
+"""Conversation deltas: batches of your own conversations that a generation of the ladder learns.
+
+A ladder entry may name one, `gen_2: {parent: gen_1, delta: data/deltas/week2.jsonl}`: a JSON
+Lines file whose rows are either chat conversations, `{"messages": [{"role": "user", "content":
+...}, {"role": "assistant", "content": ...}, ...]}` (every assistant turn is an answer to learn,
+with the turns before it as its context), or `{"prompt": "...", "completion": "..."}`.
+
+One conversation in five (20%, by the hash of its text) is held out: no generation trains on it.
+The delta's own generation is gated on its held-out answers (generalization), and every later
+generation of its lineage on them again (recall), by answer log-likelihood and, where an answer is
+short, by exact match.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+HELD_OUT = 5  # one conversation in HELD_OUT is held out
+SHORT_WORDS = 8  # an answer of at most this many words is also checked by exact match
+ROLES = ("system", "user", "assistant")
+
+
+def _messages(where: str, row) -> list[dict]:
+    """The row as a list of chat messages, or a ValueError naming `where` and the reason."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a row is a JSON object with messages, or with prompt and completion")
+    if set(row) == {"prompt", "completion"}:
+        if not all(isinstance(row[k], str) and row[k].strip() for k in row):
+            raise ValueError(f"{where}: prompt and completion must be non-empty text")
+        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+    if set(row) != {"messages"}:
+        raise ValueError(f"{where}: a row has exactly `messages`, or exactly `prompt` and `completion` "
+                         f"(found {sorted(row)})")
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: messages must be a non-empty list")
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) != {"role", "content"} or m["role"] not in ROLES:
+            raise ValueError(f"{where}: message {k + 1} must be {{role, content}} with role one of {list(ROLES)}")
+        if not isinstance(m["content"], str) or not m["content"].strip():
+            raise ValueError(f"{where}: message {k + 1} has no text")
+        if m["role"] == "assistant" and (k == 0 or messages[k - 1]["role"] != "user"):
+            raise ValueError(f"{where}: message {k + 1}: an assistant turn must answer a user turn")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError(f"{where}: a conversation ends with an assistant turn (the answer to learn)")
+    return messages
+
+
+@functools.lru_cache(maxsize=32)
+def _read(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    rows, seen = [], set()
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            messages = _messages(f"{path}:{n}", json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+        text = json.dumps(messages, sort_keys=True)
+        if text in seen:
+            continue
+        seen.add(text)
+        digest = hashlib.sha256(text.encode()).digest()
+        split = "heldout" if int.from_bytes(digest[:4], "big") % HELD_OUT == 0 else "train"
+        for k, m in enumerate(messages):
+            if m["role"] == "assistant":
+                rows.append({"id": hashlib.sha256(json.dumps(messages[:k + 1], sort_keys=True).encode()).hexdigest()[:12],
+                             "prompt": messages[:k], "answer": m["content"].strip(), "split": split})
+    for split in ("train", "heldout"):
+        if not any(r["split"] == split for r in rows):
+            raise ValueError(f"{path}: no conversation falls in the {split} part (one in {HELD_OUT} is held out, "
+                             f"by hash): add conversations")
+    return tuple(rows)
+
+
+def read_delta(path: str | Path) -> list[dict]:
+    """Every answer of the delta file as a row {"id", "prompt" (the chat messages before it), "answer",
+    "split": "train" | "heldout"}; raises a ValueError naming the file and line of the first bad row."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{path}: no such file")
+    stat = p.stat()
+    return [dict(r) for r in _read(str(p), stat.st_mtime_ns, stat.st_size)]
+
+
+def is_short(row: dict) -> bool:
+    return len(row["answer"].split()) <= SHORT_WORDS
