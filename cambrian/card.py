@@ -78,6 +78,7 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
                             ("recall_loglik", "recall of earlier conversations (answer log-likelihood)"),
                             ("recall_exact", "recall of earlier conversations (short answers, exact)"),
                             ("heldout_loglik", "this delta's held-out conversations (answer log-likelihood)"),
+                            ("heldout_exact", "this delta's held-out conversations (short answers, exact)"),
                             ("ppl", "perplexity of English prose")):
             if gate.get(f"{name}_child") is not None:
                 lines.append(f"| {label} | {gate[f'{name}_parent']:.3f} | {gate[f'{name}_child']:.3f} |")

@@ -357,7 +357,8 @@ def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_n
             **{k: m.get(k) for k in ("recall_parent", "recall_child", "generalization_parent", "generalization_child",
                                      "style_drift", "forbidden_rate", "ppl_parent", "ppl_child",
                                      "recall_loglik_parent", "recall_loglik_child", "recall_exact_parent",
-                                     "recall_exact_child", "heldout_loglik_parent", "heldout_loglik_child")}}
+                                     "recall_exact_child", "heldout_loglik_parent", "heldout_loglik_child",
+                                     "heldout_exact_parent", "heldout_exact_child")}}
     colony = {"assimilated": len(summary.get("assimilated", [])), "accuracy": summary.get("accuracy", 0.0),
               "survivors": summary.get("survivors", 0)}
     return {"ledger": row, "gate": metrics, "stop": stop,

@@ -34,7 +34,8 @@ from tasks.assimilate import mcnemar_p
 
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
            "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", "recall_loglik_parent", "recall_loglik_child",
-           "recall_exact_parent", "recall_exact_child", "heldout_loglik_parent", "heldout_loglik_child")
+           "recall_exact_parent", "recall_exact_child", "heldout_loglik_parent", "heldout_loglik_child",
+           "heldout_exact_parent", "heldout_exact_child")
 
 
 @torch.inference_mode()
@@ -93,24 +94,22 @@ def _by_arm(engine: Engine, rows: list[Challenge]) -> tuple[float | None, dict[s
 
 
 def conversations(engines: tuple[Engine, Engine], recall: list[dict], heldout: list[dict]) -> dict:
-    """Parent beside child on conversation rows: mean answer log-likelihood on the earlier deltas'
-    held-out answers (`recall`) and on the new delta's (`heldout`), and exact match of the short
-    recall answers (the reply budget: the answer's tokens plus the engine's slack)."""
-    m: dict = {}
-    for name, rows in (("recall_loglik", recall), ("heldout_loglik", heldout)):
+    """Parent beside child on conversation rows: on the earlier deltas' held-out answers (`recall`)
+    and on the new delta's (`heldout`), the mean answer log-likelihood per token and the exact-match
+    accuracy of the short answers (reply budget: the answer's tokens plus the engine's slack)."""
+    m: dict = {"n_recall_conversations": len(recall), "n_heldout_conversations": len(heldout)}
+    for name, rows in (("recall", recall), ("heldout", heldout)):
+        short = [r for r in rows if is_short(r)]
+        budget = [len(engines[0].tok(r["answer"], add_special_tokens=False)["input_ids"]) + engines[0].slack
+                  for r in short]
+        exact = []
         for who, engine in zip(("parent", "child"), engines):
             lls = engine.loglik([r["prompt"] for r in rows], [r["answer"] for r in rows], [None] * len(rows))
-            m[f"{name}_{who}"] = sum(lls) / len(lls) if rows else None
-    short = [r for r in recall if is_short(r)]
-    budget = [len(engines[0].tok(r["answer"], add_special_tokens=False)["input_ids"]) + engines[0].slack
-              for r in short]
-    exact = [[score("exact_ci", reply, r["answer"]) for reply, r in
-              zip(e.generate([r["prompt"] for r in short], [None] * len(short), budget, desc="recall"), short)]
-             for e in engines]
-    m.update(recall_exact_parent=sum(exact[0]) / len(short) if short else None,
-             recall_exact_child=sum(exact[1]) / len(short) if short else None,
-             recall_exact_p=mcnemar_p(*exact), n_recall_conversations=len(recall),
-             n_recall_exact=len(short), n_heldout_conversations=len(heldout))
+            replies = engine.generate([r["prompt"] for r in short], [None] * len(short), budget, desc=name)
+            exact.append([score("exact_ci", reply, r["answer"]) for reply, r in zip(replies, short)])
+            m[f"{name}_loglik_{who}"] = sum(lls) / len(lls) if rows else None
+            m[f"{name}_exact_{who}"] = sum(exact[-1]) / len(short) if short else None
+        m[f"{name}_exact_p"], m[f"n_{name}_exact"] = mcnemar_p(*exact), len(short)
     return m
 
 

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -68,3 +69,44 @@ def test_a_prefect_server_down_or_silent_is_one_line_in_seconds():
             assert out.stderr.count("\n") == 1 and f"the Prefect API at {url} does not answer" in out.stderr
             assert out.stderr.rstrip().endswith("2 s): start it with `prefect server start`, or unset PREFECT_API_URL "
                                                 "to use a temporary local one")  # CAMBRIAN_API_TIMEOUT was the bound
+
+
+def test_a_deployment_triggered_through_the_api_runs_a_generation(tiny_host_dir, tmp_path, prefect_api):
+    """`cambrian serve` against the session's Prefect server; a generation is triggered through the
+    API (as the UI's Run button does) with typed parameters, and the served process runs it to
+    completion: the flow run is Completed and the generation is published."""
+    import shutil
+
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from cambrian import ledger
+    from cambrian.challenges import write_dataset
+    from cambrian.checkpoint import verify
+    from cambrian.config import parse_params
+    from tests.test_ladder import TINY
+
+    p = parse_params({**TINY, "ladder": {"gen_1": {"parent": "base"}}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p.model_dump(), sort_keys=False))
+    write_dataset(p.challenges, p.seed, tmp_path / "data" / "challenges")
+    shutil.copytree(tiny_host_dir, tmp_path / "models" / "base")
+    ledger.write_base(tmp_path / "runs" / "base", verify(tmp_path / "models" / "base"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    server = subprocess.Popen([sys.executable, "-m", "cambrian.cli", "serve"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run = None
+        with temporary_settings({PREFECT_API_URL: prefect_api}):  # the server `serve` registered with
+            for _ in range(120):  # the deployment appears once `serve` has registered it
+                try:
+                    run = run_deployment("generation/generation", parameters={"gid": "gen_1"}, timeout=600)
+                    break
+                except ObjectNotFound:  # not registered yet
+                    time.sleep(1)
+        assert run is not None and run.state.is_completed(), run and run.state
+        record = ledger.record(tmp_path / "runs" / "gen_1")
+        assert record["ledger"]["child_sha"] == verify(tmp_path / "models" / "gen_1")
+    finally:
+        server.terminate()
+        server.wait(30)

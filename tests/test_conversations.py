@@ -128,6 +128,7 @@ def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(t
     assert rows["gen_2"]["gate_verdict"] == "accepted" and rows["gen_2"]["data_delta_sha"] == file_sha(deltas["a"])
     assert gate["n_heldout_conversations"] == len(held_a) and gate["n_recall_conversations"] == 0
     assert gate["heldout_loglik_child"] > gate["heldout_loglik_parent"]  # it learned the delta, beyond its rows
+    assert gate["n_heldout_exact"] == len(held_a) and gate["heldout_exact_child"] is not None
     assert read_rows(runs / "gen_2" / "conversations.jsonl") == a
     assert json.loads((runs / "gen_2" / "colony" / "population.json").read_text()) == \
         json.loads((runs / "gen_1" / "colony" / "population.json").read_text())  # the colony waited

@@ -446,6 +446,26 @@ def test_two_generations_on_a_two_worker_dask_cluster_with_real_servers(repo, tm
                     assert names.count(step) == 1, (step, names)
 
 
+def test_two_queued_dvc_experiments_run_one_at_a_time_and_show_their_metrics(repo):
+    """A sweep the DVC way: two experiments queued with `-S colony.lr=...`, run one at a time in
+    DVC's temporary workspaces against the one step store (CAMBRIAN_HOME), each with its own
+    checkpoints; `dvc exp show` lists each one's lr, gate metrics and test accuracy, and the
+    workspace is left as it was."""
+    before = {name: (repo.root / name).read_text() for name in ("params.yaml", "dvc.lock")}
+    for lr in ("0.002", "0.004"):
+        repo.run("dvc", "exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"colony.lr={lr}", "generation@gen_2")
+    repo.run("dvc", "exp", "run", "--run-all", "-j", "1")
+    rows = list(csv.DictReader(repo.run("dvc", "exp", "show", "--csv", "--no-fetch").splitlines()))
+    exps = {r["Experiment"]: r for r in rows if r["Experiment"].startswith("lr-")}
+    assert sorted(exps) == ["lr-0.002", "lr-0.004"], [r["Experiment"] for r in rows]
+    for name, r in exps.items():
+        assert r["State"] == "Success" and r["colony.lr"] == name[3:]
+        for column in ("reports/gen_2.json:test_mean", "reports/gen_2.json:gate.accepted"):
+            assert r[column] not in ("", "-"), (name, column)
+    assert exps["lr-0.002"]["reports/gen_1.json:test_mean"] is not None
+    assert {name: (repo.root / name).read_text() for name in before} == before
+
+
 def test_a_conversation_delta_is_a_dvc_input_of_its_own_generation_only(repo):
     """Adding a delta and a ladder entry that learns it re-runs that generation only; the ledger
     holds the delta file's sha256; editing the delta re-runs its generation again, nothing else; a
