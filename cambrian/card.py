@@ -83,14 +83,17 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
             if gate.get(f"{name}_child") is not None:
                 lines.append(f"| {label} | {gate[f'{name}_parent']:.3f} | {gate[f'{name}_child']:.3f} |")
         lines.append(f"| style drift, KL(parent ‖ child) | - | {gate['style_drift']:.4f} |")
-    fold = "distillation (sleep)" if params["sleep"]["in_generation"] and not record.get("delta") else \
-        f"merge `{params['merge']['method']}` (seed {params['merge']['seed']})"
+    fold = "exact merge (soup)" if record.get("delta") else "distillation (sleep)" if params["sleep"]["in_generation"] \
+        else f"merge `{params['merge']['method']}` (seed {params['merge']['seed']})"
     made = f"were folded into the parent by {fold}" if row["gate_verdict"] == "accepted" else \
         f"would have been folded in by {fold}; this generation is {row['gate_verdict']}, so this checkpoint is " \
         "an earlier one, unchanged"
-    how = (f"One LoRA ({params['colony']['train_steps']} steps at lr {params['colony']['lr']}) learned the "
-           f"conversation delta `{record['delta']}` (sha256 `{row['data_delta_sha'][:12]}`) with replay; it "
-           f"{made.replace('were folded', 'was folded')}") if record.get("delta") else \
+    how = (f"The stop rule ended the ladder before this generation, which names the conversation delta "
+           f"`{record['delta']}`: this checkpoint is an earlier one, unchanged") \
+        if record.get("delta") and row["gate_verdict"] == "stopped" else \
+        (f"One LoRA ({params['colony']['train_steps']} steps at lr {params['colony']['lr']}) learned the "
+         f"conversation delta `{record['delta']}` (sha256 `{row['data_delta_sha'][:12]}`) with replay; it "
+         f"{made.replace('were folded', 'was folded')}") if record.get("delta") else \
         (f"Organelles ({params['colony']['species']}, population {params['colony']['population']}, "
          f"{params['colony']['train_steps']} LoRA steps each at lr {params['colony']['lr']}) that passed the "
          f"assimilation test {made}")

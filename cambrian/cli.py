@@ -53,7 +53,8 @@ def check(params: Path = PARAMS,
         for gid, g in p.ladder.items():
             if g.delta and watched not in Path(g.delta).resolve().parents:
                 raise ParamsError(f"ladder.{gid}.delta: {g.delta} is outside data/deltas/, the folder the params "
-                                 f"stage watches: move it there")
+                                  f"stage watches: move it there")
+        for gid, g in p.ladder.items():  # every entry checked first: nothing written for bad params
             atomic_write_text(deltas / f"{gid}.json", json.dumps(
                 {"delta": g.delta, "sha256": file_sha(Path(g.delta)) if g.delta else None}) + "\n")
     if ok is not None:

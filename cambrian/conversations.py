@@ -5,13 +5,17 @@ Lines file whose rows are either chat conversations, `{"messages": [{"role": "us
 ...}, {"role": "assistant", "content": ...}, ...]}` (every assistant turn is an answer to learn,
 with the turns before it as its context), or `{"prompt": "...", "completion": "..."}`.
 
-One conversation in five (20%, by the hash of its text) is held out: no generation trains on it.
+One conversation in five (20%) is held out: no generation trains on it. The split hashes a
+conversation's opening (its messages up to the first user turn), so conversations that begin alike,
+a two-turn one and its first turn asked alone say, fall on the same side, and an answer that two
+conversations share (the same context and answer) is one row.
 The delta's own generation is gated on its held-out answers (generalization), and every later
 generation of its lineage on them again (recall), by answer log-likelihood and, where an answer is
 short, by exact match.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -41,6 +45,8 @@ def _messages(where: str, row) -> list[dict]:
             raise ValueError(f"{where}: message {k + 1} must be {{role, content}} with role one of {list(ROLES)}")
         if not isinstance(m["content"], str) or not m["content"].strip():
             raise ValueError(f"{where}: message {k + 1} has no text")
+        if m["role"] == "system" and k > 0:
+            raise ValueError(f"{where}: message {k + 1}: a system turn can only open a conversation")
         if m["role"] == "assistant" and (k == 0 or messages[k - 1]["role"] != "user"):
             raise ValueError(f"{where}: message {k + 1}: an assistant turn must answer a user turn")
     if messages[-1]["role"] != "assistant":
@@ -48,9 +54,13 @@ def _messages(where: str, row) -> list[dict]:
     return messages
 
 
+def _sha(messages: list[dict]) -> bytes:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest()
+
+
 @functools.lru_cache(maxsize=32)
 def _read(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
-    rows, seen = [], set()
+    rows: dict[str, dict] = {}
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -58,31 +68,29 @@ def _read(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
             messages = _messages(f"{path}:{n}", json.loads(line))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
-        text = json.dumps(messages, sort_keys=True)
-        if text in seen:
-            continue
-        seen.add(text)
-        digest = hashlib.sha256(text.encode()).digest()
-        split = "heldout" if int.from_bytes(digest[:4], "big") % HELD_OUT == 0 else "train"
+        opening = next(k for k, m in enumerate(messages) if m["role"] == "user")
+        split = "heldout" if int.from_bytes(_sha(messages[:opening + 1])[:4], "big") % HELD_OUT == 0 else "train"
         for k, m in enumerate(messages):
             if m["role"] == "assistant":
-                rows.append({"id": hashlib.sha256(json.dumps(messages[:k + 1], sort_keys=True).encode()).hexdigest()[:12],
-                             "prompt": messages[:k], "answer": m["content"].strip(), "split": split})
+                key = _sha(messages[:k + 1]).hex()[:12]
+                rows.setdefault(key, {"id": key, "prompt": messages[:k], "answer": m["content"].strip(),
+                                      "split": split})
     for split in ("train", "heldout"):
-        if not any(r["split"] == split for r in rows):
+        if not any(r["split"] == split for r in rows.values()):
             raise ValueError(f"{path}: no conversation falls in the {split} part (one in {HELD_OUT} is held out, "
                              f"by hash): add conversations")
-    return tuple(rows)
+    return tuple(rows.values())
 
 
 def read_delta(path: str | Path) -> list[dict]:
-    """Every answer of the delta file as a row {"id", "prompt" (the chat messages before it), "answer",
-    "split": "train" | "heldout"}; raises a ValueError naming the file and line of the first bad row."""
+    """Every answer of the delta file as a row {"id" (hash of its context and answer), "prompt" (the chat
+    messages before it), "answer", "split": "train" | "heldout"}, each answer once; raises a ValueError
+    naming the file and line of the first bad row."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{path}: no such file")
     stat = p.stat()
-    return [dict(r) for r in _read(str(p), stat.st_mtime_ns, stat.st_size)]
+    return copy.deepcopy(list(_read(str(p), stat.st_mtime_ns, stat.st_size)))
 
 
 def is_short(row: dict) -> bool:

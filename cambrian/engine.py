@@ -17,7 +17,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from cambrian.challenges import SYSTEM_PROMPT, Challenge, score
+from cambrian.challenges import Challenge, as_messages, score
 from cambrian.config import EvalConfig
 
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
@@ -27,9 +27,7 @@ END_OF_TURN = "<|im_end|>"
 def chat_text(tok, prompt: str | list[dict]) -> str:
     """A prompt in the host's chat template, ready for the assistant's reply: a challenge's text
     (asked under Cambrian's system prompt) or the chat messages of a conversation (as they are)."""
-    messages = prompt if isinstance(prompt, list) else \
-        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tok.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
 
 
 class Engine:

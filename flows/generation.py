@@ -49,7 +49,7 @@ from cambrian.organelle import Organelle, families_of, load_colony, lora_config,
 from flows.steps import step
 from tasks.assimilate import assimilate, gating
 from tasks.evaluate import run_episodes
-from tasks.gate import measure, should_stop, verdict
+from tasks.gate import CONVERSATION_METRICS, measure, should_stop, verdict
 from tasks.learn import learn, training_data, with_replay
 from tasks.merge import fold, soup_weights
 from tasks.settle import settle
@@ -237,12 +237,13 @@ def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path],
     return deltas, rows
 
 
-def _evolve(gid: str, gen: int, params: Params, pd: str, parent_sha: str, population: list[dict],
-            adapters: dict[str, str], lineage: list[Path], history: list[dict], data: Path, data_sha: str,
-            prior_qa: list[dict], runs: Path, progress: "Progress") -> dict:
+def _evolve(gen: int, params: Params, pd: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
+            lineage: list[Path], history: list[dict], data: Path, data_sha: str, prior_qa: list[dict],
+            progress: "Progress") -> dict:
     """The colony's part of a generation on the challenges: spawn, learn, evaluate, settle,
-    assimilate, then fold what passed into the parent (merge or sleep). Returns the new colony and
-    the child's sha under "child" (absent when nothing was folded) for the gate."""
+    assimilate, then fold what passed into the parent (merge or sleep). `lineage` and `history` are
+    the earlier challenge generations (their episodes, deltas, gates and gating snapshots). Returns
+    the new colony and the child's sha under "child" (absent when nothing was folded) for the gate."""
     pdict = params.for_steps()
     sp = spawn_step(pd, parent_sha, population, adapters, pdict, gen)
     colony, adapters = _colony(sp["population"]), sp["adapters"]
@@ -267,15 +268,14 @@ def _evolve(gid: str, gen: int, params: Params, pd: str, parent_sha: str, popula
                    accuracy=sum(e["correct"] for e in episodes) / max(1, len(episodes)))
     attempts = assimilate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, summary, str(data),
                                data_sha, pdict, gen)
-    prior = json.loads((runs / params.ladder[gid].parent / "summary.json").read_text()).get("gating", {}) \
-        if lineage else {}
+    prior = json.loads((lineage[-1] / "summary.json").read_text()).get("gating", {}) if lineage else {}
     progress.done("assimilate")
     summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
     weights = soup_weights(attempts, params.merge)
     part = {"colony": colony, "adapters": adapters, "episodes": episodes, "summary": summary, "attempts": attempts,
             "deltas": deltas, "weights": weights,
-            "unchanged": "the child is its parent byte for byte (e.g. every sleep step was non-finite and skipped): its "
-                         "organelles stay in the colony" if weights else "nothing passed assimilation",
+            "unchanged": "the child is its parent byte for byte: its organelles stay in the colony" if weights
+                         else "nothing passed assimilation",
             "families": sorted({f for o in colony if o.id in weights
                                 for f in families_of(o.species, params.challenges.families)})}
     if weights and params.sleep.in_generation:  # fold by distillation from each organelle
@@ -295,8 +295,9 @@ def _converse(gid: str, gen: int, params: Params, pd: str, parent_sha: str, popu
               progress: "Progress") -> dict:
     """A generation that learns a conversation delta: one fresh LoRA (the colony's rank, steps and lr)
     on the delta's training conversations with replay (earlier deltas' training conversations and the
-    parent's QA set, at `colony.replay_ratio`), folded into the parent by the configured merge at
-    `merge.total_weight`. The colony waits: its organelles pass to the child untouched."""
+    parent's QA set, at `colony.replay_ratio`), folded into the parent exactly (soup at
+    `merge.total_weight`). The colony waits: its organelles pass to the child untouched, and the next
+    challenge generation carries on from the last one before (its episodes, gate and gating)."""
     pdict = params.for_steps()
     rng = random.Random(f"{params.seed}/conversation/{gen}")
     rows = with_replay([r for r in conversation if r["split"] == "train"],
@@ -305,7 +306,8 @@ def _converse(gid: str, gen: int, params: Params, pd: str, parent_sha: str, popu
     fresh = adapter_step(pd, parent_sha, pdict, seed)
     learned = learn_step(pd, parent_sha, fresh, rows, params.colony.model_dump(), params.colony.lr, seed)
     progress.done("learn the delta")
-    merged = merge_step(pd, parent_sha, {"delta": learned["adapter"]}, {"delta": params.merge.total_weight}, pdict)
+    exact = {**pdict, "merge": {**pdict["merge"], "method": "soup", "rank": 0}}  # one LoRA: folded in exactly
+    merged = merge_step(pd, parent_sha, {"delta": learned["adapter"]}, {"delta": params.merge.total_weight}, exact)
     progress.done("merge")
     summary = {"learning_curves": {"delta": learned["curve"]}, "merge": merged["report"],
                "conversations": {"file": params.ladder[gid].delta, "train_rows": len(rows),
@@ -328,6 +330,20 @@ class Progress:
         left = f", about {max(self.expected - minutes, 0.1):.1f} min left (the parent took {self.expected:.1f})" \
             if self.expected else ""
         get_run_logger().info(f"{self.gid}: {what} done, {minutes:.1f} min elapsed{left}")
+
+
+def _kept(lineage: list[Path], history: list[dict]) -> list[Path]:
+    """The run folders of the accepted generations whose learning the last checkpoint of `history`
+    still holds (oldest first): tracing its checkpoint back parent by parent skips the generations a
+    stop rule's rollback discarded (their child is not on the chain)."""
+    kept, current = [], history[-1]["ledger"]["child_sha"] if history else None
+    for run, h in reversed(list(zip(lineage, history))):
+        if h["ledger"]["child_sha"] != current:
+            continue
+        if h["ledger"]["gate_verdict"] == "accepted":
+            kept.append(run)
+            current = h["ledger"]["parent_sha"]
+    return kept[::-1]
 
 
 def _before_streak(gid: str, params: Params, history: list[dict]) -> str:
@@ -355,10 +371,8 @@ def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_n
     stop = stopped or bool(metrics and should_stop([h["gate"] for h in history] + [metrics], params.gate))
     gate = {"accepted": verdict_name == "accepted",
             **{k: m.get(k) for k in ("recall_parent", "recall_child", "generalization_parent", "generalization_child",
-                                     "style_drift", "forbidden_rate", "ppl_parent", "ppl_child",
-                                     "recall_loglik_parent", "recall_loglik_child", "recall_exact_parent",
-                                     "recall_exact_child", "heldout_loglik_parent", "heldout_loglik_child",
-                                     "heldout_exact_parent", "heldout_exact_child")}}
+                                     "style_drift", "forbidden_rate", "ppl_parent", "ppl_child")},
+            **{k: m[k] for k in CONVERSATION_METRICS if k in m}}
     colony = {"assimilated": len(summary.get("assimilated", [])), "accuracy": summary.get("accuracy", 0.0),
               "survivors": summary.get("survivors", 0)}
     return {"ledger": row, "gate": metrics, "stop": stop,
@@ -408,8 +422,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     stopped = bool(history) and history[-1].get("stop", False)
     lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
     prior_qa = read_rows(lineage[-1] / "qa.jsonl", missing_ok=True) if lineage else []
-    learned_before = [r for run, h in zip(lineage, history) if h["ledger"]["gate_verdict"] == "accepted"
-                      for r in read_rows(run / "conversations.jsonl", missing_ok=True)]  # earlier deltas, as learned
+    learned_before = [r for run in _kept(lineage, history) for r in read_rows(run / "conversations.jsonl",
+                                                                                missing_ok=True)]  # earlier deltas
     delta_file = params.ladder[gid].delta
     conversation = read_delta(delta_file) if delta_file else []
     metrics, child_sha, why, verdict_name = None, parent_sha, "", ""
@@ -421,8 +435,9 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         part = _converse(gid, gen, params, pd, parent_sha, population, adapters, conversation, learned_before,
                          prior_qa, progress)
     else:
-        part = _evolve(gid, gen, params, pd, parent_sha, population, adapters, lineage, history, data, data_sha,
-                       prior_qa, runs, progress)
+        evolved = [(run, h) for run, h in zip(lineage, history) if not h.get("delta")]  # challenge generations
+        part = _evolve(gen, params, pd, parent_sha, population, adapters, [run for run, _ in evolved],
+                       [h for _, h in evolved], data, data_sha, prior_qa, progress)
     colony, adapters, summary, deltas, weights = (part[k] for k in ("colony", "adapters", "summary", "deltas", "weights"))
     if not stopped:
         child_sha = part.get("child", parent_sha)
@@ -464,7 +479,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         hashlib.sha256(jsonl_text([r for k in sorted(deltas) for r in deltas[k]]).encode()).hexdigest()
     record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, delta_sha, metrics, history,
                      stopped, (time.perf_counter() - start) / 60)
-    record["delta"] = delta_file  # the conversation delta it learned (None: the challenges)
+    if delta_file:
+        record["delta"] = delta_file  # the conversation delta it learned
     record["timeline"] = progress.marks  # minutes since the start at the end of each step (beside the wall time)
     files = {"episodes.jsonl": jsonl_text(part["episodes"]), "assimilation.jsonl": jsonl_text(part["attempts"]),
              "qa.jsonl": jsonl_text(qa), **({"conversations.jsonl": jsonl_text(conversation)} if conversation else {}),

@@ -32,10 +32,10 @@ from cambrian.engine import Engine, accuracy_by_family
 from tasks.assimilate import mcnemar_p
 
 
+CONVERSATION_METRICS = ("recall_loglik_parent", "recall_loglik_child", "recall_exact_parent", "recall_exact_child",
+                        "heldout_loglik_parent", "heldout_loglik_child", "heldout_exact_parent", "heldout_exact_child")
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
-           "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", "recall_loglik_parent", "recall_loglik_child",
-           "recall_exact_parent", "recall_exact_child", "heldout_loglik_parent", "heldout_loglik_child",
-           "heldout_exact_parent", "heldout_exact_child")
+           "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", *CONVERSATION_METRICS)
 
 
 @torch.inference_mode()
@@ -109,7 +109,9 @@ def conversations(engines: tuple[Engine, Engine], recall: list[dict], heldout: l
             exact.append([score("exact_ci", reply, r["answer"]) for reply, r in zip(replies, short)])
             m[f"{name}_loglik_{who}"] = sum(lls) / len(lls) if rows else None
             m[f"{name}_exact_{who}"] = sum(exact[-1]) / len(short) if short else None
-        m[f"{name}_exact_p"], m[f"n_{name}_exact"] = mcnemar_p(*exact), len(short)
+        m[f"n_{name}_exact"] = len(short)
+        if name == "recall":  # one-sided: the parent recalls more than the child
+            m["recall_exact_p"] = mcnemar_p(*exact)
     return m
 
 
@@ -125,7 +127,8 @@ def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challeng
          "holdout_by_arm_parent": arms_parent, "holdout_by_arm_child": arms_child,
          "style_drift": drift["kl"], "forbidden_rate": drift["forbidden_rate"],
          "tone_replies": drift["child_replies"], "n_recall": len(prior_qa), "n_generalization": len(holdout)}
-    m.update(conversations((parent_engine, child_engine), list(recall_conversations), list(heldout_conversations)))
+    if recall_conversations or heldout_conversations:
+        m.update(conversations((parent_engine, child_engine), list(recall_conversations), list(heldout_conversations)))
     m["delta_generalization"] = (m["generalization_child"] - m["generalization_parent"]) if holdout else \
         (m["heldout_loglik_child"] - m["heldout_loglik_parent"]) if heldout_conversations else 0.0
     texts = prose(cfg.ppl_passages)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from cambrian.bandit import arm
-from cambrian.challenges import SYSTEM_PROMPT, Challenge, as_rows
+from cambrian.challenges import Challenge, as_messages, as_rows
 from cambrian.checkpoint import atomic_dir, write_manifest
 from cambrian.config import ColonyConfig
 from cambrian.engine import Engine
@@ -87,9 +87,7 @@ def training_data(o: Organelle, train: list[Challenge], last_episodes: list[dict
 def _messages(row: dict) -> dict:
     """A training row in trl's conversational prompt-completion form: a challenge's prompt under
     Cambrian's system prompt, or a conversation's messages (cambrian/conversations.py) as they are."""
-    prompt = row["prompt"] if isinstance(row["prompt"], list) else \
-        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": row["prompt"]}]
-    return {"prompt": prompt, "completion": [{"role": "assistant", "content": row["answer"]}]}
+    return {"prompt": as_messages(row["prompt"]), "completion": [{"role": "assistant", "content": row["answer"]}]}
 
 
 def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,

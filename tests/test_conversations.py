@@ -47,6 +47,7 @@ def test_a_delta_becomes_answers_with_their_context_and_a_held_out_fifth(tmp_pat
     (_chat(("user", "hi")), "ends with an assistant turn"),
     (_chat(("user", "hi"), ("bot", "yo")), "role one of"),
     (_chat(("user", ""), ("assistant", "yo")), "message 1 has no text"),
+    (_chat(("user", "hi"), ("system", "be nice"), ("assistant", "yo")), "a system turn can only open"),
 ])
 def test_a_bad_delta_fails_before_any_work_naming_file_line_and_reason(tmp_path, row, reason):
     good = [{"prompt": f"q{k}", "completion": f"a{k}"} for k in range(20)]
@@ -54,6 +55,24 @@ def test_a_bad_delta_fails_before_any_work_naming_file_line_and_reason(tmp_path,
     with pytest.raises(ParamsError) as err:
         parse_params({"ladder": {"gen_1": {"parent": "base", "delta": path}}})
     assert f"ladder.gen_1: {path}:4: " in str(err.value) and reason in str(err.value)
+
+
+def test_conversations_that_begin_alike_share_a_split_and_a_shared_answer_is_one_row(tmp_path):
+    """Held out means never trained on: a two-turn conversation and its first turn asked alone (or
+    with another follow-up) fall on the same side, and their common first answer is one row."""
+    rows = []
+    for k in range(100):
+        q, a = ("user", f"Capital number {k}?"), ("assistant", f"City {k}.")
+        rows += [_chat(q, a), _chat(q, a, ("user", "Sure?"), ("assistant", "Yes.")),
+                 _chat(q, a, ("user", "Why?"), ("assistant", "History."))]
+    delta = read_delta(_write(tmp_path / "d.jsonl", rows))
+    assert len(delta) == 300 and len({r["id"] for r in delta}) == 300  # 100 first answers once, 200 follow-ups
+    for k in range(100):
+        splits = {r["split"] for r in delta if r["prompt"][0]["content"] == f"Capital number {k}?"}
+        assert len(splits) == 1
+    train = {json.dumps([r["prompt"], r["answer"]]) for r in delta if r["split"] == "train"}
+    held = {json.dumps([r["prompt"], r["answer"]]) for r in delta if r["split"] == "heldout"}
+    assert held and not train & held
 
 
 def test_a_delta_without_a_held_out_part_or_file_is_refused(tmp_path):
@@ -94,7 +113,7 @@ def test_the_gate_judges_a_delta_on_held_out_conversations_and_earlier_deltas_re
 
 def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(tiny_host_dir, tmp_path, monkeypatch):
     """gen_1 evolves the colony on challenges; gen_2 learns delta A (its colony waits, untouched);
-    gen_3 learns delta B under a gate too strict to pass. gen_2's gate measures its held-out fifth
+    gen_3 learns delta B under a gate too strict to pass; gen_4 evolves the colony again. gen_2's gate measures its held-out fifth
     of A and the child learned it; gen_3's measures recall on A's held-out answers (log-likelihood,
     exact match of the short ones) and refuses B, naming why. Each ledger row holds its file's sha."""
     from cambrian import ledger
@@ -111,14 +130,15 @@ def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(t
     data = {**TINY, "ladder": {
         "gen_1": {"parent": "base"},
         "gen_2": {"parent": "gen_1", "delta": deltas["a"], "overrides": {"colony": {"train_steps": 8, "lr": 0.01}}},
-        "gen_3": {"parent": "gen_2", "delta": deltas["b"], "overrides": {"gate": {"generalization_min_delta": 1.0}}}}}
+        "gen_3": {"parent": "gen_2", "delta": deltas["b"], "overrides": {"gate": {"generalization_min_delta": 1.0}}},
+        "gen_4": {"parent": "gen_3"}}}
     p = parse_params(data)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p.model_dump(), sort_keys=False))
     write_dataset(p.challenges, p.seed, tmp_path / "data")
     shutil.copytree(tiny_host_dir, tmp_path / "models" / "base")
     ledger.write_base(tmp_path / "runs" / "base", verify(tmp_path / "models" / "base"))
     args = [str(tmp_path / f) for f in ("params.yaml", "models", "runs", "data", "reports")]
-    rows = {g: generation(g, *args) for g in ("gen_1", "gen_2", "gen_3")}
+    rows = {g: generation(g, *args) for g in ("gen_1", "gen_2", "gen_3", "gen_4")}
     runs = tmp_path / "runs"
     record = {g: json.loads((runs / g / "generation.json").read_text()) for g in rows}
     a, b = read_delta(deltas["a"]), read_delta(deltas["b"])
@@ -142,5 +162,27 @@ def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(t
     assert gate["n_recall_conversations"] == len(held_a) and gate["recall_loglik_child"] is not None
     assert gate["n_recall_exact"] == sum(map(is_short, held_a)) > 0 and gate["recall_exact_child"] is not None
     assert gate["n_heldout_conversations"] == sum(r["split"] == "heldout" for r in b)
+    # gen_4 evolves the colony again, carrying on from gen_1 (the last challenge generation): its
+    # gating snapshots continue gen_1's, and its gate still checks recall of A (B was refused).
+    summary = {g: json.loads((runs / g / "summary.json").read_text()) for g in ("gen_1", "gen_4")}
+    first = summary["gen_1"]["gating"]["snapshots"]
+    assert first and summary["gen_4"]["gating"]["snapshots"][:len(first)] == first
+    assert "delta" not in record["gen_4"] and record["gen_4"]["gate"]["n_recall_conversations"] == len(held_a)
     card = (tmp_path / "models" / "gen_2" / "README.md").read_text()
     assert f"learned the conversation delta `{deltas['a']}`" in card and "held-out conversations" in card
+
+
+def test_recall_reaches_only_the_deltas_the_parent_still_holds(tmp_path):
+    """A stop rule's rollback discards the generations of its streak: their deltas are neither
+    replayed nor recalled afterwards; a rejected generation's never were."""
+    from flows.generation import _kept
+
+    def rec(gid, parent, child, verdict):
+        return {"ledger": {"GEN_ID": gid, "parent_sha": parent, "child_sha": child, "gate_verdict": verdict}}
+    history = [rec("gen_1", "s0", "s1", "accepted"), rec("gen_2", "s1", "s2", "accepted"),
+               rec("gen_3", "s2", "s2", "rejected"), rec("gen_4", "s2", "s4", "accepted"),
+               rec("gen_5", "s4", "s2", "rolled back")]  # the stop rule restored gen_2's checkpoint
+    lineage = [tmp_path / h["ledger"]["GEN_ID"] for h in history]
+    assert [p.name for p in _kept(lineage, history)] == ["gen_1", "gen_2"]
+    assert [p.name for p in _kept(lineage[:4], history[:4])] == ["gen_1", "gen_2", "gen_4"]
+    assert _kept([], []) == []
