@@ -453,16 +453,15 @@ def test_two_queued_dvc_experiments_run_one_at_a_time_and_show_their_metrics(rep
     workspace is left as it was."""
     before = {name: (repo.root / name).read_text() for name in ("params.yaml", "dvc.lock")}
     for lr in ("0.002", "0.004"):
-        repo.run("dvc", "exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"colony.lr={lr}", "generation@gen_2")
+        repo.run("dvc", "exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"colony.lr={lr}", "generation@gen_1")
     repo.run("dvc", "exp", "run", "--run-all", "-j", "1")
     rows = list(csv.DictReader(repo.run("dvc", "exp", "show", "--csv", "--no-fetch").splitlines()))
     exps = {r["Experiment"]: r for r in rows if r["Experiment"].startswith("lr-")}
     assert sorted(exps) == ["lr-0.002", "lr-0.004"], [r["Experiment"] for r in rows]
     for name, r in exps.items():
         assert r["State"] == "Success" and r["colony.lr"] == name[3:]
-        for column in ("reports/gen_2.json:test_mean", "reports/gen_2.json:gate.accepted"):
+        for column in ("reports/gen_1.json:test_mean", "reports/gen_1.json:gate.accepted"):
             assert r[column] not in ("", "-"), (name, column)
-    assert exps["lr-0.002"]["reports/gen_1.json:test_mean"] not in ("", "-")  # gen_1 ran too (colony.lr)
     assert {name: (repo.root / name).read_text() for name in before} == before
 
 
@@ -474,10 +473,15 @@ def test_a_conversation_delta_is_a_dvc_input_of_its_own_generation_only(repo, mo
 
     monkeypatch.chdir(repo.root)  # params name the delta relative to the project
     delta = repo.root / "data" / "deltas" / "params-1.jsonl"
+
+    def stale() -> set[str]:  # the generation stages `dvc status` lists (earlier tests leave some)
+        return {line[:-1] for line in repo.run("dvc", "status").splitlines() if line.startswith("generation@")}
+    repo.params()  # the TINY ladder as it is, whatever earlier tests left
+    repo.run("dvc", "repro", "params")
+    before = stale()
     repo.params(lambda p: p["ladder"].update(gen_5={"parent": "gen_1", "delta": "data/deltas/params-1.jsonl"}))
     repo.run("dvc", "repro", "params")
-    status = repo.run("dvc", "status")
-    assert "generation@gen_5" in status and not any(f"generation@gen_{k}" in status for k in (1, 2, 3, 4))
+    assert stale() == before | {"generation@gen_5"} and "generation@gen_1" not in before
     out = repo.run("dvc", "repro", "generation@gen_5")
     assert "Running stage 'generation@gen_1'" not in out
     record = json.loads((repo.root / "runs" / "gen_5" / "generation.json").read_text())
@@ -485,8 +489,7 @@ def test_a_conversation_delta_is_a_dvc_input_of_its_own_generation_only(repo, mo
     with delta.open("a") as f:
         f.write(json.dumps({"prompt": "What is colony.lr for?", "completion": "The organelles' learning rate."}) + "\n")
     repo.run("dvc", "repro", "params")
-    status = repo.run("dvc", "status")
-    assert "generation@gen_5" in status and not any(f"generation@gen_{k}" in status for k in (1, 2, 3, 4))
+    assert stale() == before | {"generation@gen_5"}
 
     outside = repo.root / "elsewhere.jsonl"
     shutil.copy(delta, outside)
