@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test bench example conversations
+.PHONY: install repro test bench example
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,22 +27,14 @@ repro: install
 test: install
 	$(BIN)/python -m pytest -q --durations=15
 
-# A ladder on a challenge family of your own (data/examples/units.yaml), beside the default one:
-# the bare host's test accuracy, then one generation and its test accuracy (reports/units).
-EXAMPLE := -p data/examples/units.yaml
+# Your own data (data/examples/own-data.yaml), beside the default ladder: a challenge family of
+# your own (gen_1), then three conversation deltas (gen_2-4); the bare host's test accuracy first.
+EXAMPLE := -p data/examples/own-data.yaml
 example: install
-	cambrian host $(EXAMPLE) --out models/units/base --run runs/units/base
-	cambrian challenges $(EXAMPLE) --out data/units
-	cambrian baseline $(EXAMPLE) --host models/units/base --data data/units --out reports/units/baseline.json
-	cambrian ladder $(EXAMPLE) --models models/units --runs runs/units --data data/units --reports reports/units
-
-# A ladder on your own conversations (data/examples/conversations.yaml): three weekly deltas of
-# questions about Cambrian's parameters, one generation each (reports/chat).
-CHAT := -p data/examples/conversations.yaml
-conversations: install
-	cambrian host $(CHAT) --out models/chat/base --run runs/chat/base
-	cambrian challenges $(CHAT) --out data/chat
-	cambrian ladder $(CHAT) --models models/chat --runs runs/chat --data data/chat --reports reports/chat
+	cambrian host $(EXAMPLE) --out models/own/base --run runs/own/base
+	cambrian challenges $(EXAMPLE) --out data/own
+	cambrian baseline $(EXAMPLE) --host models/own/base --data data/own --out reports/own/baseline.json
+	cambrian ladder $(EXAMPLE) --models models/own --runs runs/own --data data/own --reports reports/own
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
