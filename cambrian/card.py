@@ -83,20 +83,22 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
             if gate.get(f"{name}_child") is not None:
                 lines.append(f"| {label} | {gate[f'{name}_parent']:.3f} | {gate[f'{name}_child']:.3f} |")
         lines.append(f"| style drift, KL(parent ‖ child) | - | {gate['style_drift']:.4f} |")
-    fold = "exact merge (soup)" if record.get("delta") else "distillation (sleep)" if params["sleep"]["in_generation"] \
+    delta = record.get("delta")
+    fold = "exact merge (soup)" if delta else "distillation (sleep)" if params["sleep"]["in_generation"] \
         else f"merge `{params['merge']['method']}` (seed {params['merge']['seed']})"
-    made = f"were folded into the parent by {fold}" if row["gate_verdict"] == "accepted" else \
+    made = f"{'was' if delta else 'were'} folded into the parent by {fold}" if row["gate_verdict"] == "accepted" else \
         f"would have been folded in by {fold}; this generation is {row['gate_verdict']}, so this checkpoint is " \
         "an earlier one, unchanged"
-    how = (f"The stop rule ended the ladder before this generation, which names the conversation delta "
-           f"`{record['delta']}`: this checkpoint is an earlier one, unchanged") \
-        if record.get("delta") and row["gate_verdict"] == "stopped" else \
-        (f"One LoRA ({params['colony']['train_steps']} steps at lr {params['colony']['lr']}) learned the "
-         f"conversation delta `{record['delta']}` (sha256 `{row['data_delta_sha'][:12]}`) with replay; it "
-         f"{made.replace('were folded', 'was folded')}") if record.get("delta") else \
-        (f"Organelles ({params['colony']['species']}, population {params['colony']['population']}, "
-         f"{params['colony']['train_steps']} LoRA steps each at lr {params['colony']['lr']}) that passed the "
-         f"assimilation test {made}")
+    c = params["colony"]
+    if delta and row["gate_verdict"] == "stopped":
+        how = (f"The stop rule ended the ladder before this generation, which names the conversation delta "
+               f"`{delta}`: this checkpoint is an earlier one, unchanged")
+    elif delta:
+        how = (f"One LoRA ({c['train_steps']} steps at lr {c['lr']}) learned the conversation delta `{delta}` "
+               f"(sha256 `{row['data_delta_sha'][:12]}`) with replay; it {made}")
+    else:
+        how = (f"Organelles ({c['species']}, population {c['population']}, {c['train_steps']} LoRA steps each at lr "
+               f"{c['lr']}) that passed the assimilation test {made}")
     lines += ["", "## How it was made", "",
               f"{how}; seed {params['seed']}. The params of this generation:", "",
               "```yaml", yaml.safe_dump(params, sort_keys=False).rstrip(), "```"]

@@ -45,13 +45,6 @@ from cambrian.config import ChallengeConfig
 SPLITS = ("train", "probe", "holdout", "test")
 SELECTION = ("probe", "holdout")  # splits that selection steps may read; test is never one of them
 SYSTEM_PROMPT = "You solve puzzles. Reply with the answer only, no explanation."
-
-
-def as_messages(prompt: str | list[dict]) -> list[dict]:
-    """A prompt as chat messages: a challenge's text under SYSTEM_PROMPT, or a conversation's
-    messages (cambrian/conversations.py) as they are."""
-    return prompt if isinstance(prompt, list) else \
-        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
 # Percent of the prompt space that belongs to each split (the rest is train).
 _PCT = {"holdout": 15, "probe": 15, "test": 15}
 TRAINED = 6  # phrasings 0..5 are used in every split; 6 and 7 only in the test split's transfer part
@@ -75,6 +68,13 @@ class Challenge:
     def transfer(self) -> bool:
         """Asked in a reserved phrasing that no training or selection row uses."""
         return self.phrasing >= TRAINED
+
+
+def as_messages(prompt: str | list[dict]) -> list[dict]:
+    """A prompt as chat messages: a challenge's text under SYSTEM_PROMPT, or a conversation's
+    messages (cambrian/conversations.py) as they are."""
+    return prompt if isinstance(prompt, list) else \
+        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
 
 
 def challenge_id(prompt: str) -> str:
