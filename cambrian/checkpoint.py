@@ -44,11 +44,31 @@ def folder_sha(folder: str | Path) -> str:
     return h.hexdigest()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _sweep(target: Path) -> None:
+    """Remove the temporary (or replaced) siblings of `target` that a killed writer left behind."""
+    for left in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, pid = left.name.removeprefix(f".{target.name}.").partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left) if left.is_dir() else left.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces `target`, on error it is removed."""
+    """Yield a temporary folder; on success it replaces `target`, on error it is removed. What a
+    killed writer left beside `target` (its temporary or previous folder) is removed first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -100,6 +120,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file through a temporary sibling and rename, so readers never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)

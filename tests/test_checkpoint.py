@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from cambrian.checkpoint import CheckpointError, atomic_dir, atomic_write_text, folder_sha, verify, write_manifest
@@ -43,6 +45,21 @@ def test_crash_leaves_previous_checkpoint_and_no_temp(tmp_path):
             raise RuntimeError("killed")
     assert verify(tmp_path / "ck") == sha
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_what_a_killed_writer_left_is_swept_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process that has exited
+    live = str(os.getppid())  # a writer that may still be at work
+    for name in (f".ck.tmp-{dead}", f".ck.old-{dead}", f".ck.tmp-{live}", f".r.json.tmp-{dead}"):
+        (tmp_path / name).mkdir() if ".ck" in name else (tmp_path / name).write_text("half")
+    (tmp_path / ".ck.notes-1").write_text("not ours")
+    _make(tmp_path / "ck")
+    atomic_write_text(tmp_path / "r.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".ck.tmp-{live}", ".ck.notes-1", "ck", "r.json"])
 
 
 def test_atomic_write_text(tmp_path):

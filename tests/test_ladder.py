@@ -337,6 +337,38 @@ def test_a_generation_whose_learning_diverges_fails_in_one_line_and_publishes_no
     assert not (tmp_path / "reports").exists() and folder_sha(repo.root / "models/gen_1") == before
 
 
+def _cambrian_with(repo, fault: str, *args, **env) -> subprocess.CompletedProcess:
+    """`cambrian ARGS` in a fresh process that first runs `fault` (Python source): a fault injected
+    at an exact point of the code, where a signal from outside could only hit it by chance."""
+    code = f"{fault}\nimport sys\nfrom cambrian.cli import main\nsys.argv = ['cambrian', *{list(args)!r}]\nmain()"
+    return subprocess.run([sys.executable, "-c", code], cwd=repo.root, env={**repo.env, **env}, capture_output=True,
+                          text=True)
+
+
+def test_a_child_with_non_finite_weights_is_rejected_and_its_ledger_row_says_why(repo, tmp_path):
+    """No params reach a NaN child (a diverging learner fails first, merge weights are bounded), so
+    the NaN is injected where the child is stored: the gate rejects it, gen_1's ledger row gives the
+    reason, the published gen_1 is the host's bytes and its organelles stay alive in the colony."""
+    for d in ("models", "runs"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "base").symlink_to(repo.root / d / "base", target_is_directory=True)
+    nan_child = ("import flows.generation as g\nstore = g.store_model\n"
+                 "def nan_child(model, tok, **info):\n"
+                 "    next(model.parameters()).data.fill_(float('nan'))\n"
+                 "    return store(model, tok, **info)\n"
+                 "g.store_model = nan_child")
+    out = _cambrian_with(repo, nan_child, "generation", "gen_1", "--runs", str(tmp_path / "runs"), "--reports",
+                         str(tmp_path / "reports"), "--models", str(tmp_path / "models"),
+                         CAMBRIAN_HOME=str(tmp_path / "home"))  # nothing from the cache: the child is made here
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = json.loads((tmp_path / "runs/gen_1/generation.json").read_text())["ledger"]
+    assert row["gate_verdict"] == "rejected" and "weight tensors of the child are not finite" in row["gate_reason"], row
+    assert row["child_sha"] == row["parent_sha"] == verify(tmp_path / "models/gen_1") == repo.built["base"]["child_sha"]
+    merged = json.loads((repo.root / "runs/gen_1/summary.json").read_text())["assimilated"]  # without the NaN
+    alive = {o["id"] for o in json.loads((tmp_path / "runs/gen_1/colony/population.json").read_text()) if o["alive"]}
+    assert merged and set(merged) <= alive
+
+
 def _run_files(run: Path) -> dict:
     """A run folder's bytes, but for the record and manifest (they hold the wall time)."""
     return {p.relative_to(run): p.read_bytes() for p in run.rglob("*")
@@ -368,6 +400,11 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     checkpoints = [repo.root / "models/base", *(repo.root / "models").glob("gen_*")]
     assert len(checkpoints) == 4 and all(verify(p) for p in checkpoints)  # every visible checkpoint is whole
 
+    # Killed again while publishing: the run folder and metrics are written, the checkpoint is half-way.
+    crash = "import os, flows.generation as g\ng.write_card = lambda *a, **k: os._exit(9)"
+    assert _cambrian_with(repo, crash, "generation", "gen_2", CAMBRIAN_HOME=str(home)).returncode == 9
+    assert not (repo.root / "models/gen_2").exists() and list((repo.root / "models").glob(".gen_2.tmp-*"))
+
     out = repo.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_2", CAMBRIAN_HOME=str(home),
                    PREFECT_LOGGING_LEVEL="INFO")
     assert "spawn: from cache" in out and "learn: from cache" in out
@@ -376,6 +413,7 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
         assert str(record[key]) == reference[key], key
     after = _run_files(repo.root / "runs/gen_2")
     assert after == before
+    assert not list((repo.root / "models").glob(".gen_2*"))  # what the killed writer left is gone
 
 
 def test_two_generations_on_a_two_worker_dask_cluster_with_real_servers(repo, tmp_path):

@@ -227,21 +227,31 @@ def test_gguf_export_loads_back_with_equal_logits_and_quantized_answers(tiny_hos
     assert not (tmp_path / "again").exists()
 
 
-def test_tracking_to_a_dead_server_fails_fast_and_never_raises(monkeypatch):
+@pytest.mark.parametrize("server", ["dead", "silent"])
+def test_tracking_to_a_dead_or_silent_server_fails_fast_and_never_raises(server, monkeypatch, caplog):
+    """A port nobody listens on, or a server that accepts connections and never answers: the
+    generation's logging gives up within the HTTP timeout and its retry, warns, and returns."""
     import socket
     import time
 
     from cambrian import tracking
 
-    with socket.socket() as s:  # a port nobody listens on
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
+        if server == "silent":
+            s.listen(16)  # the kernel accepts the connections; nobody ever reads or answers
         port = s.getsockname()[1]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    record = {"ledger": {"GEN_ID": "gen_1", "walltime_min": 0.1, "git_rev": "", "child_sha": "c", "parent_sha": "p",
-                         "gate_verdict": "accepted", "lr": 0.001}, "metrics": {"accepted": True}}
-    start = time.perf_counter()
-    assert tracking.log_generation(record, {}, parse_params({})) is None
-    assert time.perf_counter() - start < 60  # the default retry policy would stall for minutes
+        if server == "dead":
+            s.close()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+        record = {"ledger": {"GEN_ID": "gen_1", "walltime_min": 0.1, "git_rev": "", "child_sha": "c",
+                             "parent_sha": "p", "gate_verdict": "accepted", "lr": 0.001}, "metrics": {"accepted": True}}
+        start = time.perf_counter()
+        assert tracking.log_generation(record, {}, parse_params({})) is None
+        seconds = time.perf_counter() - start
+    assert seconds < 20, seconds  # 2 s per try, one retry; the default policy stalls for minutes
+    assert "MLflow logging failed" in caplog.text
 
 
 def test_step_minutes_come_from_the_timeline_with_learn_summed():
