@@ -345,24 +345,33 @@ def _cambrian_with(repo, fault: str, *args, **env) -> subprocess.CompletedProces
                           text=True)
 
 
-def test_a_child_with_non_finite_weights_is_rejected_and_its_ledger_row_says_why(repo, tmp_path):
-    """No params reach a NaN child (a diverging learner fails first, merge weights are bounded), so
-    the NaN is injected where the child is stored: the gate rejects it, gen_1's ledger row gives the
-    reason, the published gen_1 is the host's bytes and its organelles stay alive in the colony."""
+NAN = {  # where a NaN is injected (no params reach one: a diverging learner fails first, merge weights
+    # are bounded) -> gen_1's verdict and what its ledger row says
+    "child": ("import flows.generation as g\nstore = g.store_model\n"
+              "def nan_child(model, tok, **info):\n"
+              "    next(model.parameters()).data.fill_(float('nan'))\n"
+              "    return store(model, tok, **info)\n"
+              "g.store_model = nan_child", "rejected", "weight tensors of the child are not finite"),
+    "sleep": ("import torch, tasks.sleep as s\ns.distill_kl = lambda *a: torch.tensor(float('nan'), requires_grad=True)",
+              "unchanged", "2 of 2 sleep steps were non-finite and skipped"),
+}
+
+
+@pytest.mark.parametrize("where", NAN)
+def test_a_nan_child_or_sleep_publishes_the_parent_and_its_ledger_row_says_why(repo, tmp_path, where):
+    """A NaN in the stored child is rejected by the gate; NaN sleep losses skip every sleep step, so
+    the child is its parent byte for byte. Either way the published gen_1 is the host's bytes, the
+    ledger row gives the reason and the organelles that would have been folded in stay alive."""
+    fault, verdict_name, reason = NAN[where]
     for d in ("models", "runs"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "base").symlink_to(repo.root / d / "base", target_is_directory=True)
-    nan_child = ("import flows.generation as g\nstore = g.store_model\n"
-                 "def nan_child(model, tok, **info):\n"
-                 "    next(model.parameters()).data.fill_(float('nan'))\n"
-                 "    return store(model, tok, **info)\n"
-                 "g.store_model = nan_child")
-    out = _cambrian_with(repo, nan_child, "generation", "gen_1", "--runs", str(tmp_path / "runs"), "--reports",
+    out = _cambrian_with(repo, fault, "generation", "gen_1", "--runs", str(tmp_path / "runs"), "--reports",
                          str(tmp_path / "reports"), "--models", str(tmp_path / "models"),
                          CAMBRIAN_HOME=str(tmp_path / "home"))  # nothing from the cache: the child is made here
     assert out.returncode == 0, out.stderr[-3000:]
     row = json.loads((tmp_path / "runs/gen_1/generation.json").read_text())["ledger"]
-    assert row["gate_verdict"] == "rejected" and "weight tensors of the child are not finite" in row["gate_reason"], row
+    assert row["gate_verdict"] == verdict_name and reason in row["gate_reason"], row
     assert row["child_sha"] == row["parent_sha"] == verify(tmp_path / "models/gen_1") == repo.built["base"]["child_sha"]
     merged = json.loads((repo.root / "runs/gen_1/summary.json").read_text())["assimilated"]  # without the NaN
     alive = {o["id"] for o in json.loads((tmp_path / "runs/gen_1/colony/population.json").read_text()) if o["alive"]}
