@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # tests/servers.py: local Prefect and MLflow servers
 from eval_throughput import machine, measure  # noqa: E402
 
 from cambrian.challenges import read_jsonl  # noqa: E402
@@ -143,7 +144,9 @@ def bench_generation(host_dir: str, data: str, runners: list[str]) -> dict:
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from cambrian.cluster import local_servers, task_runner
+    from servers import local_servers
+
+    from cambrian.cluster import task_runner
     from cambrian.config import ScaleConfig, load_params
     from flows.generation import generation
 

@@ -47,7 +47,7 @@ def prefect_api(tmp_path_factory):
     """One Prefect API server for the session, as users run one: every `cambrian` process a test
     starts reports to it instead of starting a temporary server of its own (~5 s each). No MLflow
     server: tests track to sqlite files of their own."""
-    from cambrian.cluster import local_servers
+    from servers import local_servers
 
     before = os.environ.get("PREFECT_API_URL")
     with local_servers(tmp_path_factory.mktemp("servers"), mlflow=False) as (api, _):

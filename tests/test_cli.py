@@ -54,7 +54,7 @@ def test_a_prefect_server_down_or_silent_is_one_line_in_seconds():
     import socket
     import time
 
-    from cambrian.cluster import free_port
+    from servers import free_port
 
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))

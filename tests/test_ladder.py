@@ -435,7 +435,7 @@ def test_two_generations_on_a_two_worker_dask_cluster_with_real_servers(repo, tm
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from cambrian.cluster import local_servers
+    from servers import local_servers
 
     with local_servers(tmp_path / "servers") as (prefect_api, mlflow_uri):
         r = _project(tmp_path / "scaled", lambda p: p.update(ladder={k: TINY["ladder"][k] for k in ("gen_1", "gen_2")}))
