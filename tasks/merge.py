@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from cambrian.config import MergeConfig
 from cambrian.organelle import deltas, factor, read_adapter
@@ -63,25 +62,18 @@ def soup_delta(per_org: dict[str, dict[str, torch.Tensor]], weights: dict[str, f
 
 def merge_states(method: str, models: dict[str, dict], weights: dict[str, float], base: str | None,
                  cfg: MergeConfig) -> dict[str, torch.Tensor]:
-    """mergekit's `method` over named state dicts (`base` the anchor where it takes one), tensor by
-    tensor, its random draws seeded with `cfg.seed`; `cfg` gives density and t."""
+    """mergekit's `method` over named state dicts (`base` the anchor where it takes one), in one call,
+    its random draws seeded with `cfg.seed`. mergekit's spec of the method says which of Cambrian's
+    values it takes: `weights`, and from `cfg` density, t and della's epsilon."""
+    from mergekit import merge_methods
     from mergekit.merge_methods.api import merge_state_dicts
 
-    params: dict = {} if method == "model_stock" else {"weight": weights}
-    if method in ("ties", "dare_ties", "dare_linear", "breadcrumbs", "della"):
-        params["density"] = cfg.density
-    if method == "della":
-        params["epsilon"] = min(0.1, cfg.density / 2, (1 - cfg.density) / 2)
-    if method == "slerp":
-        params = {"t": cfg.t}
-    names = list(next(iter(models.values())))
-    out: dict[str, torch.Tensor] = {}
+    ours = {"weight": weights, "density": cfg.density, "t": cfg.t,
+            "epsilon": min(0.1, cfg.density / 2, (1 - cfg.density) / 2)}  # della: inside (0, density/2]
+    params = {p.name: ours[p.name] for p in merge_methods.get(method).spec.parameters if p.name in ours}
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        for name in tqdm(names, desc=f"merge ({method})", unit="tensor", disable=None, leave=False):
-            out.update(merge_state_dicts({m: {name: sd[name]} for m, sd in models.items()}, method,
-                                         parameters=params, base=base))
-    return out
+        return merge_state_dicts(models, method, parameters=params, base=base)
 
 
 @torch.no_grad()
