@@ -28,7 +28,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -237,15 +237,14 @@ def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path],
     return deltas, rows
 
 
-def _evolve(gen: int, params: Params, pd: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
-            lineage: list[Path], history: list[dict], data: Path, data_sha: str, prior_qa: list[dict],
-            progress: "Progress") -> dict:
+def _evolve(gen: int, params: Params, parent: "Parent", lineage: list[Path], history: list[dict], data: Path,
+            data_sha: str, prior_qa: list[dict], progress: "Progress") -> dict:
     """The colony's part of a generation on the challenges: spawn, learn, evaluate, settle,
     assimilate, then fold what passed into the parent (merge or sleep). `lineage` and `history` are
     the earlier challenge generations (their episodes, deltas, gates and gating snapshots). Returns
     the new colony and the child's sha under "child" (absent when nothing was folded) for the gate."""
-    pdict = params.for_steps()
-    sp = spawn_step(pd, parent_sha, population, adapters, pdict, gen)
+    pdict, pd, parent_sha = params.for_steps(), str(parent.dir), parent.sha
+    sp = spawn_step(pd, parent_sha, parent.population, parent.adapters, pdict, gen)
     colony, adapters = _colony(sp["population"]), sp["adapters"]
     progress.done("spawn")
     deltas, rows = _training_rows(colony, params, lineage, history, read_jsonl(data / "train.jsonl"), gen)
@@ -290,15 +289,14 @@ def _evolve(gen: int, params: Params, pd: str, parent_sha: str, population: list
     return part
 
 
-def _converse(gid: str, gen: int, params: Params, pd: str, parent_sha: str, population: list[dict],
-              adapters: dict[str, str], conversation: list[dict], learned_before: list[dict], prior_qa: list[dict],
-              progress: "Progress") -> dict:
+def _converse(gid: str, gen: int, params: Params, parent: "Parent", conversation: list[dict],
+              learned_before: list[dict], prior_qa: list[dict], progress: "Progress") -> dict:
     """A generation that learns a conversation delta: one fresh LoRA (the colony's rank, steps and lr)
     on the delta's training conversations with replay (earlier deltas' training conversations and the
     parent's QA set, at `colony.replay_ratio`), folded into the parent exactly (soup at
     `merge.total_weight`). The colony waits: its organelles pass to the child untouched, and the next
     challenge generation carries on from the last one before (its episodes, gate and gating)."""
-    pdict = params.for_steps()
+    pdict, pd, parent_sha = params.for_steps(), str(parent.dir), parent.sha
     rng = random.Random(f"{params.seed}/conversation/{gen}")
     rows = with_replay([r for r in conversation if r["split"] == "train"],
                        [r for r in learned_before if r["split"] == "train"] + prior_qa, params.colony.replay_ratio, rng)
@@ -312,8 +310,8 @@ def _converse(gid: str, gen: int, params: Params, pd: str, parent_sha: str, popu
     summary = {"learning_curves": {"delta": learned["curve"]}, "merge": merged["report"],
                "conversations": {"file": params.ladder[gid].delta, "train_rows": len(rows),
                                  "heldout": sum(r["split"] == "heldout" for r in conversation)}}
-    return {"colony": _colony(population), "adapters": adapters, "episodes": [], "summary": summary, "attempts": [],
-            "deltas": {}, "weights": {}, "families": [], "child": merged["child"],
+    return {"colony": _colony(parent.population), "adapters": parent.adapters, "episodes": [], "summary": summary,
+            "attempts": [], "deltas": {}, "weights": {}, "families": [], "child": merged["child"],
             "unchanged": "the child is its parent byte for byte"}
 
 
@@ -353,23 +351,25 @@ def _before_streak(gid: str, params: Params, history: list[dict]) -> str:
     return params.ladder[gated[-params.gate.stop_patience]].parent
 
 
-def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_name: str, why: str, summary: dict,
-            delta_sha: str, metrics: dict | None, history: list[dict], stopped: bool, minutes: float) -> dict:
+def _record(gid: str, params: Params, parent: "Parent", outcome: "Outcome", summary: dict, delta_sha: str,
+            minutes: float) -> dict:
     """The generation's record: its ledger row, gate metrics, stop flag and DVC metrics."""
     curves = list(summary.get("learning_curves", {}).values())
     firsts, lasts = [c[0] for c in curves if c], [c[-1] for c in curves if c]
+    metrics = outcome.metrics
     m = metrics or {}
-    row = {"GEN_ID": gid, "parent_sha": parent_sha, "child_sha": child_sha,
+    row = {"GEN_ID": gid, "parent_sha": parent.sha, "child_sha": outcome.sha,
            "data_delta_sha": delta_sha,
            "steps": sum(map(len, curves)), "lr": params.colony.lr, "walltime_min": round(minutes, 3),
            "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
            "eval_recall": "" if m.get("recall_child") is None else m["recall_child"],
            "eval_generalization": m.get("generalization_child", ""), "eval_style_drift": m.get("style_drift", ""),
            "ppl_parent": m.get("ppl_parent", ""), "ppl_child": m.get("ppl_child", ""),
-           "gate_verdict": verdict_name, "gate_reason": why, "git_rev": ledger.git_rev(),
+           "gate_verdict": outcome.verdict, "gate_reason": outcome.why, "git_rev": ledger.git_rev(),
            "dvc_stage": f"generation@{gid}"}
-    stop = stopped or bool(metrics and should_stop([h["gate"] for h in history] + [metrics], params.gate))
-    gate = {"accepted": verdict_name == "accepted",
+    stop = outcome.verdict == "stopped" or bool(metrics and should_stop([h["gate"] for h in parent.history] + [metrics],
+                                                                       params.gate))
+    gate = {"accepted": outcome.verdict == "accepted",
             **{k: m.get(k) for k in ("recall_parent", "recall_child", "generalization_parent", "generalization_child",
                                      "style_drift", "forbidden_rate", "ppl_parent", "ppl_child")},
             **{k: m[k] for k in CONVERSATION_METRICS if k in m}}
@@ -379,12 +379,32 @@ def _record(gid: str, params: Params, parent_sha: str, child_sha: str, verdict_n
             "metrics": ledger.checkpoint_metrics(summary["scores"], gate, colony)}
 
 
-def _parent(gid: str, params: Params, models: Path, runs: Path) -> tuple[Path, str, list[dict], dict, list[dict]]:
-    """(checkpoint folder, verified sha, population, adapter shas in the store, ancestors' records
-    oldest first, the host's excluded) of gid's parent."""
+@dataclass
+class Parent:
+    """A generation's parent: its checkpoint (sha verified), its colony, and the records of the
+    generations before it, oldest first (the host's excluded)."""
+    dir: Path
+    sha: str
+    population: list[dict]
+    adapters: dict[str, str]  # each living organelle's adapter, by its sha in the store
+    history: list[dict]
+
+
+@dataclass
+class Outcome:
+    """What became of the child: the verdict and why, the checkpoint published (its sha and the
+    folder it is copied from) and the gate's metrics (None when nothing was gated)."""
+    verdict: str
+    why: str
+    sha: str
+    source: Path
+    metrics: dict | None = None
+
+
+def _parent(gid: str, params: Params, models: Path, runs: Path) -> Parent:
+    """gid's parent. Every run folder of its lineage is verified against its manifest (a damaged
+    adapter is refused, not adopted), then its checkpoint against the sha its record holds."""
     parent = params.ladder[gid].parent
-    # Every run folder of the lineage is verified against its manifest (a damaged adapter is
-    # refused, not adopted), then the parent's checkpoint against the sha its record holds.
     history = [ledger.record(runs / g) for g in params.lineage(parent)]
     own = history[-1] if history else ledger.record(runs / parent)
     sha = verify(models / parent, own["ledger"]["child_sha"])
@@ -398,7 +418,27 @@ def _parent(gid: str, params: Params, models: Path, runs: Path) -> tuple[Path, s
             shutil.copytree(colony / "adapters" / d["id"], work / "a")
             adapters[d["id"]] = store_put(work / "a", kind="organelle")
             shutil.rmtree(work)
-    return models / parent, sha, population, adapters, history
+    return Parent(models / parent, sha, population, adapters, history)
+
+
+def _judge(gid: str, params: Params, parent: Parent, part: dict, child_sha: str, metrics: dict, models: Path,
+           runs: Path) -> Outcome:
+    """The gate's verdict on the child, then the stop rule: a streak of generations that drift
+    without gain is reverted to the checkpoint before it, the last child rejected or not (the
+    streak's earlier children were adopted). An accepted child's folded organelles leave the colony."""
+    accepted, why = verdict(metrics, params.gate)
+    if should_stop([h["gate"] for h in parent.history] + [metrics], params.gate):
+        restored = _before_streak(gid, params, parent.history)
+        why += (f"; the stop rule fired ({params.gate.stop_patience} generations without gain while "
+                f"drifting): {restored}'s checkpoint restored")
+        return Outcome("rolled back", why, ledger.verify_generation(models / restored, runs / restored),
+                       models / restored, metrics)
+    if not accepted:
+        return Outcome("rejected", why, parent.sha, parent.dir, metrics)
+    for o in part["colony"]:
+        if o.id in part["weights"]:  # its knowledge now lives in the host: it leaves the colony
+            o.alive = False
+    return Outcome("accepted", why, child_sha, store_get(child_sha), metrics)
 
 
 @flow(name="generation", task_runner=ThreadPoolTaskRunner(max_workers=1))  # one model trains at a time
@@ -411,74 +451,57 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     log = get_run_logger()
     params = load_params(params_path).for_generation(gid)
     models, runs, data = Path(models_dir), Path(runs_dir), Path(data_dir)
-    gen = int(gid.split("_")[1])
-    pdict = params.for_steps()
-    parent_dir, parent_sha, population, adapters, history = _parent(gid, params, models, runs)
+    gen, pdict = int(gid.split("_")[1]), params.for_steps()
+    parent = _parent(gid, params, models, runs)
     data_sha = verify_dataset(params.challenges, data)
-    pd = str(parent_dir)
-
+    history = parent.history
     progress = Progress(gid, next((h["ledger"]["walltime_min"] for h in reversed(history)
                                    if h["ledger"]["gate_verdict"] != "stopped"), None))
-    stopped = bool(history) and history[-1].get("stop", False)
     lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
     prior_qa = read_rows(lineage[-1] / "qa.jsonl", missing_ok=True) if lineage else []
     learned_before = [r for run in _kept(lineage, history) for r in read_rows(run / "conversations.jsonl",
                                                                                 missing_ok=True)]  # earlier deltas
     delta_file = params.ladder[gid].delta
     conversation = read_delta(delta_file) if delta_file else []
-    metrics, child_sha, why, verdict_name = None, parent_sha, "", ""
-    if stopped:
-        part = {"colony": _colony(population), "adapters": adapters, "episodes": [], "summary": {}, "attempts": [],
-                "deltas": {}, "weights": {}, "families": []}
-        why, verdict_name = "the stop rule ended the ladder before it", "stopped"
-    elif delta_file:
-        part = _converse(gid, gen, params, pd, parent_sha, population, adapters, conversation, learned_before,
-                         prior_qa, progress)
-    else:
-        evolved = [(run, h) for run, h in zip(lineage, history) if not h.get("delta")]  # challenge generations
-        part = _evolve(gen, params, pd, parent_sha, population, adapters, [run for run, _ in evolved],
-                       [h for _, h in evolved], data, data_sha, prior_qa, progress)
-    colony, adapters, summary, deltas, weights = (part[k] for k in ("colony", "adapters", "summary", "deltas", "weights"))
-    if not stopped:
-        child_sha = part.get("child", parent_sha)
-        if child_sha == parent_sha:
-            why, verdict_name = part["unchanged"], "unchanged"
-        else:
-            metrics = gate_step(pd, parent_sha, child_sha, prior_qa, str(data), data_sha, part["families"], pdict,
-                                [r for r in learned_before if r["split"] == "heldout"],
-                                [r for r in conversation if r["split"] == "heldout"])
-            accepted, why = verdict(metrics, params.gate)
-            progress.done("gate")
-            verdict_name = "accepted" if accepted else "rejected"
-            tripped = should_stop([h["gate"] for h in history] + [metrics], params.gate)
-            if tripped:  # the streak drifts without gain (rejected or not, its earlier children were adopted): revert
-                restored = _before_streak(gid, params, history)
-                child_sha, source = ledger.verify_generation(models / restored, runs / restored), models / restored
-                verdict_name = "rolled back"
-                why += (f"; the stop rule fired ({params.gate.stop_patience} generations without gain while "
-                        f"drifting): {restored}'s checkpoint restored")
-            elif accepted:
-                for o in colony:
-                    if o.id in weights:  # its knowledge now lives in the host: it leaves the colony
-                        o.alive = False
-            else:
-                child_sha = parent_sha
-        summary["assimilated"] = sorted(weights) if verdict_name == "accepted" else []
-        if summary.get("sleep", {}).get("nonfinite"):  # said in the ledger, never silent
-            why += f"; {summary['sleep']['nonfinite']} of {params.sleep.steps} sleep steps were non-finite and skipped"
-    log.info(f"{gid}: {verdict_name} ({why})")
 
-    # The child's QA set (the next gate's recall test): what it assimilated, or, when it is its
-    # parent unchanged, the parent's.
+    # Learn: the colony evolves on the challenges, or one LoRA learns the conversation delta.
+    if history and history[-1].get("stop", False):
+        part = {"colony": _colony(parent.population), "adapters": parent.adapters, "episodes": [], "summary": {},
+                "attempts": [], "deltas": {}, "weights": {}, "families": []}
+        outcome = Outcome("stopped", "the stop rule ended the ladder before it", parent.sha, parent.dir)
+    else:
+        if delta_file:
+            part = _converse(gid, gen, params, parent, conversation, learned_before, prior_qa, progress)
+        else:
+            evolved = [(run, h) for run, h in zip(lineage, history) if not h.get("delta")]  # challenge generations
+            part = _evolve(gen, params, parent, [run for run, _ in evolved], [h for _, h in evolved], data, data_sha,
+                           prior_qa, progress)
+        # Gate the child against its parent (a child equal to its parent has nothing to gate).
+        child_sha = part.get("child", parent.sha)
+        if child_sha == parent.sha:
+            outcome = Outcome("unchanged", part["unchanged"], parent.sha, parent.dir)
+        else:
+            metrics = gate_step(str(parent.dir), parent.sha, child_sha, prior_qa, str(data), data_sha,
+                                part["families"], pdict, [r for r in learned_before if r["split"] == "heldout"],
+                                [r for r in conversation if r["split"] == "heldout"])
+            outcome = _judge(gid, params, parent, part, child_sha, metrics, models, runs)
+            progress.done("gate")
+        part["summary"]["assimilated"] = sorted(part["weights"]) if outcome.verdict == "accepted" else []
+        if nonfinite := part["summary"].get("sleep", {}).get("nonfinite"):  # said in the ledger, never silent
+            outcome.why += f"; {nonfinite} of {params.sleep.steps} sleep steps were non-finite and skipped"
+    log.info(f"{gid}: {outcome.verdict} ({outcome.why})")
+
+    # Score the published checkpoint on the test split; its QA set (the next gate's recall test) is
+    # what it assimilated, or, when it is its parent unchanged, the parent's.
+    summary, deltas = part["summary"], part["deltas"]
     qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if summary.get("assimilated") else prior_qa
-    if verdict_name != "rolled back":
-        source = store_get(child_sha) if child_sha != parent_sha else parent_dir
-    summary["scores"] = score_step(str(source), child_sha, str(data), data_sha, pdict)
+    summary["scores"] = score_step(str(outcome.source), outcome.sha, str(data), data_sha, pdict)
     progress.done("score")
+
+    # Publish the checkpoint, the run folder and the metrics.
     delta_sha = file_sha(Path(delta_file)) if delta_file else \
         hashlib.sha256(jsonl_text([r for k in sorted(deltas) for r in deltas[k]]).encode()).hexdigest()
-    record = _record(gid, params, parent_sha, child_sha, verdict_name, why, summary, delta_sha, metrics, history,
-                     stopped, (time.perf_counter() - start) / 60)
+    record = _record(gid, params, parent, outcome, summary, delta_sha, (time.perf_counter() - start) / 60)
     if delta_file:
         record["delta"] = delta_file  # the conversation delta it learned
     record["timeline"] = progress.marks  # minutes since the start at the end of each step (beside the wall time)
@@ -487,8 +510,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
              "summary.json": json.dumps(summary, indent=1, sort_keys=True) + "\n",
              **{f"deltas/{oid}.jsonl": jsonl_text(rows) for oid, rows in deltas.items()}}
     card = generation_card(params.host.source, [ledger.record(runs / "base"), *history, record], params.for_steps())
-    publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", source, colony, adapters, files, record,
-            card)
+    publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", outcome.source, part["colony"],
+            part["adapters"], files, record, card)
     tracking.log_generation(record, summary, params)
     return record["ledger"]
 
