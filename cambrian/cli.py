@@ -59,7 +59,7 @@ def check(params: Path = PARAMS,
                 {"delta": g.delta, "sha256": file_sha(Path(g.delta)) if g.delta else None}) + "\n")
     if ok is not None:
         for parent in dict.fromkeys(g.parent for g in p.ladder.values()):
-            if (Path("runs") / parent / "generation.json").is_file():
+            if ledger.Run(Path("runs") / parent).finished():
                 ledger.verify_generation(Path("models") / parent, Path("runs") / parent)
         atomic_write_text(ok, "params valid, parents verified\n")  # the same bytes every time: nothing downstream re-runs
 
@@ -145,11 +145,9 @@ def track(params: Path = PARAMS, runs_dir: Path = typer.Option(Path("runs"), "--
     ran while the tracking server was down. Generations already logged are skipped (no duplicates)."""
     from cambrian import ledger, tracking
     p = _params(params)
-    done = [g for g in p.ladder if (runs_dir / g / "generation.json").is_file()]
-    ids = [tracking.log_generation(ledger.record(runs_dir / g),
-                                   json.loads((runs_dir / g / "summary.json").read_text()), p.for_generation(g))
-           for g in done]
-    missing = [g for g, i in zip(done, ids) if i is None]
+    done = [ledger.Run(runs_dir / g) for g in p.ladder if ledger.Run(runs_dir / g).finished()]
+    ids = [tracking.log_generation(run.record(), run.summary(), p.for_generation(run.path.name)) for run in done]
+    missing = [run.path.name for run, i in zip(done, ids) if i is None]
     if missing:
         typer.echo(f"error: MLflow at {tracking.tracking_uri()} did not take {', '.join(missing)}", err=True)
         raise typer.Exit(1)

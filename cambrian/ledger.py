@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from cambrian.checkpoint import CheckpointError, atomic_dir, atomic_write_text, verify, write_manifest
+from cambrian.checkpoint import CheckpointError, atomic_dir, atomic_write_text, jsonl_text, read_rows, verify, write_manifest
 
 COLUMNS = ["GEN_ID", "parent_sha", "child_sha", "data_delta_sha", "steps", "lr", "walltime_min", "loss_start",
            "loss_end", "eval_recall", "eval_generalization", "eval_style_drift", "ppl_parent", "ppl_child", "gate_verdict", "gate_reason",
@@ -44,19 +44,76 @@ def write(path: str | Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def record(run: Path) -> dict:
-    """A finished generation's record, after its run folder (colony, deltas, QA set, telemetry) is
-    verified against the manifest publish wrote: a damaged or edited file is refused."""
-    if not (run / "generation.json").is_file():
-        raise CheckpointError(f"{run} has no generation.json: not a finished generation")
-    verify(run)
-    return json.loads((run / "generation.json").read_text())
+class Run:
+    """A generation's run folder (runs/GEN) and its layout. The generation's `publish` writes it once,
+    whole, with a manifest (`files` gives its files' text); later generations, the ledger, the
+    report and `cambrian track` read it here:
+
+        generation.json            the record: ledger row, gate metrics, stop flag, DVC metrics, timeline
+        summary.json               the colony's telemetry (energy, bandit, learning curves, scores, ...)
+        colony/population.json     the organelles, and colony/adapters/ID/ the LoRA of each living one
+        qa.jsonl                   what the child assimilated: the next gate's recall test
+        episodes.jsonl             every routed challenge and its answer
+        assimilation.jsonl         every assimilation attempt
+        deltas/ID.jsonl            each organelle's new training rows
+        conversations.jsonl        a conversation delta's rows (its generation only)
+    """
+    RECORD, SUMMARY, POPULATION = "generation.json", "summary.json", "colony/population.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @staticmethod
+    def files(record: dict, summary: dict, qa: list[dict], episodes: list[dict], attempts: list[dict],
+              deltas: dict[str, list[dict]], conversations: list[dict]) -> dict[str, str]:
+        """The text of every file but the colony's, by its path in the folder."""
+        return {Run.RECORD: json.dumps(record, indent=1, sort_keys=True) + "\n",
+                Run.SUMMARY: json.dumps(summary, indent=1, sort_keys=True) + "\n",
+                "qa.jsonl": jsonl_text(qa), "episodes.jsonl": jsonl_text(episodes),
+                "assimilation.jsonl": jsonl_text(attempts),
+                **{f"deltas/{oid}.jsonl": jsonl_text(rows) for oid, rows in deltas.items()},
+                **({"conversations.jsonl": jsonl_text(conversations)} if conversations else {})}
+
+    def finished(self) -> bool:
+        return (self.path / self.RECORD).is_file()
+
+    def record(self) -> dict:
+        """The finished generation's record, after the whole folder is verified against the manifest
+        publish wrote: a damaged or edited file is refused."""
+        if not self.finished():
+            raise CheckpointError(f"{self.path} has no {self.RECORD}: not a finished generation")
+        verify(self.path)
+        return json.loads((self.path / self.RECORD).read_text())
+
+    def summary(self) -> dict:
+        return json.loads((self.path / self.SUMMARY).read_text())
+
+    def population(self) -> list[dict]:
+        return json.loads((self.path / self.POPULATION).read_text())
+
+    def adapter(self, oid: str) -> Path:
+        return self.path / "colony" / "adapters" / oid
+
+    def qa(self) -> list[dict]:
+        return read_rows(self.path / "qa.jsonl", missing_ok=True)
+
+    def episodes(self) -> list[dict]:
+        return read_rows(self.path / "episodes.jsonl", missing_ok=True)
+
+    def attempts(self) -> list[dict]:
+        return read_rows(self.path / "assimilation.jsonl", missing_ok=True)
+
+    def conversations(self) -> list[dict]:
+        return read_rows(self.path / "conversations.jsonl", missing_ok=True)
+
+    def deltas(self) -> dict[str, list[dict]]:
+        return {f.stem: read_rows(f) for f in sorted((self.path / "deltas").glob("*.jsonl"))}
 
 
 def verify_generation(checkpoint: Path, run: Path) -> str:
     """Verify a generation's checkpoint against its manifest and the sha its record holds: a
     corrupted checkpoint, or one swapped for another, is refused."""
-    return verify(checkpoint, record(run)["ledger"]["child_sha"])
+    return verify(checkpoint, Run(run).record()["ledger"]["child_sha"])
 
 
 def checkpoint_metrics(scores: dict, gate: dict | None = None, colony: dict | None = None) -> dict:
@@ -82,7 +139,7 @@ def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
 def collect(gids: list[str], runs: Path, lock: Path = Path("dvc.lock"), models: str = "models") -> list[dict]:
     """The ledger rows of the given generations, with their checkpoints' md5 from dvc.lock."""
     stages = {"base": "host", **{g: f"generation@{g}" for g in gids}}
-    return [{**record(runs / g)["ledger"], "dvc_md5": dvc_md5(lock, stage, f"{models}/{g}")}
+    return [{**Run(runs / g).record()["ledger"], "dvc_md5": dvc_md5(lock, stage, f"{models}/{g}")}
             for g, stage in stages.items()]
 
 
@@ -91,18 +148,17 @@ def write_base(run: Path, sha: str) -> None:
     row = {"GEN_ID": "base", "parent_sha": "", "child_sha": sha, "gate_verdict": "base",
            "gate_reason": "the host as materialised", "git_rev": git_rev(), "dvc_stage": "host"}
     with atomic_dir(run) as tmp:
-        (tmp / "colony").mkdir()
-        (tmp / "colony" / "population.json").write_text("[]\n")
-        (tmp / "generation.json").write_text(json.dumps({"ledger": row, "gate": None, "stop": False, "metrics": {}},
-                                                        indent=1, sort_keys=True) + "\n")
+        (tmp / Run.POPULATION).parent.mkdir()
+        (tmp / Run.POPULATION).write_text("[]\n")
+        (tmp / Run.RECORD).write_text(json.dumps({"ledger": row, "gate": None, "stop": False, "metrics": {}},
+                                                 indent=1, sort_keys=True) + "\n")
         write_manifest(tmp, kind="run", generation="base")
 
 
 def gather_telemetry(gids: list[str], runs: Path, out: Path) -> None:
     """The ladder's telemetry in three files: one summary per generation, every episode, every
     assimilation attempt."""
-    summaries = "".join(json.dumps({"generation": g, **json.loads((runs / g / "summary.json").read_text())},
-                                   sort_keys=True) + "\n" for g in gids)
+    summaries = "".join(json.dumps({"generation": g, **Run(runs / g).summary()}, sort_keys=True) + "\n" for g in gids)
     atomic_write_text(out / "gen_summaries.jsonl", summaries)
-    for name in ("episodes.jsonl", "assimilation.jsonl"):
-        atomic_write_text(out / name, "".join((runs / g / name).read_text() for g in gids))
+    atomic_write_text(out / "episodes.jsonl", jsonl_text([r for g in gids for r in Run(runs / g).episodes()]))
+    atomic_write_text(out / "assimilation.jsonl", jsonl_text([r for g in gids for r in Run(runs / g).attempts()]))

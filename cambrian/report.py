@@ -12,7 +12,8 @@ import io
 import json
 from pathlib import Path
 
-from cambrian.checkpoint import atomic_dir, atomic_write_text, read_rows
+from cambrian.checkpoint import atomic_dir, atomic_write_text
+from cambrian.ledger import Run
 
 VERDICT_COLOURS = {"accepted": "#2e7d32", "rejected": "#c62828", "unchanged": "#9e9e9e", "stopped": "#212121",
                    "rolled back": "#ef6c00"}
@@ -27,13 +28,11 @@ PARTS = ("test", "transfer")  # the test split in trained phrasings, and in rese
 def load(gids: list[str], runs: Path, baseline: Path) -> dict:
     gens = []
     for gid in gids:
-        run = runs / gid
-        if not (run / "generation.json").is_file():
-            raise FileNotFoundError(f"{run}: no generation.json: run `dvc repro` (or `cambrian generation {gid}`) first")
-        record = json.loads((run / "generation.json").read_text())
-        gens.append({"gid": gid, "record": record, "summary": json.loads((run / "summary.json").read_text()),
-                     "attempts": read_rows(run / "assimilation.jsonl", missing_ok=True),
-                     "population": json.loads((run / "colony" / "population.json").read_text())})
+        run = Run(runs / gid)
+        if not run.finished():
+            raise FileNotFoundError(f"{run.path}: no {Run.RECORD}: run `dvc repro` (or `cambrian generation {gid}`) first")
+        gens.append({"gid": gid, "record": json.loads((run.path / Run.RECORD).read_text()), "summary": run.summary(),
+                     "attempts": run.attempts(), "population": run.population()})
     base = json.loads(baseline.read_text()) if baseline.is_file() else {}
     return {"gens": gens, "baseline": {part: base.get(part, {}) for part in PARTS}}
 

@@ -79,10 +79,11 @@ def _ladder_cell(recipe: str, seed: int, params: Params, host_dir: Path, host_sh
     sha = verify(root / "models" / last)
     rows, minutes = 0, 0.0
     for gid in p.ladder:
-        summary = json.loads((root / "runs" / gid / "summary.json").read_text())
+        run = ledger.Run(root / "runs" / gid)
+        summary = run.summary()
         rows += sum(map(len, summary.get("learning_curves", {}).values())) * p.colony.train_batch
         rows += len(summary.get("sleep", {}).get("kd", [])) * p.sleep.batch
-        minutes += ledger.record(root / "runs" / gid)["ledger"]["walltime_min"]
+        minutes += run.record()["ledger"]["walltime_min"]
     return {**score_step(str(root / "models" / last), sha, data_dir, data_sha, p.for_steps()),
             "rows": rows, "minutes": minutes}
 

@@ -36,9 +36,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.cache_policies import NO_CACHE
 
 from cambrian import ledger, tracking
+from cambrian.ledger import Run
 from cambrian.card import CARD, generation_card, write_card
 from cambrian.challenges import Challenge, read_jsonl, verify_dataset
-from cambrian.checkpoint import (atomic_dir, atomic_write_text, file_sha, jsonl_text, local, read_rows, scratch, share,
+from cambrian.checkpoint import (atomic_dir, atomic_write_text, file_sha, jsonl_text, local, scratch, share,
                                  store_get, store_model, store_put, verify, write_manifest)
 from cambrian.cluster import configured
 from cambrian.config import Params, load_params, parse_params, restricted
@@ -185,16 +186,15 @@ def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, par
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, colony: list[Organelle],
             adapters: dict[str, str], files: dict[str, str], record: dict, card: str) -> None:
-    """Write the stage's outputs atomically: the run folder, the metrics, then the checkpoint with
-    its model card."""
+    """Write the stage's outputs atomically: the run folder (`files`: ledger.Run.files), the
+    metrics, then the checkpoint with its model card."""
     with atomic_dir(run) as tmp:
-        save_population(tmp / "colony" / "population.json", colony)
+        save_population(tmp / Run.POPULATION, colony)
         for o in colony:
             if o.alive:
-                shutil.copytree(store_get(adapters[o.id]), tmp / "colony" / "adapters" / o.id)
+                shutil.copytree(store_get(adapters[o.id]), Run(tmp).adapter(o.id))
         for name, text in files.items():
             atomic_write_text(tmp / name, text)
-        atomic_write_text(tmp / "generation.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
         write_manifest(tmp, kind="run", generation=gid)  # verified whenever a later step reads the folder
     atomic_write_text(report, json.dumps(record["metrics"], indent=1, sort_keys=True) + "\n")
     with atomic_dir(checkpoint) as tmp:
@@ -223,12 +223,12 @@ def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path],
                    train: list[Challenge], gen: int) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     """Per living organelle: its new data delta (aimed by the parent host's measured accuracy per
     arm), and its training rows (delta + replay of its kin's deltas from earlier generations)."""
-    last_episodes = read_rows(lineage[-1] / "episodes.jsonl", missing_ok=True) if lineage else []
+    last_episodes = Run(lineage[-1]).episodes() if lineage else []
     rng = random.Random(f"{params.seed}/delta/{gen}")
     earlier: dict[str, list[dict]] = {}
     for run in lineage:
-        for f in sorted((run / "deltas").glob("*.jsonl")):
-            earlier.setdefault(f.stem, []).extend(read_rows(f, missing_ok=True))
+        for oid, delta in Run(run).deltas().items():
+            earlier.setdefault(oid, []).extend(delta)
     deltas, rows, aim = {}, {}, host_accuracy(history)
     for o in colony:
         if o.alive:
@@ -267,7 +267,7 @@ def _evolve(gen: int, params: Params, parent: "Parent", lineage: list[Path], his
                    accuracy=sum(e["correct"] for e in episodes) / max(1, len(episodes)))
     attempts = assimilate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, summary, str(data),
                                data_sha, pdict, gen)
-    prior = json.loads((lineage[-1] / "summary.json").read_text()).get("gating", {}) if lineage else {}
+    prior = Run(lineage[-1]).summary().get("gating", {}) if lineage else {}
     progress.done("assimilate")
     summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
     weights = soup_weights(attempts, params.merge)
@@ -405,17 +405,16 @@ def _parent(gid: str, params: Params, models: Path, runs: Path) -> Parent:
     """gid's parent. Every run folder of its lineage is verified against its manifest (a damaged
     adapter is refused, not adopted), then its checkpoint against the sha its record holds."""
     parent = params.ladder[gid].parent
-    history = [ledger.record(runs / g) for g in params.lineage(parent)]
-    own = history[-1] if history else ledger.record(runs / parent)
+    history = [Run(runs / g).record() for g in params.lineage(parent)]
+    own = history[-1] if history else Run(runs / parent).record()
     sha = verify(models / parent, own["ledger"]["child_sha"])
     share(models / parent, sha)  # learn steps may run on other machines
-    colony = runs / parent / "colony"
-    population = json.loads((colony / "population.json").read_text())
+    population = Run(runs / parent).population()
     adapters = {}
     for d in population:
         if d["alive"]:
             work = scratch()
-            shutil.copytree(colony / "adapters" / d["id"], work / "a")
+            shutil.copytree(Run(runs / parent).adapter(d["id"]), work / "a")
             adapters[d["id"]] = store_put(work / "a", kind="organelle")
             shutil.rmtree(work)
     return Parent(models / parent, sha, population, adapters, history)
@@ -458,9 +457,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     progress = Progress(gid, next((h["ledger"]["walltime_min"] for h in reversed(history)
                                    if h["ledger"]["gate_verdict"] != "stopped"), None))
     lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
-    prior_qa = read_rows(lineage[-1] / "qa.jsonl", missing_ok=True) if lineage else []
-    learned_before = [r for run in _kept(lineage, history) for r in read_rows(run / "conversations.jsonl",
-                                                                                missing_ok=True)]  # earlier deltas
+    prior_qa = Run(lineage[-1]).qa() if lineage else []
+    learned_before = [r for run in _kept(lineage, history) for r in Run(run).conversations()]  # earlier deltas
     delta_file = params.ladder[gid].delta
     conversation = read_delta(delta_file) if delta_file else []
 
@@ -505,11 +503,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     if delta_file:
         record["delta"] = delta_file  # the conversation delta it learned
     record["timeline"] = progress.marks  # minutes since the start at the end of each step (beside the wall time)
-    files = {"episodes.jsonl": jsonl_text(part["episodes"]), "assimilation.jsonl": jsonl_text(part["attempts"]),
-             "qa.jsonl": jsonl_text(qa), **({"conversations.jsonl": jsonl_text(conversation)} if conversation else {}),
-             "summary.json": json.dumps(summary, indent=1, sort_keys=True) + "\n",
-             **{f"deltas/{oid}.jsonl": jsonl_text(rows) for oid, rows in deltas.items()}}
-    card = generation_card(params.host.source, [ledger.record(runs / "base"), *history, record], params.for_steps())
+    files = Run.files(record, summary, qa, part["episodes"], part["attempts"], deltas, conversation)
+    card = generation_card(params.host.source, [Run(runs / "base").record(), *history, record], params.for_steps())
     publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", outcome.source, part["colony"],
             part["adapters"], files, record, card)
     tracking.log_generation(record, summary, params)

@@ -105,7 +105,7 @@ def test_a_deployment_triggered_through_the_api_runs_a_generation(tiny_host_dir,
                 except ObjectNotFound:  # not registered yet
                     time.sleep(1)
         assert run is not None and run.state.is_completed(), run and run.state
-        record = ledger.record(tmp_path / "runs" / "gen_1")
+        record = ledger.Run(tmp_path / "runs" / "gen_1").record()
         assert record["ledger"]["child_sha"] == verify(tmp_path / "models" / "gen_1")
     finally:
         server.terminate()
