@@ -14,10 +14,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 MANIFEST = "cambrian.json"
 CARD = "README.md"  # a model card (cambrian/card.py)
+
+
+class Ref(NamedTuple):
+    """A content-addressed folder (a checkpoint, a dataset): where it lies on this machine, and the
+    sha256 of its contents that stands for it. A cached step is keyed on the sha alone."""
+    path: str
+    sha: str
 
 
 class CheckpointError(RuntimeError):

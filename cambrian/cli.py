@@ -93,13 +93,13 @@ def baseline(params: Path = PARAMS,
     """Score the bare host on the test split per family, in trained and in reserved phrasings: the
     bar evolution must clear (the same cached step that scores every generation)."""
     from cambrian.challenges import verify_dataset
-    from cambrian.checkpoint import atomic_write_text, verify
+    from cambrian.checkpoint import Ref, atomic_write_text, verify
     from cambrian.ledger import checkpoint_metrics
     from flows.generation import score_step
 
     p = _params(params)
     host_sha, data_sha = verify(host_dir), verify_dataset(p.challenges, data)
-    scores = score_step.fn(str(host_dir), host_sha, str(data), data_sha, p.for_steps())
+    scores = score_step.fn(Ref(str(host_dir), host_sha), Ref(str(data), data_sha), p.for_steps())
     report = checkpoint_metrics(scores)
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     for fam, mean in [*scores["test"].items(), ("mean", report["test_mean"])]:

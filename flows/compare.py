@@ -25,7 +25,7 @@ from scipy import stats
 
 from cambrian import ledger
 from cambrian.challenges import read_jsonl, write_dataset
-from cambrian.checkpoint import atomic_write_text, home, verify
+from cambrian.checkpoint import Ref, atomic_write_text, home, verify
 from cambrian.config import Params, load_params, parse_params
 from cambrian.host import load_host
 from flows.generation import ladder
@@ -34,22 +34,21 @@ from tasks.compare import BASELINES, ablation, budget, measure, train_baseline
 
 
 @step("compare-baseline")
-def baseline_step(parent_dir: str, parent_sha: str, data_dir: str, data_sha: str, recipe: str, seed: int,
-                  rows: int, params: dict) -> dict:
+def baseline_step(parent: Ref, data: Ref, recipe: str, seed: int, rows: int, params: dict) -> dict:
     """The recipe trained on `rows` SFT rows (the ladder's budget), folded in and measured."""
     p = parse_params(params)
-    host, tok = load_host(parent_dir, parent_sha)
+    host, tok = load_host(*parent)
     start = time.perf_counter()
-    rows = train_baseline(host, tok, recipe, read_jsonl(Path(data_dir) / "train.jsonl"), p, seed, rows)
+    rows = train_baseline(host, tok, recipe, read_jsonl(Path(data.path) / "train.jsonl"), p, seed, rows)
     minutes = (time.perf_counter() - start) / 60
-    return {**measure(host, tok, read_jsonl(Path(data_dir) / "test.jsonl"), p), "rows": rows, "minutes": minutes}
+    return {**measure(host, tok, read_jsonl(Path(data.path) / "test.jsonl"), p), "rows": rows, "minutes": minutes}
 
 
 @step("compare-score")
-def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, params: dict) -> dict:
+def score_step(model: Ref, data: Ref, params: dict) -> dict:
     p = parse_params(params)
-    model, tok = load_host(model_dir, model_sha)
-    return measure(model, tok, read_jsonl(Path(data_dir) / "test.jsonl"), p)
+    host, tok = load_host(*model)
+    return measure(host, tok, read_jsonl(Path(data.path) / "test.jsonl"), p)
 
 
 def _cell_params(recipe: str, seed: int, params: Params) -> Params:
@@ -64,19 +63,18 @@ def _cell_params(recipe: str, seed: int, params: Params) -> Params:
     return parse_params(data)
 
 
-def _ladder_cell(recipe: str, seed: int, params: Params, host_dir: Path, host_sha: str, data_dir: str,
-                 data_sha: str) -> dict:
+def _ladder_cell(recipe: str, seed: int, params: Params, host: Ref, data: Ref) -> dict:
     """Run the ladder of `params` with the recipe's overrides and this seed in its own workspace."""
     p = _cell_params(recipe, seed, params)
     root = home() / "compare" / params.compare.preset / f"{recipe}-{seed}"
     (root / "models").mkdir(parents=True, exist_ok=True)
     if not (root / "models" / "base").exists():
-        (root / "models" / "base").symlink_to(host_dir.resolve(), target_is_directory=True)
-    ledger.write_base(root / "runs" / "base", host_sha)
+        (root / "models" / "base").symlink_to(Path(host.path).resolve(), target_is_directory=True)
+    ledger.write_base(root / "runs" / "base", host.sha)
     atomic_write_text(root / "params.yaml", yaml.safe_dump(p.model_dump(), sort_keys=False))
-    ladder(str(root / "params.yaml"), str(root / "models"), str(root / "runs"), data_dir, str(root / "reports"))
+    ladder(str(root / "params.yaml"), str(root / "models"), str(root / "runs"), data.path, str(root / "reports"))
     last = list(p.ladder)[-1]
-    sha = verify(root / "models" / last)
+    last_ref = Ref(str(root / "models" / last), verify(root / "models" / last))
     rows, minutes = 0, 0.0
     for gid in p.ladder:
         run = ledger.Run(root / "runs" / gid)
@@ -84,7 +82,7 @@ def _ladder_cell(recipe: str, seed: int, params: Params, host_dir: Path, host_sh
         rows += sum(map(len, summary.get("learning_curves", {}).values())) * p.colony.train_batch
         rows += len(summary.get("sleep", {}).get("kd", [])) * p.sleep.batch
         minutes += run.record()["ledger"]["walltime_min"]
-    return {**score_step(str(root / "models" / last), sha, data_dir, data_sha, p.for_steps()),
+    return {**score_step(last_ref, data, p.for_steps()),
             "rows": rows, "minutes": minutes}
 
 
@@ -143,18 +141,19 @@ def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out
     params = load_params(params_path).with_preset("compare")
     cfg, families = params.compare, params.challenges.families
     data_dir = str(home() / "compare" / cfg.preset / "challenges")
-    host_sha, data_sha = verify(host_dir), write_dataset(params.challenges, params.seed, data_dir)
+    host_ref = Ref(host_dir, verify(host_dir))
+    data = Ref(data_dir, write_dataset(params.challenges, params.seed, data_dir))
     pdict = params.for_steps()
-    host = score_step(host_dir, host_sha, data_dir, data_sha, pdict)
+    host = score_step(host_ref, data, pdict)
     for recipe in set(cfg.recipes) - set(BASELINES):  # every cell's params are valid before any cell runs
         _cell_params(recipe, params.seed, params)
     cells, rows = [], budget(params)
     for recipe in cfg.recipes:
         for seed in (cfg.seeds if recipe in (*BASELINES, "ladder") else cfg.ablation_seeds):
             if recipe in BASELINES:
-                cell = baseline_step(host_dir, host_sha, data_dir, data_sha, recipe, seed, rows, pdict)
+                cell = baseline_step(host_ref, data, recipe, seed, rows, pdict)
             else:
-                cell = _ladder_cell(recipe, seed, params, Path(host_dir), host_sha, data_dir, data_sha)
+                cell = _ladder_cell(recipe, seed, params, host_ref, data)
             cells.append({"recipe": recipe, "seed": seed, **cell})
             log.info(f"compare {recipe} seed {seed}: test mean {statistics.fmean(cell['test'].values()):.3f}, "
                      f"transfer mean {statistics.fmean(cell['transfer'].values() or [math.nan]):.3f}, {cell['rows']} SFT rows, "

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 
 from cambrian import tracking
 from cambrian.challenges import read_jsonl, verify_dataset
-from cambrian.checkpoint import atomic_dir, verify
+from cambrian.checkpoint import Ref, atomic_dir, verify
 from cambrian.config import ParamsError, load_params, parse_params
 from cambrian.host import load_host
 from flows.steps import step
@@ -25,11 +25,10 @@ COLUMNS = ("final_seen_acc_avg", "final_forgetting", "final_bwt", "fwt", "seen_a
 
 
 @step("continual-run")
-def run_step(parent_dir: str, parent_sha: str, data_dir: str, data_sha: str, params: dict, mode: str,
-             seed: int) -> dict:
+def run_step(parent: Ref, data: Ref, params: dict, mode: str, seed: int) -> dict:
     p = parse_params(params)
-    model, tok = load_host(parent_dir, parent_sha)
-    train, holdout = read_jsonl(Path(data_dir) / "train.jsonl"), read_jsonl(Path(data_dir) / "holdout.jsonl")
+    model, tok = load_host(*parent)
+    train, holdout = read_jsonl(Path(data.path) / "train.jsonl"), read_jsonl(Path(data.path) / "holdout.jsonl")
     return run_stream(model, tok, p, train, holdout, mode, seed)
 
 
@@ -84,7 +83,7 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
     runs = []
     for mode in cc.modes:
         for seed in cc.seeds:
-            run = run_step(host_dir, host_sha, data_dir, data_sha, pdict, mode, seed)
+            run = run_step(Ref(host_dir, host_sha), Ref(data_dir, data_sha), pdict, mode, seed)
             log.info(f"{mode} seed {seed}: seen_acc {run['final_seen_acc_avg']:.3f} forgetting "
                      f"{run['final_forgetting']:.3f} bwt {run['final_bwt']:+.3f}")
             runs.append(run)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from cambrian import tracking
 from cambrian.card import evomerge_card, write_card
 from cambrian.challenges import read_jsonl, verify_dataset
-from cambrian.checkpoint import (atomic_dir, atomic_write_text, local, scratch, share, store_get, store_model, store_put,
+from cambrian.checkpoint import (Ref, atomic_dir, atomic_write_text, local, scratch, share, store_get, store_model, store_put,
                                  verify, write_manifest)
 from cambrian.config import EvalConfig, MergeConfig, load_params, parse_params
 from cambrian.engine import Engine
@@ -38,13 +38,12 @@ from tasks.merge import fold
 
 
 @step("specialist")
-def specialist_step(parent_dir: str, parent_sha: str, family: str, data_dir: str, data_sha: str,
-                    params: dict) -> str:
+def specialist_step(parent: Ref, family: str, data: Ref, params: dict) -> str:
     """The host fine-tuned on one family's train split (LoRA SFT, then folded in)."""
     p = parse_params(params)
     cfg = p.evomerge
-    host, tok = load_host(local(parent_dir, parent_sha), parent_sha, device="cpu")
-    rows = [{"prompt": c.prompt, "answer": c.answer} for c in read_jsonl(local(data_dir, data_sha) / "train.jsonl")
+    host, tok = load_host(local(*parent), parent.sha, device="cpu")
+    rows = [{"prompt": c.prompt, "answer": c.answer} for c in read_jsonl(local(*data) / "train.jsonl")
             if c.family == family][:cfg.specialist_rows]
     work = scratch()
     new_adapter(host, lora_config(p.colony.lora_rank, p.colony.lora_alpha, p.colony.target_modules), cfg.seed,
@@ -65,7 +64,7 @@ def _state(folder: Path) -> dict:
 
 
 @step("candidate")
-def candidate_step(parents: list[str], genome: dict, data_dir: str, data_sha: str, params: dict) -> dict:
+def candidate_step(parents: list[str], genome: dict, data: Ref, params: dict) -> dict:
     """Build one candidate from its genome (on the first parent's architecture and tokenizer),
     keep it in the store, score it on the probe split."""
     p = parse_params(params)
@@ -75,22 +74,21 @@ def candidate_step(parents: list[str], genome: dict, data_dir: str, data_sha: st
     host, tok = load_host(store_get(parents[0]), parents[0], device="cpu")
     host.load_state_dict(state, strict=False)  # lm_head is tied to the embeddings
     sha = store_model(host, tok, kind="candidate")
-    probe = read_jsonl(local(data_dir, data_sha) / "probe.jsonl")
+    probe = read_jsonl(local(*data) / "probe.jsonl")
     probes = [c for fams in DOMAINS.values() for c in [c for c in probe if c.family in fams][:cfg.probes_per_domain]]
     scores = fitness(Engine(host, tok, p.eval), probes, cfg)
     return {"genome": genome, "sha": sha, **scores}
 
 
-def _parents(names: list[str], host_dir: Path, data_dir: Path, data_sha: str, params) -> list[str]:
+def _parents(names: list[str], host_dir: Path, data: Ref, params) -> list[str]:
     """Each parent as a checkpoint in the store (specialists trained in parallel on the task
     runner's workers); returns their shas."""
-    host_sha = verify(host_dir)
-    share(host_dir, host_sha), share(data_dir, data_sha)
+    host = Ref(str(host_dir), verify(host_dir))
+    share(*host), share(*data)
     shas = []
     for name in names:
         if name.startswith("specialist:"):
-            shas.append(specialist_step.submit(str(host_dir), host_sha, name.split(":", 1)[1], str(data_dir),
-                                               data_sha, params.for_steps()))
+            shas.append(specialist_step.submit(host, name.split(":", 1)[1], data, params.for_steps()))
             continue
         work = scratch()
         shutil.copytree(host_dir if name == "base" else Path(name), work / "m",
@@ -112,8 +110,8 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
     torch.set_num_threads(THREADS)  # the holdout scores and the diversity below are computed here, not in steps
     params = load_params(params_path).with_preset("evomerge")
     cfg, out, data = params.evomerge, Path(out_dir), Path(data_dir)
-    data_sha, pdict = verify_dataset(params.challenges, data), params.for_steps()
-    parents = _parents(cfg.parents, Path(host_dir), data, data_sha, params)
+    data_ref, pdict = Ref(str(data), verify_dataset(params.challenges, data)), params.for_steps()
+    parents = _parents(cfg.parents, Path(host_dir), data_ref, params)
     n_layers = json.loads((Path(host_dir) / "config.json").read_text())["num_hidden_layers"]
     # Rounds are read back only from a run with the same parents and params, how long it ran aside.
     same = {**pdict, "evomerge": {k: v for k, v in pdict["evomerge"].items()
@@ -127,7 +125,7 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
             continue
         rng = random.Random(f"{cfg.seed}/evomerge/{k}")
         genomes = seed_genomes(n_layers, rng) if k == 0 else next_population(rounds[-1]["ranked"], rng, cfg.mutation_std)
-        futures = [candidate_step.submit(parents, g, str(data), data_sha, pdict) for g in genomes]
+        futures = [candidate_step.submit(parents, g, data_ref, pdict) for g in genomes]
         scored = [f.result() for f in futures]
         ranked = sorted(scored, key=lambda c: (-c["fitness"], c["sha"]))
         best = max([ranked[0], *(r["best"] for r in rounds)], key=lambda c: (c["fitness"], c["sha"]))

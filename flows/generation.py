@@ -39,7 +39,7 @@ from cambrian import ledger, tracking
 from cambrian.ledger import Run
 from cambrian.card import CARD, generation_card, write_card
 from cambrian.challenges import Challenge, read_jsonl, verify_dataset
-from cambrian.checkpoint import (atomic_dir, atomic_write_text, file_sha, jsonl_text, local, scratch, share,
+from cambrian.checkpoint import (Ref, atomic_dir, atomic_write_text, file_sha, jsonl_text, local, scratch, share,
                                  store_get, store_model, store_put, verify, write_manifest)
 from cambrian.cluster import configured
 from cambrian.config import Params, load_params, parse_params, restricted
@@ -63,9 +63,8 @@ def _colony(population: list[dict]) -> list[Organelle]:
 
 
 @step("spawn", sections=("challenges", "colony", "energy"))
-def spawn_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
-               params: dict, gen: int) -> dict:
-    host, _ = load_host(parent_dir, parent_sha)
+def spawn_step(parent: Ref, population: list[dict], adapters: dict[str, str], params: dict, gen: int) -> dict:
+    host, _ = load_host(*parent)
     prev, out = scratch(), scratch()
     for oid, sha in adapters.items():
         (prev / oid).symlink_to(store_get(sha), target_is_directory=True)
@@ -76,9 +75,9 @@ def spawn_step(parent_dir: str, parent_sha: str, population: list[dict], adapter
 
 
 @step("new-adapter", sections=("colony",))
-def adapter_step(parent_dir: str, parent_sha: str, params: dict, seed: int) -> str:
+def adapter_step(parent: Ref, params: dict, seed: int) -> str:
     """A fresh LoRA adapter on the host (B = 0: it starts as the host itself), in the store."""
-    host, _ = load_host(parent_dir, parent_sha)
+    host, _ = load_host(*parent)
     c, work = restricted(params).colony, scratch()
     new_adapter(host, lora_config(c.lora_rank, c.lora_alpha, c.target_modules), seed, work / "adapter")
     sha = store_put(work / "adapter", kind="organelle")
@@ -87,9 +86,8 @@ def adapter_step(parent_dir: str, parent_sha: str, params: dict, seed: int) -> s
 
 
 @step("learn")
-def learn_step(parent_dir: str, parent_sha: str, adapter: str, rows: list[dict], colony: dict,
-               lr: float, seed: int) -> dict:
-    host, tok = load_host(local(parent_dir, parent_sha), parent_sha)
+def learn_step(parent: Ref, adapter: str, rows: list[dict], colony: dict, lr: float, seed: int) -> dict:
+    host, tok = load_host(local(*parent), parent.sha)
     work = scratch()
     shutil.copytree(store_get(adapter), work / "adapter")
     curve = learn(host, tok, work / "adapter", rows, parse_params({"colony": colony}).colony, lr, seed)
@@ -98,19 +96,19 @@ def learn_step(parent_dir: str, parent_sha: str, adapter: str, rows: list[dict],
     return {"adapter": sha, "curve": curve}
 
 
-def _engine_over(parent_dir: str, parent_sha: str, adapters: dict[str, str], params: Params):
-    host, tok = load_host(parent_dir, parent_sha)
+def _engine_over(parent: Ref, adapters: dict[str, str], params: Params):
+    host, tok = load_host(*parent)
     model = load_colony(host, {k: store_get(v) for k, v in adapters.items()}) if adapters else host
     return model, Engine(model, tok, params.eval)
 
 
 @step("evaluate", sections=("challenges", "colony", "bandit", "eval"))
-def evaluate_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
-                  data_sha: str, params: dict, gen: int) -> dict:
+def evaluate_step(parent: Ref, population: list[dict], adapters: dict[str, str], data_sha: str, params: dict,
+                  gen: int) -> dict:
     """The colony's episodes; keyed on the dataset's sha too, which stands for the rows of any
     family read from a file."""
     p, colony = restricted(params), _colony(population)
-    _, engine = _engine_over(parent_dir, parent_sha, {o.id: adapters[o.id] for o in colony if o.alive}, p)
+    _, engine = _engine_over(parent, {o.id: adapters[o.id] for o in colony if o.alive}, p)
     episodes = run_episodes(engine, colony, p, gen)
     return {"episodes": episodes, "population": [asdict(o) for o in colony]}
 
@@ -124,30 +122,28 @@ def settle_step(population: list[dict], episodes: list[dict], steps: dict[str, i
 
 
 @step("assimilate", sections=("challenges", "assimilate", "eval"))
-def assimilate_step(parent_dir: str, parent_sha: str, population: list[dict], adapters: dict[str, str],
-                    settlement: dict, data_dir: str, data_sha: str, params: dict, gen: int) -> list[dict]:
+def assimilate_step(parent: Ref, population: list[dict], adapters: dict[str, str], settlement: dict, data: Ref,
+                    params: dict, gen: int) -> list[dict]:
     p, colony = restricted(params), _colony(population)
-    _, engine = _engine_over(parent_dir, parent_sha, {o.id: adapters[o.id] for o in colony if o.alive}, p)
-    return assimilate(engine, colony, settlement, read_jsonl(Path(data_dir) / "holdout.jsonl"), p, gen)
+    _, engine = _engine_over(parent, {o.id: adapters[o.id] for o in colony if o.alive}, p)
+    return assimilate(engine, colony, settlement, read_jsonl(Path(data.path) / "holdout.jsonl"), p, gen)
 
 
 @step("merge", sections=("merge",))
-def merge_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], weights: dict[str, float],
-               params: dict) -> dict:
-    host, tok = load_host(parent_dir, parent_sha, device="cpu")
+def merge_step(parent: Ref, adapters: dict[str, str], weights: dict[str, float], params: dict) -> dict:
+    host, tok = load_host(*parent, device="cpu")
     report = fold(host, {k: store_get(v) for k, v in adapters.items()}, weights, restricted(params).merge)
     return {"child": store_model(host, tok, kind="host"), "report": report}
 
 
 @step("sleep-consolidate", sections=("colony", "sleep"))
-def sleep_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], replay: list[dict], params: dict,
-               gen: int) -> dict:
+def sleep_step(parent: Ref, adapters: dict[str, str], replay: list[dict], params: dict, gen: int) -> dict:
     """Fold the assimilated organelles into the parent host by distillation: each organelle
     teaches the rows of its own delta, the parent its QA set (recall), with EWC anchored at the
     parent; the student's cortical adapter is then folded into the host weights."""
     p = restricted(params)
-    student, tok = load_host(parent_dir, parent_sha)
-    teacher, _ = load_host(parent_dir, parent_sha)
+    student, tok = load_host(*parent)
+    teacher, _ = load_host(*parent)
     teacher = load_colony(teacher, {k: store_get(v) for k, v in adapters.items()})
     _, stats = consolidate(student, tok, teacher, replay, p.sleep, p.colony.target_modules, None,
                            ewc=p.sleep.ewc_lambda > 0, seed=p.seed * 7919 + gen)
@@ -155,17 +151,16 @@ def sleep_step(parent_dir: str, parent_sha: str, adapters: dict[str, str], repla
 
 
 @step("gate", sections=("gate", "eval"))
-def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[dict], data_dir: str,
-              data_sha: str, families: list[str], params: dict, recall_conversations: list[dict],
-              heldout_conversations: list[dict]) -> dict:
+def gate_step(parent: Ref, child_sha: str, prior_qa: list[dict], data: Ref, families: list[str], params: dict,
+              recall_conversations: list[dict], heldout_conversations: list[dict]) -> dict:
     """Parent and child side by side (tasks/gate.py): recall of the prior QA set and of the earlier
     conversation deltas' held-out answers, generalization to the holdout split of `families` or to
     the new delta's held-out answers, style drift and general-text perplexity."""
     p = restricted(params)
-    parent, tok = load_host(parent_dir, parent_sha)
+    parent_model, tok = load_host(*parent)
     child, _ = load_host(store_get(child_sha), child_sha)
-    holdout = [c for c in read_jsonl(Path(data_dir) / "holdout.jsonl") if c.family in families]
-    engines = [Engine(m, tok, p.eval) for m in (parent, child)]
+    holdout = [c for c in read_jsonl(Path(data.path) / "holdout.jsonl") if c.family in families]
+    engines = [Engine(m, tok, p.eval) for m in (parent_model, child)]
     keep = random.Random(f"{p.seed}/recall").sample(range(len(prior_qa)), min(len(prior_qa), p.gate.recall_rows))
     qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"], scorer=r["scorer"],
                     max_tokens=r["max_tokens"])
@@ -174,13 +169,12 @@ def gate_step(parent_dir: str, parent_sha: str, child_sha: str, prior_qa: list[d
 
 
 @step("score", sections=("eval",))
-def score_step(model_dir: str, model_sha: str, data_dir: str, data_sha: str, params: dict) -> dict:
+def score_step(model: Ref, data: Ref, params: dict) -> dict:
     """The checkpoint's accuracy per family on the test split, in trained and in reserved phrasings
     (beside reports/baseline.json). The only step of a generation that reads the test split."""
     p = restricted(params)
-    model, tok = load_host(model_dir, model_sha)
-    return test_accuracy(Engine(model, tok, p.eval),
-                         read_jsonl(Path(data_dir) / "test.jsonl"))
+    host, tok = load_host(*model)
+    return test_accuracy(Engine(host, tok, p.eval), read_jsonl(Path(data.path) / "test.jsonl"))
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -237,19 +231,19 @@ def _training_rows(colony: list[Organelle], params: Params, lineage: list[Path],
     return deltas, rows
 
 
-def _evolve(gen: int, params: Params, parent: "Parent", lineage: list[Path], history: list[dict], data: Path,
-            data_sha: str, prior_qa: list[dict], progress: "Progress") -> dict:
+def _evolve(gen: int, params: Params, parent: "Parent", lineage: list[Path], history: list[dict], data: Ref,
+            prior_qa: list[dict], progress: "Progress") -> dict:
     """The colony's part of a generation on the challenges: spawn, learn, evaluate, settle,
     assimilate, then fold what passed into the parent (merge or sleep). `lineage` and `history` are
     the earlier challenge generations (their episodes, deltas, gates and gating snapshots). Returns
     the new colony and the child's sha under "child" (absent when nothing was folded) for the gate."""
-    pdict, pd, parent_sha = params.for_steps(), str(parent.dir), parent.sha
-    sp = spawn_step(pd, parent_sha, parent.population, parent.adapters, pdict, gen)
+    pdict, parent_ref = params.for_steps(), parent.ref
+    sp = spawn_step(parent_ref, parent.population, parent.adapters, pdict, gen)
     colony, adapters = _colony(sp["population"]), sp["adapters"]
     progress.done("spawn")
-    deltas, rows = _training_rows(colony, params, lineage, history, read_jsonl(data / "train.jsonl"), gen)
+    deltas, rows = _training_rows(colony, params, lineage, history, read_jsonl(Path(data.path) / "train.jsonl"), gen)
     living = [o for o in colony if o.alive]
-    futures = {o.id: learn_step.submit(pd, parent_sha, adapters[o.id], rows[o.id],
+    futures = {o.id: learn_step.submit(parent_ref, adapters[o.id], rows[o.id],
                                        params.colony.model_dump(), o.lr, params.seed * 7919 + gen * 1009 + k)
                for k, o in enumerate(living)}
     learned = {}
@@ -258,15 +252,14 @@ def _evolve(gen: int, params: Params, parent: "Parent", lineage: list[Path], his
         progress.done(f"learn {k + 1}/{len(futures)}")
     adapters = {**adapters, **{oid: r["adapter"] for oid, r in learned.items()}}
     curves = {oid: r["curve"] for oid, r in learned.items()}
-    ev = evaluate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, data_sha, pdict, gen)
+    ev = evaluate_step(parent_ref, [asdict(o) for o in colony], adapters, data.sha, pdict, gen)
     episodes = ev["episodes"]
     progress.done("evaluate")
     st = settle_step(ev["population"], episodes, {k: len(v) for k, v in curves.items()}, pdict, gen)
     colony, summary = _colony(st["population"]), st["summary"]
     summary.update(bandit={o.id: o.arms for o in colony if o.alive}, learning_curves=curves,
                    accuracy=sum(e["correct"] for e in episodes) / max(1, len(episodes)))
-    attempts = assimilate_step(pd, parent_sha, [asdict(o) for o in colony], adapters, summary, str(data),
-                               data_sha, pdict, gen)
+    attempts = assimilate_step(parent_ref, [asdict(o) for o in colony], adapters, summary, data, pdict, gen)
     prior = Run(lineage[-1]).summary().get("gating", {}) if lineage else {}
     progress.done("assimilate")
     summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
@@ -279,11 +272,11 @@ def _evolve(gen: int, params: Params, parent: "Parent", lineage: list[Path], his
                                 for f in families_of(o.species, params.challenges.families)})}
     if weights and params.sleep.in_generation:  # fold by distillation from each organelle
         replay = prior_qa + [{**r, "teacher": oid} for oid in sorted(weights) for r in deltas[oid]]
-        slept = sleep_step(pd, parent_sha, {k: adapters[k] for k in weights}, replay, pdict, gen)
+        slept = sleep_step(parent_ref, {k: adapters[k] for k in weights}, replay, pdict, gen)
         part["child"], summary["sleep"] = slept["child"], slept["stats"]
         progress.done("sleep-consolidate")
     elif weights:  # fold by merging the organelles' weights (mergekit)
-        merged = merge_step(pd, parent_sha, {k: adapters[k] for k in weights}, weights, pdict)
+        merged = merge_step(parent_ref, {k: adapters[k] for k in weights}, weights, pdict)
         part["child"], summary["merge"] = merged["child"], merged["report"]
         progress.done("merge")
     return part
@@ -296,16 +289,16 @@ def _converse(gid: str, gen: int, params: Params, parent: "Parent", conversation
     parent's QA set, at `colony.replay_ratio`), folded into the parent exactly (soup at
     `merge.total_weight`). The colony waits: its organelles pass to the child untouched, and the next
     challenge generation carries on from the last one before (its episodes, gate and gating)."""
-    pdict, pd, parent_sha = params.for_steps(), str(parent.dir), parent.sha
+    pdict, parent_ref = params.for_steps(), parent.ref
     rng = random.Random(f"{params.seed}/conversation/{gen}")
     rows = with_replay([r for r in conversation if r["split"] == "train"],
                        [r for r in learned_before if r["split"] == "train"] + prior_qa, params.colony.replay_ratio, rng)
     seed = params.seed * 7919 + gen * 1009
-    fresh = adapter_step(pd, parent_sha, pdict, seed)
-    learned = learn_step(pd, parent_sha, fresh, rows, params.colony.model_dump(), params.colony.lr, seed)
+    fresh = adapter_step(parent_ref, pdict, seed)
+    learned = learn_step(parent_ref, fresh, rows, params.colony.model_dump(), params.colony.lr, seed)
     progress.done("learn the delta")
     exact = {**pdict, "merge": {**pdict["merge"], "method": "soup", "rank": 0}}  # one LoRA: folded in exactly
-    merged = merge_step(pd, parent_sha, {"delta": learned["adapter"]}, {"delta": params.merge.total_weight}, exact)
+    merged = merge_step(parent_ref, {"delta": learned["adapter"]}, {"delta": params.merge.total_weight}, exact)
     progress.done("merge")
     summary = {"learning_curves": {"delta": learned["curve"]}, "merge": merged["report"],
                "conversations": {"file": params.ladder[gid].delta, "train_rows": len(rows),
@@ -358,7 +351,7 @@ def _record(gid: str, params: Params, parent: "Parent", outcome: "Outcome", summ
     firsts, lasts = [c[0] for c in curves if c], [c[-1] for c in curves if c]
     metrics = outcome.metrics
     m = metrics or {}
-    row = {"GEN_ID": gid, "parent_sha": parent.sha, "child_sha": outcome.sha,
+    row = {"GEN_ID": gid, "parent_sha": parent.ref.sha, "child_sha": outcome.child.sha,
            "data_delta_sha": delta_sha,
            "steps": sum(map(len, curves)), "lr": params.colony.lr, "walltime_min": round(minutes, 3),
            "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
@@ -383,8 +376,7 @@ def _record(gid: str, params: Params, parent: "Parent", outcome: "Outcome", summ
 class Parent:
     """A generation's parent: its checkpoint (sha verified), its colony, and the records of the
     generations before it, oldest first (the host's excluded)."""
-    dir: Path
-    sha: str
+    ref: Ref
     population: list[dict]
     adapters: dict[str, str]  # each living organelle's adapter, by its sha in the store
     history: list[dict]
@@ -392,12 +384,11 @@ class Parent:
 
 @dataclass
 class Outcome:
-    """What became of the child: the verdict and why, the checkpoint published (its sha and the
-    folder it is copied from) and the gate's metrics (None when nothing was gated)."""
+    """What became of the child: the verdict and why, the checkpoint published (the folder it is
+    copied from and its sha) and the gate's metrics (None when nothing was gated)."""
     verdict: str
     why: str
-    sha: str
-    source: Path
+    child: Ref
     metrics: dict | None = None
 
 
@@ -417,7 +408,7 @@ def _parent(gid: str, params: Params, models: Path, runs: Path) -> Parent:
             shutil.copytree(Run(runs / parent).adapter(d["id"]), work / "a")
             adapters[d["id"]] = store_put(work / "a", kind="organelle")
             shutil.rmtree(work)
-    return Parent(models / parent, sha, population, adapters, history)
+    return Parent(Ref(str(models / parent), sha), population, adapters, history)
 
 
 def _judge(gid: str, params: Params, parent: Parent, part: dict, child_sha: str, metrics: dict, models: Path,
@@ -430,14 +421,14 @@ def _judge(gid: str, params: Params, parent: Parent, part: dict, child_sha: str,
         restored = _before_streak(gid, params, parent.history)
         why += (f"; the stop rule fired ({params.gate.stop_patience} generations without gain while "
                 f"drifting): {restored}'s checkpoint restored")
-        return Outcome("rolled back", why, ledger.verify_generation(models / restored, runs / restored),
-                       models / restored, metrics)
+        return Outcome("rolled back", why, Ref(str(models / restored),
+                                               ledger.verify_generation(models / restored, runs / restored)), metrics)
     if not accepted:
-        return Outcome("rejected", why, parent.sha, parent.dir, metrics)
+        return Outcome("rejected", why, parent.ref, metrics)
     for o in part["colony"]:
         if o.id in part["weights"]:  # its knowledge now lives in the host: it leaves the colony
             o.alive = False
-    return Outcome("accepted", why, child_sha, store_get(child_sha), metrics)
+    return Outcome("accepted", why, Ref(str(store_get(child_sha)), child_sha), metrics)
 
 
 @flow(name="generation", task_runner=ThreadPoolTaskRunner(max_workers=1))  # one model trains at a time
@@ -452,7 +443,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     models, runs, data = Path(models_dir), Path(runs_dir), Path(data_dir)
     gen, pdict = int(gid.split("_")[1]), params.for_steps()
     parent = _parent(gid, params, models, runs)
-    data_sha = verify_dataset(params.challenges, data)
+    data_ref = Ref(str(data), verify_dataset(params.challenges, data))
     history = parent.history
     progress = Progress(gid, next((h["ledger"]["walltime_min"] for h in reversed(history)
                                    if h["ledger"]["gate_verdict"] != "stopped"), None))
@@ -466,21 +457,21 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     if history and history[-1].get("stop", False):
         part = {"colony": _colony(parent.population), "adapters": parent.adapters, "episodes": [], "summary": {},
                 "attempts": [], "deltas": {}, "weights": {}, "families": []}
-        outcome = Outcome("stopped", "the stop rule ended the ladder before it", parent.sha, parent.dir)
+        outcome = Outcome("stopped", "the stop rule ended the ladder before it", parent.ref)
     else:
         if delta_file:
             part = _converse(gid, gen, params, parent, conversation, learned_before, prior_qa, progress)
         else:
             evolved = [(run, h) for run, h in zip(lineage, history) if not h.get("delta")]  # challenge generations
-            part = _evolve(gen, params, parent, [run for run, _ in evolved], [h for _, h in evolved], data, data_sha,
+            part = _evolve(gen, params, parent, [run for run, _ in evolved], [h for _, h in evolved], data_ref,
                            prior_qa, progress)
         # Gate the child against its parent (a child equal to its parent has nothing to gate).
-        child_sha = part.get("child", parent.sha)
-        if child_sha == parent.sha:
-            outcome = Outcome("unchanged", part["unchanged"], parent.sha, parent.dir)
+        child_sha = part.get("child", parent.ref.sha)
+        if child_sha == parent.ref.sha:
+            outcome = Outcome("unchanged", part["unchanged"], parent.ref)
         else:
-            metrics = gate_step(str(parent.dir), parent.sha, child_sha, prior_qa, str(data), data_sha,
-                                part["families"], pdict, [r for r in learned_before if r["split"] == "heldout"],
+            metrics = gate_step(parent.ref, child_sha, prior_qa, data_ref, part["families"], pdict,
+                                [r for r in learned_before if r["split"] == "heldout"],
                                 [r for r in conversation if r["split"] == "heldout"])
             outcome = _judge(gid, params, parent, part, child_sha, metrics, models, runs)
             progress.done("gate")
@@ -493,7 +484,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     # what it assimilated, or, when it is its parent unchanged, the parent's.
     summary, deltas = part["summary"], part["deltas"]
     qa = [r for oid in summary["assimilated"] for r in deltas[oid]] if summary.get("assimilated") else prior_qa
-    summary["scores"] = score_step(str(outcome.source), outcome.sha, str(data), data_sha, pdict)
+    summary["scores"] = score_step(outcome.child, data_ref, pdict)
     progress.done("score")
 
     # Publish the checkpoint, the run folder and the metrics.
@@ -505,7 +496,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     record["timeline"] = progress.marks  # minutes since the start at the end of each step (beside the wall time)
     files = Run.files(record, summary, qa, part["episodes"], part["attempts"], deltas, conversation)
     card = generation_card(params.host.source, [Run(runs / "base").record(), *history, record], params.for_steps())
-    publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", outcome.source, part["colony"],
+    publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", Path(outcome.child.path), part["colony"],
             part["adapters"], files, record, card)
     tracking.log_generation(record, summary, params)
     return record["ledger"]

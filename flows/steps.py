@@ -5,8 +5,8 @@ across processes and machines, and which computes the same bytes wherever it run
 
 - key: sha256 of the step's name, the code it can run (`code_files`: the flow module that defines
   it and every repository module it imports, at any depth; cambrian/report.py or cli.py are not
-  among them) and its arguments as JSON. Arguments named in `PATHS` are left
-  out: every path travels with the content sha256 that stands for it. A step that declares
+  among them) and its arguments as JSON, a folder (`cambrian.checkpoint.Ref`) by the sha256 of
+  its contents alone, never by where it lies. A step that declares
   `sections` gets, and is keyed on, only those sections of its `params` argument (and the seed):
   changing `gate.reply_tokens` re-runs the gate, not spawn or learn. It reads them with
   `cambrian.config.restricted`, which refuses any section it did not declare.
@@ -39,10 +39,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
 
-from cambrian.checkpoint import atomic_write_text, home
+from cambrian.checkpoint import Ref, atomic_write_text, home
 
 THREADS = 2
-PATHS = frozenset({"parent_dir", "model_dir", "data_dir"})
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,7 +87,7 @@ def _log():
 
 
 def cache_key(fn, arguments: dict) -> str:
-    inputs = {k: v for k, v in arguments.items() if k not in PATHS}
+    inputs = {k: v.sha if isinstance(v, Ref) else v for k, v in arguments.items()}  # a folder by its content
     text = json.dumps([fn.__name__, _code_sha(inspect.getsourcefile(fn)), inputs], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cambrian.checkpoint import home
+from cambrian.checkpoint import Ref, home
 from cambrian.config import Params, ParamsError, restricted
 import flows.steps
 from flows.steps import THREADS, cache_key, code_files, step
@@ -17,7 +17,7 @@ from flows.steps import THREADS, cache_key, code_files, step
 CALLS = []
 
 
-def _matmul_sum(seed: int, parent_dir: str = "") -> dict:
+def _matmul_sum(seed: int, parent: Ref = Ref("", "")) -> dict:
     CALLS.append(seed)
     g = torch.Generator().manual_seed(seed)
     a, b = torch.randn(384, 512, generator=g), torch.randn(512, 256, generator=g)
@@ -25,7 +25,7 @@ def _matmul_sum(seed: int, parent_dir: str = "") -> dict:
 
 
 def _result_file(seed: int):
-    return home() / "results" / f"{cache_key(_matmul_sum, {'seed': seed, 'parent_dir': ''})}.json"
+    return home() / "results" / f"{cache_key(_matmul_sum, {'seed': seed, 'parent': Ref('', '')})}.json"
 
 
 class _Payload:
@@ -50,16 +50,17 @@ def test_a_step_runs_with_fixed_threads_whatever_the_process_started_with():
         torch.set_num_threads(before)
 
 
-def test_results_are_json_keyed_by_inputs_without_paths_and_reused():
+def test_results_are_json_keyed_by_inputs_and_folders_by_content_and_reused():
     run = step("matmul")(_matmul_sum).fn
     CALLS.clear()
-    first = run(seed=21, parent_dir="/a")
+    first = run(seed=21)
     assert first["pair"] == [1, 2]  # plain JSON data, the same on a cache hit as when computed
-    assert run(seed=21, parent_dir="/b") == first and CALLS == [21]  # a path is not part of the key
     record = json.loads(_result_file(21).read_text())
     assert record["result"] == first and record["step"] == "matmul"
-    run(seed=22)
-    assert CALLS == [21, 22]
+    run(seed=21, parent=Ref("/a", "sha-1")), run(seed=21, parent=Ref("/b", "sha-1"))
+    assert CALLS == [21, 21]  # a folder is keyed by its content's sha, not by where it lies
+    run(seed=21, parent=Ref("/a", "sha-2")), run(seed=22)
+    assert CALLS == [21, 21, 21, 22]
 
 
 def test_a_tampered_result_is_recomputed_never_executed(monkeypatch):
