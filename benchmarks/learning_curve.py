@@ -52,7 +52,8 @@ def main() -> None:
         adapter = Path(tmp) / "multitask"
         new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), args.seed * 101, adapter)
         for total in sorted(args.steps):
-            # Train on to `total` steps, each row drawn from the train split (without repeats inside a chunk).
+            # Train on to `total` steps on rows drawn afresh from the train split (3000 rows by default:
+            # a chunk longer than 375 steps of 8 goes over them more than once).
             chunk = total - done
             rows = [{"prompt": c.prompt, "answer": c.answer}
                     for c in rng.sample(train, min(len(train), chunk * cfg.train_batch))]
