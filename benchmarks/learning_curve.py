@@ -4,8 +4,9 @@ One multitask LoRA (compare's `multitask` recipe: gold train rows of every famil
 and batch) trained on, chunk after chunk, on fresh rows of the train split; after each chunk a copy
 of the host with the LoRA folded in is measured as `cambrian compare` measures a cell: strict
 accuracy on the compare preset's test split, trained and reserved phrasings, and general-text
-perplexity. The lr is constant, so a chunk differs from one long run only in Adam's moments, which
-start again at zero (the same restart a generation of the ladder makes).
+perplexity. The lr is constant; a chunk differs from one long run in Adam's moments, which start
+again at zero (the same restart a generation of the ladder makes), and in drawing its rows afresh.
+`--steps 0 ...` measures the bare host first (the reference for the perplexity change).
 
     python benchmarks/learning_curve.py --steps 64 128 256 512 1024    # cumulative SFT steps
 

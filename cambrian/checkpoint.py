@@ -8,6 +8,7 @@ so a crash never leaves a half-written checkpoint at the final path.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -62,11 +63,13 @@ def _alive(pid: int) -> bool:
 
 
 def _sweep(target: Path) -> None:
-    """Remove the temporary (or replaced) siblings of `target` that a killed writer left behind."""
-    for left in target.parent.glob(f".{target.name}.*-*"):
+    """Remove the temporary (or replaced) siblings of `target` that a killed writer left behind.
+    A writer is known by its pid, so this holds for the writers of one machine (a folder written
+    from several machines at once would need their host names in these names too)."""
+    for left in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
         kind, _, pid = left.name.removeprefix(f".{target.name}.").partition("-")
         if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(left) if left.is_dir() else left.unlink(missing_ok=True)
+            shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

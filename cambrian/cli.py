@@ -145,7 +145,7 @@ def track(params: Path = PARAMS, runs_dir: Path = typer.Option(Path("runs"), "--
     ran while the tracking server was down. Generations already logged are skipped (no duplicates)."""
     from cambrian import ledger, tracking
     p = _params(params)
-    done = [ledger.Run(runs_dir / g) for g in p.ladder if ledger.Run(runs_dir / g).finished()]
+    done = [run for run in (ledger.Run(runs_dir / g) for g in p.ladder) if run.finished()]
     ids = [tracking.log_generation(run.record(), run.summary(), p.for_generation(run.path.name)) for run in done]
     missing = [run.path.name for run, i in zip(done, ids) if i is None]
     if missing:

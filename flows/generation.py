@@ -473,8 +473,8 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
             metrics = gate_step(parent.ref, child_sha, prior_qa, data_ref, part["families"], pdict,
                                 [r for r in learned_before if r["split"] == "heldout"],
                                 [r for r in conversation if r["split"] == "heldout"])
-            outcome = _judge(gid, params, parent, part, child_sha, metrics, models, runs)
             progress.done("gate")
+            outcome = _judge(gid, params, parent, part, child_sha, metrics, models, runs)
         part["summary"]["assimilated"] = sorted(part["weights"]) if outcome.verdict == "accepted" else []
         if nonfinite := part["summary"].get("sleep", {}).get("nonfinite"):  # said in the ledger, never silent
             outcome.why += f"; {nonfinite} of {params.sleep.steps} sleep steps were non-finite and skipped"

@@ -368,7 +368,8 @@ def test_a_nan_child_or_sleep_publishes_the_parent_and_its_ledger_row_says_why(r
         (tmp_path / d / "base").symlink_to(repo.root / d / "base", target_is_directory=True)
     out = _cambrian_with(repo, fault, "generation", "gen_1", "--runs", str(tmp_path / "runs"), "--reports",
                          str(tmp_path / "reports"), "--models", str(tmp_path / "models"),
-                         CAMBRIAN_HOME=str(tmp_path / "home"))  # nothing from the cache: the child is made here
+                         CAMBRIAN_HOME=str(tmp_path / "home"),  # nothing from the cache: the child is made here
+                         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")  # not the shared ladder's runs
     assert out.returncode == 0, out.stderr[-3000:]
     row = json.loads((tmp_path / "runs/gen_1/generation.json").read_text())["ledger"]
     assert row["gate_verdict"] == verdict_name and reason in row["gate_reason"], row

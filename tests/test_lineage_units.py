@@ -231,11 +231,13 @@ def test_gguf_export_loads_back_with_equal_logits_and_quantized_answers(tiny_hos
 def test_tracking_to_a_dead_or_silent_server_fails_fast_and_never_raises(server, monkeypatch, caplog):
     """A port nobody listens on, or a server that accepts connections and never answers: the
     generation's logging gives up within the HTTP timeout and its retry, warns, and returns."""
+    import os
     import socket
     import time
 
     from cambrian import tracking
 
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"  # the default Cambrian sets, unless the user did
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         if server == "silent":
