@@ -397,15 +397,16 @@ def _parent(gid: str, params: Params, models: Path, runs: Path) -> Parent:
     adapter is refused, not adopted), then its checkpoint against the sha its record holds."""
     parent = params.ladder[gid].parent
     history = [Run(runs / g).record() for g in params.lineage(parent)]
-    own = history[-1] if history else Run(runs / parent).record()
+    run = Run(runs / parent)
+    own = history[-1] if history else run.record()
     sha = verify(models / parent, own["ledger"]["child_sha"])
     share(models / parent, sha)  # learn steps may run on other machines
-    population = Run(runs / parent).population()
+    population = run.population()
     adapters = {}
     for d in population:
         if d["alive"]:
             work = scratch()
-            shutil.copytree(Run(runs / parent).adapter(d["id"]), work / "a")
+            shutil.copytree(run.adapter(d["id"]), work / "a")
             adapters[d["id"]] = store_put(work / "a", kind="organelle")
             shutil.rmtree(work)
     return Parent(Ref(str(models / parent), sha), population, adapters, history)
