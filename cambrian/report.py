@@ -1,4 +1,5 @@
-"""`cambrian report`: the ladder's telemetry as Markdown + PNG under reports/.
+"""`cambrian report`: the ladder's telemetry as Markdown + PNG under reports/; and the tables and
+figures of the compare and continual benchmarks.
 
 Reads only what the generations published (runs/gen_N/{summary,generation}.json, assimilation
 attempts, colony populations) and reports/baseline.json; writes reports/report.md, the figures in
@@ -10,7 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from pathlib import Path
+
+from scipy import stats
 
 from cambrian.checkpoint import atomic_dir, atomic_write_text
 from cambrian.ledger import Run
@@ -56,9 +60,9 @@ def _plt():
     return plt
 
 
-def _save(plt, fig, path: Path) -> None:
+def _save(plt, fig, path: Path, dpi: int = 100) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
@@ -295,3 +299,85 @@ def write(gids: list[str], runs: Path, baseline: Path, out: Path, thresholds: di
         plot_gate(rows, tmp / "gate.png", thresholds)
     atomic_write_text(out / "report.md", markdown(data, rows, last))
     return out / "report.md"
+
+
+# The compare and continual benchmarks' tables and figures (flows/compare.py, flows/continual.py).
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval; 0 for a single seed)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def compare_summary(cells: list[dict], host: dict, families: list[str]) -> dict:
+    """Per recipe: mean and 95% interval over its seeds of every column."""
+    out = {}
+    for recipe in dict.fromkeys(c["recipe"] for c in cells):
+        mine = [c for c in cells if c["recipe"] == recipe]
+        cols = {**{f"test_{f}": [c["test"][f] for c in mine] for f in families},
+                "test_mean": [statistics.fmean(c["test"][f] for f in families) for c in mine],
+                # families of your own have no transfer part: with only those, no transfer column
+                **({"transfer_mean": [statistics.fmean(c["transfer"].values()) for c in mine]}
+                   if all(c["transfer"] for c in mine) else {}),
+                "ppl_change": [c["ppl"] / host["ppl"] - 1 for c in mine],
+                "rows": [c["rows"] for c in mine], "minutes": [c["minutes"] for c in mine]}
+        out[recipe] = {"seeds": [c["seed"] for c in mine], **{k: interval(v) for k, v in cols.items()}}
+    return out
+
+
+def _compare_cell(column: str, mean: float, half: float) -> str:
+    """A table cell: rows as a count, minutes to 0.1, the rest to 3 decimals with the interval."""
+    if column in ("rows", "minutes"):
+        return f"{mean:.0f}" if column == "rows" else f"{mean:.1f}"
+    text = f"{mean:+.3f}" if column == "ppl_change" else f"{mean:.3f}"
+    return text + (f" ± {half:.3f}" if half else "")
+
+
+def compare_table(agg: dict, host: dict, families: list[str], preset: str) -> str:
+    cols = [*(f"test_{f}" for f in families), "test_mean", "transfer_mean", "ppl_change", "rows", "minutes"]
+    lines = [f"Preset `{preset}` (compare.preset). Strict accuracy on the test split (no training or selection step reads it); transfer: the same skills "
+             "asked in phrasings no training row uses. Mean ± half-width of the 95% t-interval over the seeds shown; "
+             "ppl_change: general-text perplexity relative to the bare host; rows: SFT rows seen.", "",
+             "| recipe | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|",
+             "| bare host | - | " + " | ".join(
+                 [*(f"{host['test'][f]:.3f}" for f in families), f"{statistics.fmean(host['test'].values()):.3f}",
+                  f"{statistics.fmean(host['transfer'].values()):.3f}" if host["transfer"] else "-",
+                  "+0.000", "0", "0"]) + " |"]
+    for recipe, a in agg.items():
+        lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(_compare_cell(c, *a[c]) if c in a else "-" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+CONTINUAL_COLUMNS = ("final_seen_acc_avg", "final_forgetting", "final_bwt", "fwt", "seen_acc_auc", "non_finite_step_count")
+
+
+def continual_table(runs: list[dict], modes: list[str], preset: str) -> str:
+    def cell(values: list[float]) -> str:
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):+.3f} ± {spread:.3f}"
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [f"Preset `{preset}` (continual.preset). Mean ± sample standard deviation over seeds {seeds}; accuracy "
+             "is exact match on holdout challenges.",
+             "", "| mode | " + " | ".join(CONTINUAL_COLUMNS) + " |", "|---" * (len(CONTINUAL_COLUMNS) + 1) + "|"]
+    for mode in modes:
+        rows = [r for r in runs if r["mode"] == mode]
+        lines.append(f"| {mode} | " + " | ".join(cell([float(r[c]) for r in rows]) for c in CONTINUAL_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def continual_heatmap(run: dict, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(run["A"], vmin=0.0, vmax=1.0, cmap="viridis")
+    tasks = run["tasks"]
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
+    for i, row in enumerate(run["A"]):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+    ax.set_xlabel("evaluated task j")
+    ax.set_title(f"A[i][j]  {run['mode']}, seed {run['seed']}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(plt, fig, path, dpi=110)

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger
-from scipy import stats
 
-from cambrian import ledger
+from cambrian import ledger, report
 from cambrian.challenges import read_jsonl, write_dataset
 from cambrian.checkpoint import Ref, atomic_write_text, home, verify
 from cambrian.config import Params, load_params, parse_params
@@ -86,53 +85,6 @@ def _ladder_cell(recipe: str, seed: int, params: Params, host: Ref, data: Ref) -
             "rows": rows, "minutes": minutes}
 
 
-def _interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% t-interval; 0 for a single seed)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
-
-
-def aggregate(cells: list[dict], host: dict, families: list[str]) -> dict:
-    """Per recipe: mean and 95% interval over its seeds of every column."""
-    out = {}
-    for recipe in dict.fromkeys(c["recipe"] for c in cells):
-        mine = [c for c in cells if c["recipe"] == recipe]
-        cols = {**{f"test_{f}": [c["test"][f] for c in mine] for f in families},
-                "test_mean": [statistics.fmean(c["test"][f] for f in families) for c in mine],
-                # families of your own have no transfer part: with only those, no transfer column
-                **({"transfer_mean": [statistics.fmean(c["transfer"].values()) for c in mine]}
-                   if all(c["transfer"] for c in mine) else {}),
-                "ppl_change": [c["ppl"] / host["ppl"] - 1 for c in mine],
-                "rows": [c["rows"] for c in mine], "minutes": [c["minutes"] for c in mine]}
-        out[recipe] = {"seeds": [c["seed"] for c in mine], **{k: _interval(v) for k, v in cols.items()}}
-    return out
-
-
-def _format(column: str, mean: float, half: float) -> str:
-    """A table cell: rows as a count, minutes to 0.1, the rest to 3 decimals with the interval."""
-    if column in ("rows", "minutes"):
-        return f"{mean:.0f}" if column == "rows" else f"{mean:.1f}"
-    text = f"{mean:+.3f}" if column == "ppl_change" else f"{mean:.3f}"
-    return text + (f" ± {half:.3f}" if half else "")
-
-
-def table(agg: dict, host: dict, families: list[str], preset: str) -> str:
-    cols = [*(f"test_{f}" for f in families), "test_mean", "transfer_mean", "ppl_change", "rows", "minutes"]
-    lines = [f"Preset `{preset}` (compare.preset). Strict accuracy on the test split (no training or selection step reads it); transfer: the same skills "
-             "asked in phrasings no training row uses. Mean ± half-width of the 95% t-interval over the seeds shown; "
-             "ppl_change: general-text perplexity relative to the bare host; rows: SFT rows seen.", "",
-             "| recipe | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|",
-             "| bare host | - | " + " | ".join(
-                 [*(f"{host['test'][f]:.3f}" for f in families), f"{statistics.fmean(host['test'].values()):.3f}",
-                  f"{statistics.fmean(host['transfer'].values()):.3f}" if host["transfer"] else "-",
-                  "+0.000", "0", "0"]) + " |"]
-    for recipe, a in agg.items():
-        lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(_format(c, *a[c]) if c in a else "-" for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
 @flow(name="compare")
 def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out_dir: str = "reports") -> dict:
     """Every recipe of `compare.recipes` on its seeds under `compare.preset`; writes OUT/compare.json
@@ -158,9 +110,9 @@ def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out
             log.info(f"compare {recipe} seed {seed}: test mean {statistics.fmean(cell['test'].values()):.3f}, "
                      f"transfer mean {statistics.fmean(cell['transfer'].values() or [math.nan]):.3f}, {cell['rows']} SFT rows, "
                      f"{cell['minutes']:.1f} min")
-    agg = aggregate(cells, host, families)
+    agg = report.compare_summary(cells, host, families)
     out = Path(out_dir)
     atomic_write_text(out / "compare.json", json.dumps({"host": host, "cells": cells, "recipes": agg}, indent=1,
                                                        sort_keys=True) + "\n")
-    atomic_write_text(out / "compare.md", table(agg, host, families, cfg.preset))
+    atomic_write_text(out / "compare.md", report.compare_table(agg, host, families, cfg.preset))
     return agg

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from cambrian import tracking
+from cambrian import report, tracking
 from cambrian.challenges import read_jsonl, verify_dataset
 from cambrian.checkpoint import Ref, atomic_dir, verify
 from cambrian.config import ParamsError, load_params, parse_params
@@ -21,50 +21,12 @@ from cambrian.host import load_host
 from flows.steps import step
 from tasks.continual import run_stream
 
-COLUMNS = ("final_seen_acc_avg", "final_forgetting", "final_bwt", "fwt", "seen_acc_auc", "non_finite_step_count")
-
-
 @step("continual-run")
 def run_step(parent: Ref, data: Ref, params: dict, mode: str, seed: int) -> dict:
     p = parse_params(params)
     model, tok = load_host(*parent)
     train, holdout = read_jsonl(Path(data.path) / "train.jsonl"), read_jsonl(Path(data.path) / "holdout.jsonl")
     return run_stream(model, tok, p, train, holdout, mode, seed)
-
-
-def table(runs: list[dict], modes: list[str], preset: str) -> str:
-    def cell(values: list[float]) -> str:
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):+.3f} ± {spread:.3f}"
-    seeds = sorted({r["seed"] for r in runs})
-    lines = [f"Preset `{preset}` (continual.preset). Mean ± sample standard deviation over seeds {seeds}; accuracy "
-             "is exact match on holdout challenges.",
-             "", "| mode | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for mode in modes:
-        rows = [r for r in runs if r["mode"] == mode]
-        lines.append(f"| {mode} | " + " | ".join(cell([float(r[c]) for r in rows]) for c in COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def heatmap(run: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
-    im = ax.imshow(run["A"], vmin=0.0, vmax=1.0, cmap="viridis")
-    tasks = run["tasks"]
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
-    ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
-    for i, row in enumerate(run["A"]):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
-    ax.set_xlabel("evaluated task j")
-    ax.set_title(f"A[i][j]  {run['mode']}, seed {run['seed']}")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 @flow(name="continual")
@@ -90,13 +52,13 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
     with atomic_dir(out_dir) as tmp:
         (tmp / "results.json").write_text(json.dumps({"preset": cc.preset, "host_sha": host_sha, "data_sha": data_sha,
                                                       "runs": runs}, indent=1, sort_keys=True) + "\n")
-        (tmp / "results.md").write_text(table(runs, cc.modes, cc.preset))
+        (tmp / "results.md").write_text(report.continual_table(runs, cc.modes, cc.preset))
         for run in runs:
-            heatmap(run, tmp / f"A_{run['mode']}_{run['seed']}.png")
+            report.continual_heatmap(run, tmp / f"A_{run['mode']}_{run['seed']}.png")
     tracking.log_report(f"{params.tracking.experiment}-continual", f"continual ({cc.preset})",
                         {"preset": cc.preset, "order": ",".join(cc.order), "host": host_sha[:12]},
                         {mode: {k: statistics.fmean(r[k] for r in runs if r["mode"] == mode)
                                 for k in runs[0] if k.startswith("final_")} for mode in cc.modes},  # mean of seeds
                         [(f"{r['mode']} seed {r['seed']}", {k: v for k, v in r.items() if k.startswith("final_")})
                          for r in runs])
-    return {"runs": runs, "table": table(runs, cc.modes, cc.preset)}
+    return {"runs": runs, "table": report.continual_table(runs, cc.modes, cc.preset)}

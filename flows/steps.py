@@ -3,9 +3,10 @@
 `@step("name")` turns a plain function over plain data into a Prefect task whose result is cached
 across processes and machines, and which computes the same bytes wherever it runs:
 
-- key: sha256 of the step's name, the code it can run (`code_files`: the flow module that defines
-  it and every repository module it imports, at any depth; cambrian/report.py or cli.py are not
-  among them) and its arguments as JSON, a folder (`cambrian.checkpoint.Ref`) by the sha256 of
+- key: sha256 of the step's name, the code it can run (`step_code`: its own source and that of
+  every definition of its flow module it names, at any depth, and every repository module those
+  import, with all that they import; a helper of the flow that the step never calls, the report
+  or the CLI are not among them) and its arguments as JSON, a folder (`cambrian.checkpoint.Ref`) by the sha256 of
   its contents alone, never by where it lies. A step that declares
   `sections` gets, and is keyed on, only those sections of its `params` argument (and the seed):
   changing `gate.reply_tokens` re-runs the gate, not spawn or learn. It reads them with
@@ -51,6 +52,15 @@ def _module_file(name: str) -> Path | None:
     return next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
 
 
+def _imported(node: ast.AST) -> list[str]:
+    """The modules an import statement names (`from a.b import c` -> a.b and a.b.c)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        return [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return []
+
+
 def code_files(module_file: str | Path) -> list[Path]:
     """The repository's Python files `module_file` can run: itself and every module it imports,
     at any depth and wherever the import stands (inside a function too), packages' __init__
@@ -62,19 +72,54 @@ def code_files(module_file: str | Path) -> list[Path]:
             continue
         seen.add(path)
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module, *(f"{node.module}.{a.name}" for a in node.names)] \
-                if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-            for name in names:
+            for name in _imported(node):
                 parts = name.split(".")
                 todo += [f for i in range(1, len(parts) + 1) if (f := _module_file(".".join(parts[:i])))]
     return sorted(seen)
 
 
+def _top_level(tree: ast.Module) -> dict[str, ast.AST]:
+    """Name -> the top-level statement of a module that binds it (def, class, assignment, import)."""
+    bound: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound[node.name] = node
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update({(a.asname or a.name).split(".")[0]: node for a in node.names})
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound.update({t.id: node for target in targets for t in ast.walk(target) if isinstance(t, ast.Name)})
+    return bound
+
+
+def step_code(module_file: str | Path, name: str) -> tuple[list[str], list[Path]]:
+    """The code step `name` of the flow module `module_file` can run: (the source of its own
+    definition and of every top-level definition of that module it names, at any depth; the files
+    of every repository module those import, `code_files` of each). A helper of the flow module
+    that the step never names is not part of it."""
+    text = Path(module_file).read_text()
+    bound = _top_level(ast.parse(text))
+    todo, seen, modules = [bound[name]], [], set()
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.append(node)
+        for sub in ast.walk(node):
+            modules.update(_imported(sub))
+            if isinstance(sub, ast.Name) and sub.id in bound:
+                todo.append(bound[sub.id])
+    files = {f for m in modules for i in range(1, len(m.split(".")) + 1)
+             if (f := _module_file(".".join(m.split(".")[:i])))}
+    return ([ast.get_source_segment(text, n) for n in sorted(seen, key=lambda n: n.lineno)],
+            sorted({p for f in files for p in code_files(f)}))
+
+
 @functools.cache
-def _code_sha(module_file: str) -> str:
-    h = hashlib.sha256()
-    for p in code_files(module_file):
+def _code_sha(module_file: str, name: str) -> str:
+    sources, files = step_code(module_file, name)
+    h = hashlib.sha256("\0".join(sources).encode())
+    for p in files:
         h.update(str(p.relative_to(_ROOT)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
 
@@ -88,7 +133,7 @@ def _log():
 
 def cache_key(fn, arguments: dict) -> str:
     inputs = {k: v.sha if isinstance(v, Ref) else v for k, v in arguments.items()}  # a folder by its content
-    text = json.dumps([fn.__name__, _code_sha(inspect.getsourcefile(fn)), inputs], sort_keys=True)
+    text = json.dumps([fn.__name__, _code_sha(inspect.getsourcefile(fn), fn.__name__), inputs], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -9,15 +9,16 @@ import yaml
 from cambrian.checkpoint import home
 from cambrian.config import FAMILIES, parse_params
 from cambrian.organelle import ALL
-from flows.compare import _interval, compare
+from cambrian.report import interval
+from flows.compare import compare
 from tasks.compare import RECIPES, ablation, budget
 from tests.test_ladder import TINY
 
 
 def test_interval_is_the_95_percent_t_interval():
-    mean, half = _interval([0.5, 0.7, 0.6])
+    mean, half = interval([0.5, 0.7, 0.6])
     assert mean == pytest.approx(0.6) and half == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)
-    assert _interval([0.4]) == (0.4, 0.0)
+    assert interval([0.4]) == (0.4, 0.0)
 
 
 def test_compare_builds_the_table_from_cached_cells(tiny_host_dir, tmp_path, monkeypatch):

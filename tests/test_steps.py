@@ -12,7 +12,7 @@ import torch
 from cambrian.checkpoint import Ref, home
 from cambrian.config import Params, ParamsError, restricted
 import flows.steps
-from flows.steps import THREADS, cache_key, code_files, step
+from flows.steps import THREADS, cache_key, code_files, step, step_code
 
 CALLS = []
 
@@ -104,24 +104,59 @@ def test_a_step_is_keyed_on_its_own_params_sections_and_reads_no_other():
         step("sneaky", sections=("gate",))(_read_colony).fn(params=params)
 
 
+FLOW = """from tasks.t import g
+from cambrian import table
+LIMIT = 3
+
+
+def _helper():
+    return g() + LIMIT
+
+
+def _other():
+    return table.X
+
+
+def one():
+    from cambrian import util
+    return _helper()
+
+
+def two():
+    return _other()
+"""
+
+
 def test_a_step_is_keyed_on_the_code_it_can_run_and_nothing_else(tmp_path, monkeypatch):
     for name, text in {"flows/__init__.py": "", "tasks/__init__.py": "", "cambrian/__init__.py": "",
-                       "flows/f.py": "from tasks.t import g\n\ndef step():\n    from cambrian import util\n    return g()\n",
-                       "tasks/t.py": "import json\n\ndef g():\n    return 1\n", "cambrian/util.py": "X = 1\n",
+                       "flows/f.py": FLOW, "tasks/t.py": "import json\n\ndef g():\n    return 1\n",
+                       "cambrian/util.py": "X = 1\n", "cambrian/table.py": "X = 1\n",
                        "cambrian/report.py": "from tasks.t import g\n"}.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
     monkeypatch.setattr(flows.steps, "_ROOT", tmp_path)
-    files = {str(p.relative_to(tmp_path)) for p in code_files(tmp_path / "flows/f.py")}
-    # What it imports, directly, through a helper module or inside a function; not report.py.
-    assert files == {"flows/f.py", "tasks/__init__.py", "tasks/t.py", "cambrian/__init__.py",
-                     "cambrian/util.py"}
+    flow = str(tmp_path / "flows/f.py")
+    # A step's own code: what it names in its flow module, at any depth, and what those import.
+    sources, files = step_code(flow, "one")
+    assert [s.split("\n")[0] for s in sources] == ["from tasks.t import g", "LIMIT = 3", "def _helper():", "def one():"]
+    assert {str(p.relative_to(tmp_path)) for p in files} == {"tasks/__init__.py", "tasks/t.py",
+                                                             "cambrian/__init__.py", "cambrian/util.py"}
+    # A module's code: everything it imports, directly, through a helper module or inside a function.
+    assert {str(p.relative_to(tmp_path)) for p in code_files(flow)} == {
+        "flows/f.py", "tasks/__init__.py", "tasks/t.py", "cambrian/__init__.py", "cambrian/util.py", "cambrian/table.py"}
     sha = flows.steps._code_sha.__wrapped__
-    before = sha(str(tmp_path / "flows/f.py"))
-    (tmp_path / "cambrian/report.py").write_text("from tasks.t import g\nY = 2\n")
-    assert sha(str(tmp_path / "flows/f.py")) == before  # a module it never runs
-    (tmp_path / "cambrian/util.py").write_text("X = 2\n")
-    assert sha(str(tmp_path / "flows/f.py")) != before  # a helper it imports inside a function
+
+    def edit(name, old, new):
+        before = {s: sha(flow, s) for s in ("one", "two")}
+        (tmp_path / name).write_text((tmp_path / name).read_text().replace(old, new))
+        return {s for s in before if sha(flow, s) != before[s]}
+
+    assert edit("cambrian/report.py", "g\n", "g\nY = 2\n") == set()  # a module no step runs
+    assert edit("flows/f.py", "g() + LIMIT", "g() - LIMIT") == {"one"}  # a flow helper: the steps that call it
+    assert edit("flows/f.py", "LIMIT = 3", "LIMIT = 4") == {"one"}  # a constant of the flow
+    assert edit("cambrian/table.py", "X = 1", "X = 2") == {"two"}  # a module imported at the top
+    assert edit("cambrian/util.py", "X = 1", "X = 2") == {"one"}  # a module imported inside a function
+    assert edit("tasks/t.py", "return 1", "return 2") == {"one"}
 
 
 def test_each_dvc_stage_depends_on_exactly_the_code_it_runs():
@@ -138,4 +173,5 @@ def test_each_dvc_stage_depends_on_exactly_the_code_it_runs():
         deps = stages[stage].get("do", stages[stage])["deps"]
         code = {str(p.relative_to(root)) for m in modules for p in code_files(root / m)}
         assert {d for d in deps if d.endswith(".py")} == code | {"cambrian/cli.py"}, stage
-        assert stage == "report" or "cambrian/report.py" not in deps  # the ladder's report re-runs no step
+        # the ladder's report re-runs no rung (the compare and continual flows write their tables with it)
+        assert stage in ("report", "compare", "continual") or "cambrian/report.py" not in deps
