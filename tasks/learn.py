@@ -91,7 +91,7 @@ def _messages(row: dict) -> dict:
 
 
 def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
-         backend: str) -> list[float]:
+         backend: str, bf16: bool = False) -> list[float]:
     """Train the active LoRA of `model` with trl's SFTTrainer, save it to `adapter` atomically."""
     from datasets import Dataset
     from transformers import PrinterCallback
@@ -105,8 +105,9 @@ def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr
                          save_strategy="no", report_to=[], seed=seed, data_seed=seed,
                          disable_tqdm=not sys.stderr.isatty(),  # a bar at a terminal, quiet in CI logs
                          # trl defaults to bf16 autocast, gradient checkpointing and a chunked loss: on a
-                         # CPU that is ~20x slower (97 s a step on the real host, not 5) for nothing.
-                         gradient_checkpointing=False, loss_type="nll", bf16=False,
+                         # CPU that is ~20x slower (97 s a step on the real host, not 5) for nothing. bf16
+                         # autocast alone is faster on a CPU with AVX512-BF16 but learns less (levers.py).
+                         gradient_checkpointing=False, loss_type="nll", bf16=bf16,
                          use_cpu=model.device.type != "cuda", dataloader_num_workers=0)
         tok.padding_side = "right"
         try:
@@ -139,10 +140,12 @@ def _sft_unsloth(host_dir: str, adapter: Path, rows: list[dict], steps: int, bat
     return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "unsloth")
 
 
-def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int) -> list[float]:
+def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
+                   bf16: bool = False) -> list[float]:
     """SFT steps on the adapter at `adapter` (rewritten atomically); returns the loss per step.
     A host on CUDA trains through unsloth when it is installed (`pip install .[gpu]`). A non-finite
-    loss or weight raises (`finite`)."""
+    loss or weight raises (`finite`). `bf16`: peft's updates under bf16 autocast, which only
+    benchmarks/levers.py asks for (the ladder trains in float32: see reports/benchmarks.md)."""
     if steps == 0 or not rows:
         return []
     if host.device.type == "cuda" and importlib.util.find_spec("unsloth") is not None:
@@ -152,7 +155,7 @@ def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch
     from peft import PeftModel
     model = PeftModel.from_pretrained(host, adapter, is_trainable=True)
     try:
-        return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft"))
+        return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft", bf16))
     finally:
         model.unload()
 
