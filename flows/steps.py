@@ -46,10 +46,14 @@ THREADS = 2
 _ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module_file(name: str) -> Path | None:
-    """The repository's file for module `name` (cambrian.*, tasks.*, flows.*), or None."""
-    base = _ROOT.joinpath(*name.split("."))
-    return next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
+def _module_files(name: str) -> list[Path]:
+    """The repository's files that importing module `name` runs: its packages' __init__ and its own
+    file (none for library modules)."""
+    parts, files = name.split("."), []
+    for i in range(1, len(parts) + 1):
+        base = _ROOT.joinpath(*parts[:i])
+        files += [f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()][:1]
+    return files
 
 
 def _imported(node: ast.AST) -> list[str]:
@@ -73,8 +77,7 @@ def code_files(module_file: str | Path) -> list[Path]:
         seen.add(path)
         for node in ast.walk(ast.parse(path.read_text())):
             for name in _imported(node):
-                parts = name.split(".")
-                todo += [f for i in range(1, len(parts) + 1) if (f := _module_file(".".join(parts[:i])))]
+                todo += _module_files(name)
     return sorted(seen)
 
 
@@ -109,10 +112,8 @@ def step_code(module_file: str | Path, name: str) -> tuple[list[str], list[Path]
             modules.update(_imported(sub))
             if isinstance(sub, ast.Name) and sub.id in bound:
                 todo.append(bound[sub.id])
-    files = {f for m in modules for i in range(1, len(m.split(".")) + 1)
-             if (f := _module_file(".".join(m.split(".")[:i])))}
     return ([ast.get_source_segment(text, n) for n in sorted(seen, key=lambda n: n.lineno)],
-            sorted({p for f in files for p in code_files(f)}))
+            sorted({p for m in modules for f in _module_files(m) for p in code_files(f)}))
 
 
 @functools.cache

@@ -195,6 +195,34 @@ def test_second_repro_is_a_noop(repo):
     assert "Running stage" not in out and "didn't change" in out
 
 
+def test_editing_the_report_reruns_no_rung_and_editing_a_flow_helper_reruns_only_its_steps(repo, tmp_path):
+    copy = Repo(tmp_path / "copy")  # the built ladder and its step store, edited without touching `repo`
+    shutil.copytree(repo.root, copy.root, symlinks=True)
+    copy.env["CAMBRIAN_HOME"] = str(copy.root / ".cambrian")
+
+    def stale() -> set[str]:
+        return {line[:-1] for line in copy.run("dvc", "status").splitlines() if line[:1].strip() and line.endswith(":")}
+
+    before = stale()
+    report = copy.root / "cambrian/report.py"
+    report.write_text(report.read_text() + "\n# an edit of the ladder's report\n")
+    assert "report" in stale() and stale() - before <= {"report", "compare", "continual"}  # those two write tables with it
+
+    # `_engine_over` serves evaluate and assimilate: those two recompute (to the same results), every
+    # other step of the generation is a cache hit, and the checkpoint is the same bytes.
+    flow = copy.root / "flows/generation.py"
+    text = flow.read_text()
+    flow.write_text(text.replace("    host, tok = load_host(*parent)\n    model = load_colony(",
+                                 "    host, tok = load_host(*parent)  # an edit\n    model = load_colony(", 1))
+    assert flow.read_text() != text
+    out = copy.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_1", PREFECT_LOGGING_LEVEL="INFO")
+    computed = {line.split(": computed")[0].split()[-1] for line in out.splitlines() if ": computed in" in line}
+    cached = {line.split(": from cache")[0].split()[-1] for line in out.splitlines() if ": from cache" in line}
+    assert computed == {"evaluate", "assimilate"}
+    assert {"spawn", "learn", "settle-energy", "sleep-consolidate", "gate", "score"} <= cached
+    assert folder_sha(copy.root / "models/gen_1") == repo.built["gen_1"]["child_sha"]
+
+
 def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo, tmp_path):
     from mlflow.tracking import MlflowClient
 
