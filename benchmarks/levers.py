@@ -64,11 +64,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(THREADS)  # as every cached step runs
     cfg = ColonyConfig()
-    out: dict = {"cpu": platform.processor() or platform.machine(), "threads": THREADS, "steps": args.steps}
+    out: dict = {"cpu": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                 "native_bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported(),  # AVX512-BF16 or AMX
+                 "threads": THREADS, "steps": args.steps}
 
     # host: a fresh load per step vs a copy of one loaded host
-    loads = [timed(load_host, args.host)[1] for _ in range(3)]
-    host, tok = load_host(args.host)
+    loads = [timed(load_host, args.host, device="cpu")[1] for _ in range(3)]
+    host, tok = load_host(args.host, device="cpu")  # the CPU's levers (on CUDA, unsloth would train)
     copies = [timed(copy.deepcopy, host)[1] for _ in range(3)]
     out["host"] = {"load_seconds": min(loads), "copy_seconds": min(copies)}
     print("host", out["host"], flush=True)

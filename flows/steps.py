@@ -65,11 +65,11 @@ def _imported(node: ast.AST) -> list[str]:
     return []
 
 
-def code_files(module_file: str | Path) -> list[Path]:
-    """The repository's Python files `module_file` can run: itself and every module it imports,
-    at any depth and wherever the import stands (inside a function too), packages' __init__
-    included. Library code is left out: requirements.lock pins it."""
-    todo, seen = [Path(module_file).resolve()], set()
+def code_files(*module_files: str | Path) -> list[Path]:
+    """The repository's Python files `module_files` can run: themselves and every module they
+    import, at any depth and wherever the import stands (inside a function too), packages'
+    __init__ included. Library code is left out: requirements.lock pins it."""
+    todo, seen = [Path(f).resolve() for f in module_files], set()
     while todo:
         path = todo.pop()
         if path in seen:
@@ -81,28 +81,36 @@ def code_files(module_file: str | Path) -> list[Path]:
     return sorted(seen)
 
 
-def _top_level(tree: ast.Module) -> dict[str, ast.AST]:
-    """Name -> the top-level statement of a module that binds it (def, class, assignment, import)."""
-    bound: dict[str, ast.AST] = {}
+def _top_level(tree: ast.Module, where: str) -> dict[str, list[ast.AST]]:
+    """Name -> the top-level statements of a module that bind it (defs, classes, imports, plain
+    assignments). Any other top-level statement raises: no step could say whether it runs it."""
+    bound: dict[str, list[ast.AST]] = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound[node.name] = node
+            names = [node.name]
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            bound.update({(a.asname or a.name).split(".")[0]: node for a in node.names})
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            bound.update({t.id: node for target in targets for t in ast.walk(target) if isinstance(t, ast.Name)})
+            names = [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and all(isinstance(t, (ast.Name, ast.Tuple))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])):
+            names = [t.id for t in ast.walk(node) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)]
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and node is tree.body[0]:
+            continue  # the docstring
+        else:
+            raise ValueError(f"{where}:{node.lineno}: a top-level statement that no step's cache key can "
+                             f"account for ({type(node).__name__}): move it into a function")
+        for name in names:
+            bound.setdefault(name, []).append(node)
     return bound
 
 
 def step_code(module_file: str | Path, name: str) -> tuple[list[str], list[Path]]:
-    """The code step `name` of the flow module `module_file` can run: (the source of its own
-    definition and of every top-level definition of that module it names, at any depth; the files
-    of every repository module those import, `code_files` of each). A helper of the flow module
-    that the step never names is not part of it."""
+    """The code step `name` of the flow module `module_file` can run: (the source, decorators
+    included, of its own definition and of every top-level statement of that module that binds a
+    name it uses, at any depth; the files of every repository module those import, with all they
+    import). A helper of the flow module that the step never names is not part of it."""
     text = Path(module_file).read_text()
-    bound = _top_level(ast.parse(text))
-    todo, seen, modules = [bound[name]], [], set()
+    lines, bound = text.splitlines(), _top_level(ast.parse(text), str(module_file))
+    todo, seen, modules = list(bound[name]), [], set()
     while todo:
         node = todo.pop()
         if node in seen:
@@ -111,9 +119,10 @@ def step_code(module_file: str | Path, name: str) -> tuple[list[str], list[Path]
         for sub in ast.walk(node):
             modules.update(_imported(sub))
             if isinstance(sub, ast.Name) and sub.id in bound:
-                todo.append(bound[sub.id])
-    return ([ast.get_source_segment(text, n) for n in sorted(seen, key=lambda n: n.lineno)],
-            sorted({p for m in modules for f in _module_files(m) for p in code_files(f)}))
+                todo += bound[sub.id]
+    first = {id(n): min([n.lineno, *(d.lineno for d in getattr(n, "decorator_list", []))]) for n in seen}
+    return (["\n".join(lines[first[id(n)] - 1:n.end_lineno]) for n in sorted(seen, key=lambda n: n.lineno)],
+            code_files(*{f for m in modules for f in _module_files(m)}))
 
 
 @functools.cache
@@ -134,7 +143,8 @@ def _log():
 
 def cache_key(fn, arguments: dict) -> str:
     inputs = {k: v.sha if isinstance(v, Ref) else v for k, v in arguments.items()}  # a folder by its content
-    text = json.dumps([fn.__name__, _code_sha(inspect.getsourcefile(fn), fn.__name__), inputs], sort_keys=True)
+    text = json.dumps([fn.__module__, fn.__name__, _code_sha(inspect.getsourcefile(fn), fn.__name__), inputs],
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -104,15 +104,19 @@ def test_a_step_is_keyed_on_its_own_params_sections_and_reads_no_other():
         step("sneaky", sections=("gate",))(_read_colony).fn(params=params)
 
 
-FLOW = """from tasks.t import g
+FLOW = """\"\"\"A flow.\"\"\"
+import functools
+from tasks.t import g
 from cambrian import table
 LIMIT = 3
+LIMIT += 1
 
 
 def _helper():
     return g() + LIMIT
 
 
+@functools.lru_cache(maxsize=1)
 def _other():
     return table.X
 
@@ -138,7 +142,8 @@ def test_a_step_is_keyed_on_the_code_it_can_run_and_nothing_else(tmp_path, monke
     flow = str(tmp_path / "flows/f.py")
     # A step's own code: what it names in its flow module, at any depth, and what those import.
     sources, files = step_code(flow, "one")
-    assert [s.split("\n")[0] for s in sources] == ["from tasks.t import g", "LIMIT = 3", "def _helper():", "def one():"]
+    assert [s.split("\n")[0] for s in sources] == ["from tasks.t import g", "LIMIT = 3", "LIMIT += 1",
+                                                   "def _helper():", "def one():"]
     assert {str(p.relative_to(tmp_path)) for p in files} == {"tasks/__init__.py", "tasks/t.py",
                                                              "cambrian/__init__.py", "cambrian/util.py"}
     # A module's code: everything it imports, directly, through a helper module or inside a function.
@@ -154,9 +159,15 @@ def test_a_step_is_keyed_on_the_code_it_can_run_and_nothing_else(tmp_path, monke
     assert edit("cambrian/report.py", "g\n", "g\nY = 2\n") == set()  # a module no step runs
     assert edit("flows/f.py", "g() + LIMIT", "g() - LIMIT") == {"one"}  # a flow helper: the steps that call it
     assert edit("flows/f.py", "LIMIT = 3", "LIMIT = 4") == {"one"}  # a constant of the flow
+    assert edit("flows/f.py", "LIMIT += 1", "LIMIT += 2") == {"one"}  # every statement that binds it
+    assert edit("flows/f.py", "maxsize=1", "maxsize=2") == {"two"}  # a decorator
     assert edit("cambrian/table.py", "X = 1", "X = 2") == {"two"}  # a module imported at the top
     assert edit("cambrian/util.py", "X = 1", "X = 2") == {"one"}  # a module imported inside a function
     assert edit("tasks/t.py", "return 1", "return 2") == {"one"}
+    # A top-level statement whose effect no key could follow is refused, not silently left out.
+    (tmp_path / "flows/f.py").write_text(FLOW + "\ntable.X = 2\n")
+    with pytest.raises(ValueError, match=rf"f.py:{len(FLOW.splitlines()) + 2}: a top-level statement .* \(Assign\)"):
+        step_code(flow, "two")
 
 
 def test_each_dvc_stage_depends_on_exactly_the_code_it_runs():
