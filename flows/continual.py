@@ -21,6 +21,7 @@ from cambrian.host import load_host
 from flows.steps import step
 from tasks.continual import run_stream
 
+
 @step("continual-run")
 def run_step(parent: Ref, data: Ref, params: dict, mode: str, seed: int) -> dict:
     p = parse_params(params)
@@ -49,10 +50,11 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
             log.info(f"{mode} seed {seed}: seen_acc {run['final_seen_acc_avg']:.3f} forgetting "
                      f"{run['final_forgetting']:.3f} bwt {run['final_bwt']:+.3f}")
             runs.append(run)
+    table = report.continual_table(runs, cc.modes, cc.preset)
     with atomic_dir(out_dir) as tmp:
         (tmp / "results.json").write_text(json.dumps({"preset": cc.preset, "host_sha": host_sha, "data_sha": data_sha,
                                                       "runs": runs}, indent=1, sort_keys=True) + "\n")
-        (tmp / "results.md").write_text(report.continual_table(runs, cc.modes, cc.preset))
+        (tmp / "results.md").write_text(table)
         for run in runs:
             report.continual_heatmap(run, tmp / f"A_{run['mode']}_{run['seed']}.png")
     tracking.log_report(f"{params.tracking.experiment}-continual", f"continual ({cc.preset})",
@@ -61,4 +63,4 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
                                 for k in runs[0] if k.startswith("final_")} for mode in cc.modes},  # mean of seeds
                         [(f"{r['mode']} seed {r['seed']}", {k: v for k, v in r.items() if k.startswith("final_")})
                          for r in runs])
-    return {"runs": runs, "table": report.continual_table(runs, cc.modes, cc.preset)}
+    return {"runs": runs, "table": table}

@@ -3,12 +3,12 @@
 `@step("name")` turns a plain function over plain data into a Prefect task whose result is cached
 across processes and machines, and which computes the same bytes wherever it runs:
 
-- key: sha256 of the step's name, the code it can run (`step_code`: its own source and that of
-  every definition of its flow module it names, at any depth, and every repository module those
-  import, with all that they import; a helper of the flow that the step never calls, the report
-  or the CLI are not among them) and its arguments as JSON, a folder (`cambrian.checkpoint.Ref`) by the sha256 of
-  its contents alone, never by where it lies. A step that declares
-  `sections` gets, and is keyed on, only those sections of its `params` argument (and the seed):
+- key: sha256 of the step's module and name, the code it can run (`step_code`: its own source and
+  that of every top-level statement of its flow module that binds a name it uses, at any depth,
+  and every repository module those import, with all that they import; a helper of the flow that
+  the step never calls, the report or the CLI are not among them) and its arguments as JSON, a
+  folder (`cambrian.checkpoint.Ref`) by the sha256 of its contents alone, never by where it lies. A
+  step that declares `sections` gets, and is keyed on, only those sections of its `params` argument (and the seed):
   changing `gate.reply_tokens` re-runs the gate, not spawn or learn. It reads them with
   `cambrian.config.restricted`, which refuses any section it did not declare.
 - result: plain JSON in CAMBRIAN_HOME/results/<key>.json, written atomically with the seconds it
@@ -120,8 +120,8 @@ def step_code(module_file: str | Path, name: str) -> tuple[list[str], list[Path]
             modules.update(_imported(sub))
             if isinstance(sub, ast.Name) and sub.id in bound:
                 todo += bound[sub.id]
-    first = {id(n): min([n.lineno, *(d.lineno for d in getattr(n, "decorator_list", []))]) for n in seen}
-    return (["\n".join(lines[first[id(n)] - 1:n.end_lineno]) for n in sorted(seen, key=lambda n: n.lineno)],
+    starts = [min([n.lineno, *(d.lineno for d in getattr(n, "decorator_list", []))]) for n in seen]  # decorators
+    return (["\n".join(lines[start - 1:n.end_lineno]) for start, n in sorted(zip(starts, seen), key=lambda x: x[0])],
             code_files(*{f for m in modules for f in _module_files(m)}))
 
 
