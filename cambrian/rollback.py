@@ -1,10 +1,14 @@
 """`cambrian rollback`: return the ladder to an earlier generation with git + `dvc checkout`.
 
-Every commit's dvc.lock names the exact bytes of every generation it ran, and of the ledger
+Every commit's dvc.lock names the exact bytes of every stage it ran, and of the ledger
 (models/lineage_ledger.csv, read from the DVC cache). Rolling back to generation N picks the
-newest commit whose ledger ends at N (or the commit given), restores dvc.yaml, dvc.lock and
-params.yaml from it, lets `dvc checkout` restore the checkpoints from the DVC cache, removes
-outputs of generations that commit did not have, and verifies N's checkpoint against the ledger.
+newest commit whose ledger ends at N (or the commit given), writes its dvc.yaml, dvc.lock and
+params.yaml (with data/ladder and the .gitignore files DVC keeps beside the outputs) into the work tree (the index is left alone: commit the result to make it the head),
+lets `dvc checkout` restore the outputs of exactly the stages that commit's dvc.lock ran (`make
+repro` never runs evomerge, continual or compare, and a checkout of every stage fails on them),
+removes outputs of generations that commit did not have, and verifies N's checkpoint against the
+ledger. If the checkout fails, the pipeline files are put back as they were and no generation's
+outputs are removed.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from cambrian import ledger
-from cambrian.checkpoint import CheckpointError
+from cambrian.checkpoint import CheckpointError, atomic_write_text
 
 LEDGER = "models/lineage_ledger.csv"
 PIPELINE = ["dvc.yaml", "dvc.lock", "params.yaml"]
@@ -66,15 +70,29 @@ def rollback(gid: str, rev: str | None = None, force: bool = False) -> tuple[str
     rows = {r["GEN_ID"]: r for r in _ledger_at(commit)}
     if gid not in rows:
         raise CheckpointError(f"the ledger at {commit[:10]} has no {gid} (it has {sorted(rows)})")
-    _git("checkout", commit, "--", *PIPELINE)
-    out = subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], capture_output=True, text=True)
+    # The pipeline files, the params stage's git-tracked record of each generation's delta
+    # (data/ladder) and the .gitignore files DVC keeps beside its outputs (runs/.gitignore lists
+    # runs/gen_2, and the ledger and report stages depend on the runs folder, that file included).
+    files = PIPELINE + [f for f in _git("ls-tree", "-r", "--name-only", commit).split("\n")
+                        if f.endswith("/.gitignore") or f.startswith("data/ladder/")]
+    before = {name: Path(name).read_text() if Path(name).is_file() else None for name in files}
+    for name in files:
+        atomic_write_text(name, _git("show", f"{commit}:{name}"))
+    lock = Path("dvc.lock").read_text()
+    stages = sorted((yaml.safe_load(lock) or {}).get("stages", {}))
+    out = subprocess.run([sys.executable, "-m", "dvc", "checkout", *stages], capture_output=True, text=True)
     if out.returncode:
-        raise CheckpointError(f"dvc checkout failed: {out.stderr.strip() or out.stdout.strip()}")
-    for folder in ("models", "runs"):
-        for path in Path(folder).glob("gen_*"):
-            if path.name not in rows:
-                shutil.rmtree(path)
-    for path in Path("reports").glob("gen_*.json"):
+        for name, data in before.items():  # the pipeline files as they were
+            Path(name).unlink(missing_ok=True) if data is None else atomic_write_text(name, data)
+        reason = (out.stderr.strip() or out.stdout.strip()).splitlines()
+        raise CheckpointError(f"dvc checkout of {commit[:10]}'s stages failed ({reason[-1] if reason else f'exit {out.returncode}'}); "
+                              f"{', '.join(PIPELINE)} are as they were and no generation was removed")
+    # The outputs of generations that commit did not have: checkpoints, run folders, metrics and the
+    # params stage's record of their conversation delta (not in DVC's cache, so no checkout removes it).
+    for path in [*Path("models").glob("gen_*"), *Path("runs").glob("gen_*")]:
+        if path.name not in rows:
+            shutil.rmtree(path)
+    for path in [*Path("reports").glob("gen_*.json"), *Path("data/ladder").glob("gen_*.json")]:
         if path.stem not in rows:
             path.unlink()
     sha = ledger.verify_generation(Path("models") / gid, Path("runs") / gid)

@@ -19,6 +19,7 @@ from cambrian.config import FAMILIES, parse_params
 from cambrian.ledger import COLUMNS, flat
 
 REPO = Path(__file__).resolve().parents[1]
+REPRO = ("report", "ledger")  # the stages `make repro` asks DVC for
 TINY = {
     "seed": 1,
     "host": {"source": "tiny-random"},
@@ -299,6 +300,49 @@ def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(re
     assert folder_sha(repo.root / "models/gen_2") == first["gen_2"]["child_sha"]
     assert repo.ledger()["gen_2"]["child_sha"] == first["gen_2"]["child_sha"]
     assert "up to date" in repo.run("dvc", "status")
+
+
+def test_rollback_from_the_state_make_repro_leaves(tmp_path):
+    """`make repro` builds only the stages the report needs (evomerge, continual and compare never
+    run): rollback must restore from exactly that state, then `dvc repro` has nothing to do."""
+    make = f"dvc repro {' '.join(REPRO)}"
+    assert make in (REPO / "Makefile").read_text()
+
+    def ladder(n):
+        return lambda p: p.update(ladder={f"gen_{i}": {"parent": f"gen_{i - 1}" if i > 1 else "base"}
+                                          for i in range(1, n + 1)})
+    r = _project(tmp_path / "p", ladder(1))
+    r.run("dvc", "repro", *REPRO)
+    r.run("git", "add", "-A"), r.run("git", "commit", "-qm", "gen_1")
+    gen_1 = r.ledger()["gen_1"]["child_sha"]
+    r.params(ladder(2))
+    r.run("dvc", "repro", *REPRO)
+    r.run("git", "add", "-A"), r.run("git", "commit", "-qm", "gen_2")
+    assert set(r.ledger()) == {"base", "gen_1", "gen_2"}
+
+    out = r.run(sys.executable, "-m", "cambrian.cli", "rollback", "--to", "1")
+    assert "matches the ledger" in out
+    assert folder_sha(r.root / "models/gen_1") == gen_1 and set(r.ledger()) == {"base", "gen_1"}
+    assert not any((r.root / p).exists() for p in ("models/gen_2", "runs/gen_2", "reports/gen_2.json"))
+    assert "gen_2" not in (r.root / "params.yaml").read_text()
+    again = r.run("dvc", "repro", *REPRO)
+    assert [line for line in again.splitlines() if line.startswith("Running stage")] == [], again
+
+    # A checkout that cannot be done (another DVC command holds the repository's lock) changes nothing.
+    import zc.lockfile
+    r.run(sys.executable, "-m", "cambrian.cli", "rollback", "--to", "2", "--force")  # forward again: gen_2's commit
+    assert r.run("git", "status", "--porcelain") == ""
+    before = {p: (r.root / p).read_text() for p in ("params.yaml", "dvc.lock")}
+    held = zc.lockfile.LockFile(str(r.root / ".dvc/tmp/lock"))
+    try:
+        failed = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollback", "--to", "1"], cwd=r.root,
+                                env=r.env, capture_output=True, text=True)
+    finally:
+        held.close()
+    assert failed.returncode == 2 and "dvc checkout" in failed.stderr and "are as they were" in failed.stderr, \
+        failed.stderr
+    assert {p: (r.root / p).read_text() for p in before} == before
+    assert all((r.root / p).exists() for p in ("models/gen_2", "runs/gen_2", "reports/gen_2.json"))
 
 
 def test_bad_params_or_a_damaged_parent_stop_dvc_before_any_output_is_removed(repo):
