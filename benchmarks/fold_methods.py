@@ -54,8 +54,7 @@ def main() -> None:
         host, tok = load_host(args.host)
         rng = random.Random("foldexp")
         drawn = {f: rng.sample([c for c in train if c.family == f], args.steps * p.colony.train_batch) for f in fams}
-        adapters = train_loras(host, tok, {f: [{"prompt": c.prompt, "answer": c.answer} for c in cs]
-                                           for f, cs in drawn.items()}, args.steps, p.colony, 0, Path(tmp))
+        adapters = train_loras(host, tok, {f: as_rows(cs) for f, cs in drawn.items()}, args.steps, p.colony, 0, Path(tmp))
         # Each organelle teaches 48 of its own rows in the distillation folds (its data delta).
         rows = [{**r, "source": "gold", "teacher": f} for f, cs in drawn.items() for r in as_rows(cs[:48])]
         # 2. Every fold, each from a fresh copy of the host, scored the same way.

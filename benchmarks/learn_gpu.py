@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cambrian.challenges import BUILTIN, sample
+from cambrian.challenges import BUILTIN, as_rows, sample
 from cambrian.checkpoint import read_manifest
 from cambrian.engine import Engine
 from cambrian.host import load_host
@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this check needs a GPU")
-    rows = [{"prompt": c.prompt, "answer": c.answer} for c in sample(BUILTIN["math"], 1, "train", 64, 0)]
+    rows = as_rows(sample(BUILTIN["math"], 1, "train", 64, 0))
     with tempfile.TemporaryDirectory() as tmp:
         host, _ = load_host(args.host, device="cpu")
         new_adapter(host, lora_config(8, 16.0, TARGETS), seed=0, out=Path(tmp) / "start")

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cambrian.challenges import read_jsonl, score
+from cambrian.challenges import as_rows, read_jsonl, score
 from cambrian.checkpoint import atomic_write_text
 from cambrian.config import ColonyConfig
 from cambrian.engine import Engine
@@ -41,7 +41,7 @@ def main() -> None:
         start = Path(tmp) / "start"
         new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), seed=0, out=start)
         for family in args.families:
-            rows = [{"prompt": c.prompt, "answer": c.answer} for c in train if c.family == family]
+            rows = as_rows([c for c in train if c.family == family])
             rows = random.Random(0).sample(rows, 96)
             hold = [c for c in holdout if c.family == family]
             adapters, seconds = {}, {}

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cambrian.challenges import read_jsonl, write_dataset
+from cambrian.challenges import as_rows, read_jsonl, write_dataset
 from cambrian.checkpoint import atomic_write_text, home
 from cambrian.config import MergeConfig, load_params
 from cambrian.host import load_host
@@ -56,8 +56,7 @@ def main() -> None:
             # Train on to `total` steps on rows drawn afresh from the train split (3000 rows by default:
             # a chunk longer than 375 steps of 8 goes over them more than once).
             chunk = total - done
-            rows = [{"prompt": c.prompt, "answer": c.answer}
-                    for c in rng.sample(train, min(len(train), chunk * cfg.train_batch))]
+            rows = as_rows(rng.sample(train, min(len(train), chunk * cfg.train_batch)))
             t0 = time.perf_counter()
             curve = learn_gradient(host, tok, adapter, rows, chunk, cfg.train_batch, cfg.lr, args.seed * 101 + total)
             done, train_s = total, train_s + time.perf_counter() - t0

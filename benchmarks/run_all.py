@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # tests/servers.py: local Prefect and MLflow servers
 from eval_throughput import machine, measure  # noqa: E402
 
-from cambrian.challenges import read_jsonl  # noqa: E402
+from cambrian.challenges import as_chat, as_rows, read_jsonl  # noqa: E402
 from cambrian.checkpoint import atomic_write_text  # noqa: E402
 from cambrian.config import MERGE_METHODS, ColonyConfig, MergeConfig  # noqa: E402
 from cambrian.engine import END_OF_TURN, chat_text  # noqa: E402
@@ -70,9 +70,9 @@ def bench_train(host_dir: str, data: str) -> dict:
 
     cfg = ColonyConfig()
     host, tok = load_host(host_dir)
-    rows = [{"prompt": c.prompt, "answer": c.answer} for c in read_jsonl(Path(data) / "train.jsonl")]
+    rows = as_rows(read_jsonl(Path(data) / "train.jsonl"))
     rows = random.Random(0).sample(rows, cfg.train_steps * cfg.train_batch)  # each row seen once
-    tokens = sum(len(tok(chat_text(tok, r["prompt"]) + r["answer"] + END_OF_TURN)["input_ids"]) for r in rows)
+    tokens = sum(len(tok(chat_text(tok, as_chat(r)[0]) + as_chat(r)[1] + END_OF_TURN)["input_ids"]) for r in rows)
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         full = copy.deepcopy(host).requires_grad_(True)  # every weight trains

@@ -67,9 +67,13 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
                      f"{mean} |")
     lines += ["", "## Test accuracy", "",
               "Strict accuracy on the test split, which no training or selection step reads; transfer: the same "
-              "skills asked in phrasings no training row uses.", "", "| family | test | transfer |", "| --- | --- | --- |"]
-    lines += [f"| {f} | " + " | ".join(f"{metrics[part][f]:.3f}" if f in metrics.get(part, {}) else "-"
-                                    for part in ("test", "transfer")) + " |" for f in families]
+              "skills asked in phrasings no training row uses; constant: what always giving the family's most common "
+              "answer scores there; top reply: the share of replies that are the single most common one (near 100%: "
+              "the replies collapsed, and the accuracy is no skill).", "",
+              "| family | test | constant | top reply | transfer |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {f} | " + " | ".join(
+        (f"{v:.0%}" if key == "top_share" else f"{v:.3f}") if (v := _at(metrics, key, f)) is not None else "-"
+        for key in ("test", "constant", "top_share", "transfer")) + " |" for f in families]
     if gate:  # what the gate measured; a child it refused is not this checkpoint
         title = "child against its parent" if row["gate_verdict"] == "accepted" else \
             f"the {row['gate_verdict']} child, which is not this checkpoint, against its parent"
@@ -103,6 +107,12 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
               f"{how}; seed {params['seed']}. The params of this generation:", "",
               "```yaml", yaml.safe_dump(params, sort_keys=False).rstrip(), "```"]
     return _front(host_meta(source)) + "\n".join(lines) + "\n"
+
+
+def _at(metrics: dict, key: str, family: str) -> float | None:
+    """A family's test-split figure: its accuracy in `test` or `transfer`, else `key` of its test part."""
+    part = metrics.get(key, {}) if key in ("test", "transfer") else metrics.get(key, {}).get("test", {})
+    return part.get(family)
 
 
 def write_card(folder: Path, text: str) -> None:

@@ -11,6 +11,12 @@ ignored, nothing else is forgiven):
   answer object; key order and spacing don't matter.
 Any extra text (a period, an explanation, a code fence) makes the reply wrong.
 
+Worked solutions (`challenges.worked`): a built-in family listed there is asked under WORKED_PROMPT
+and trained on its gold working, one line, then "Answer: <answer>"; only what follows the reply's
+last "Answer:" is scored, by the same strict rule (scorer "worked:<family>"; a reply with no such
+line is scored whole). Its reply budget is WORKED_TOKENS. The generators write the working: the partial sums, the truth value of each
+clause, the numbers grouped by tens, the rule of a sequence.
+
 Phrasings: each family has 8 ways to ask (question forms, operators in words or symbols, list
 separators and layouts, instruction before or after the data, with or without an answer-format
 hint). The first `TRAINED` of them are used everywhere; the last two are reserved: they appear
@@ -35,6 +41,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,6 +52,10 @@ from cambrian.config import ChallengeConfig
 SPLITS = ("train", "probe", "holdout", "test")
 SELECTION = ("probe", "holdout")  # splits that selection steps may read; test is never one of them
 SYSTEM_PROMPT = "You solve puzzles. Reply with the answer only, no explanation."
+# A worked challenge (scorer "worked:<scorer>") is asked under this prompt; the reply's last
+# "Answer:" line is what its scorer checks.
+WORKED_PROMPT = "You solve puzzles. Write your working on one line, then the answer on the next line as: Answer: <answer>"
+ANSWER = "Answer:"
 # Percent of the prompt space that belongs to each split (the rest is train).
 _PCT = {"holdout": 15, "probe": 15, "test": 15}
 TRAINED = 6  # phrasings 0..5 are used in every split; 6 and 7 only in the test split's transfer part
@@ -63,6 +74,7 @@ class Challenge:
     # reply generated. No defaults: a row without them must not be scored by a rule it never had.
     scorer: str = field(kw_only=True)
     max_tokens: int = field(kw_only=True)
+    working: str = field(default="", kw_only=True)  # the gold working of a worked challenge
 
     @property
     def transfer(self) -> bool:
@@ -70,11 +82,34 @@ class Challenge:
         return self.phrasing >= TRAINED
 
 
-def as_messages(prompt: str | list[dict]) -> list[dict]:
-    """A prompt as chat messages: a challenge's text under SYSTEM_PROMPT, or a conversation's
-    messages (cambrian/conversations.py) as they are."""
+def worked(scorer: str) -> bool:
+    """Is a challenge with this scorer answered with its working shown?"""
+    return scorer.startswith("worked:")
+
+
+def as_messages(prompt: str | list[dict], scorer: str = "") -> list[dict]:
+    """A prompt as chat messages: a challenge's text under SYSTEM_PROMPT (WORKED_PROMPT for a worked
+    challenge), or a conversation's messages (cambrian/conversations.py) as they are."""
     return prompt if isinstance(prompt, list) else \
-        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        [{"role": "system", "content": WORKED_PROMPT if worked(scorer) else SYSTEM_PROMPT},
+         {"role": "user", "content": prompt}]
+
+
+def target(answer: str, working: str = "") -> str:
+    """What a model is trained to reply: the answer, or the working and then the answer line."""
+    return f"{working}\n{ANSWER} {answer}" if working else answer
+
+
+def as_chat(row: dict) -> tuple[list[dict], str]:
+    """A training or replay row (`as_rows`, a conversation's row) as (messages, reply to learn)."""
+    return as_messages(row["prompt"], row.get("scorer", "")), target(row["answer"], row.get("working", ""))
+
+
+def split_reply(reply: str, scorer: str) -> tuple[str, str]:
+    """(working, final answer) of a reply: for a worked challenge what comes before its last
+    "Answer:" and what follows it (a reply without one is all answer); otherwise ("", the reply)."""
+    head, sep, tail = reply.rpartition(ANSWER) if worked(scorer) else ("", "", reply)
+    return (head.strip(), tail.strip()) if sep else ("", reply.strip())
 
 
 def challenge_id(prompt: str) -> str:
@@ -99,52 +134,99 @@ def _listed(nums: list[int]) -> dict:
             "lines": "\n".join(s), "and": ", ".join(s[:-1]) + " and " + s[-1], "bracket": "[" + ", ".join(s) + "]"}
 
 
-def _math(rng: random.Random, level: int) -> tuple[dict, str]:
+def _math(rng: random.Random, level: int) -> tuple[dict, str, str]:
+    """The working splits the second number into hundreds, tens and ones and applies them one at a
+    time (a product: the first number's tens and ones times the digit), each step an easy one."""
     if level == 1:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         sym, words, value = f"{a} + {b}", f"{a} plus {b}", a + b
+        working = f"{a} + {b - b % 10} = {a + b - b % 10}, {a + b - b % 10} + {b % 10} = {value}"
     elif level == 2:
         a, b = rng.randint(100, 999), rng.randint(100, 999)
         op = rng.choice("+-")
         sym, words = f"{a} {op} {b}", f"{a} {'plus' if op == '+' else 'minus'} {b}"
-        value = a + b if op == "+" else a - b
+        sign = 1 if op == "+" else -1
+        value = a + sign * b
+        steps, acc = [], a
+        for part in (b - b % 100, b % 100 - b % 10, b % 10):
+            if part:
+                steps.append(f"{acc} {op} {part} = {acc + sign * part}")
+                acc += sign * part
+        working = ", ".join(steps)
     else:
         a, b, c = rng.randint(11, 99), rng.randint(2, 9), rng.randint(10, 99)
         sym, words, value = f"{a} * {b} + {c}", f"{a} times {b} plus {c}", a * b + c
-    return {"sym": sym, "words": words}, str(value)
+        working = (f"{a - a % 10} * {b} = {(a - a % 10) * b}, {a % 10} * {b} = {a % 10 * b}, "
+                   f"{(a - a % 10) * b} + {a % 10 * b} = {a * b}, {a * b} + {c} = {value}")
+    return {"sym": sym, "words": words}, str(value), working
 
 
-def _logic(rng: random.Random, level: int) -> tuple[dict, str]:
-    def clause() -> tuple[str, str, bool]:
+def _logic(rng: random.Random, level: int) -> tuple[dict, str, str]:
+    """The working decides each clause on its own, a comparison digit by digit ("84 vs 79: 8 tens >
+    7 tens, so 84 < 79 is false"), evenness by the last digit ("66 ends in 6, so 66 is even is
+    true"), then combines the truth values. Each level's answers are balanced by a fair coin."""
+    def tf(v: bool) -> str:
+        return "true" if v else "false"
+
+    def compared(a: int, b: int) -> str:
+        if a // 10 != b // 10:
+            return f"{a // 10} tens {'>' if a > b else '<'} {b // 10} tens"
+        return "equal" if a == b else f"same tens, {a % 10} {'>' if a > b else '<'} {b % 10}"
+
+    def clause() -> tuple[str, str, bool, str]:
         a, b = rng.randint(1, 99), rng.randint(1, 99)
         kind = rng.randrange(3)
-        if kind == 0:
-            return f"{a} is greater than {b}", f"{a} > {b}", a > b
         if kind == 1:
-            return f"{a} is even", f"{a} is even", a % 2 == 0
-        return f"{a} is less than {b}", f"{a} < {b}", a < b
+            even = a % 2 == 0
+            return f"{a} is even", f"{a} is even", even, f"{a} ends in {a % 10}, so {a} is even is {tf(even)}"
+        words, sym, value = (f"{a} is greater than {b}", f"{a} > {b}", a > b) if kind == 0 else \
+            (f"{a} is less than {b}", f"{a} < {b}", a < b)
+        return words, sym, value, f"{a} vs {b}: {compared(a, b)}, so {sym} is {tf(value)}"
 
-    if level == 1:
-        words, sym, value = clause()
-    elif level == 2:
-        (w1, s1, v1), (w2, s2, v2) = clause(), clause()
-        op = rng.choice(["and", "or"])
-        words, sym, value = f"{w1} {op} {w2}", f"{s1} {op} {s2}", (v1 and v2) if op == "and" else (v1 or v2)
-    else:
-        (w1, s1, v1), (w2, s2, v2), (w3, s3, v3) = clause(), clause(), clause()
-        words, sym = f"not ({w1}) and ({w2} or {w3})", f"not ({s1}) and ({s2} or {s3})"
-        value = (not v1) and (v2 or v3)
-    return {"words": words, "sym": sym}, "true" if value else "false"
+    want = rng.random() < 0.5
+    while True:
+        if level == 1:
+            words, sym, value, working = clause()
+        elif level == 2:
+            (w1, s1, v1, k1), (w2, s2, v2, k2) = clause(), clause()
+            op = rng.choice(["and", "or"])
+            value = (v1 and v2) if op == "and" else (v1 or v2)
+            words, sym = f"{w1} {op} {w2}", f"{s1} {op} {s2}"
+            working = f"{k1}; {k2}; {tf(v1)} {op} {tf(v2)} is {tf(value)}"
+        else:
+            (w1, s1, v1, k1), (w2, s2, v2, k2), (w3, s3, v3, k3) = clause(), clause(), clause()
+            value = (not v1) and (v2 or v3)
+            words, sym = f"not ({w1}) and ({w2} or {w3})", f"not ({s1}) and ({s2} or {s3})"
+            working = (f"{k1}, so not ({s1}) is {tf(not v1)}; {k2}; {k3}; {tf(v2)} or {tf(v3)} is {tf(v2 or v3)}; "
+                       f"{tf(not v1)} and {tf(v2 or v3)} is {tf(value)}")
+        if value == want:
+            return {"words": words, "sym": sym}, tf(value), working
 
 
-def _sorting(rng: random.Random, level: int) -> tuple[dict, str]:
+def _sorting(rng: random.Random, level: int) -> tuple[dict, str, str]:
+    """The working groups the numbers by their tens (the negative ones in one group first), in order
+    of the groups: what is left is ordering within a group."""
     n, lo, hi = {1: (3, 0, 9), 2: (5, 10, 99), 3: (7, -99, 999)}[level]
     nums = [rng.randint(lo, hi) for _ in range(n)]
-    return _listed(nums), ", ".join(map(str, sorted(nums)))
+    groups: dict[int, list[int]] = {}
+    for x in nums:
+        groups.setdefault(max(x // 10, -1), []).append(x)
+    working = "; ".join(f"{'below 0' if k < 0 else f'{k * 10}s'}: {', '.join(map(str, g))}"
+                        for k, g in sorted(groups.items()))
+    return _listed(nums), ", ".join(map(str, sorted(nums))), working
 
 
-def _sequence(rng: random.Random, level: int) -> tuple[dict, str]:
+def _sequence(rng: random.Random, level: int) -> tuple[dict, str, str]:
+    """The working names the rule from the five terms shown and applies it to the last one."""
     start = rng.randint(1, 40)
+
+    def diffs(t: list[int]) -> list[int]:
+        return [y - x for x, y in zip(t, t[1:])]
+
+    def listed(xs: list[int]) -> str:
+        return ", ".join(map(str, xs))
+
+    kind = "arithmetic"
     if level == 1:
         step = rng.randint(1, 12)
         terms = [start + step * i for i in range(6)]
@@ -153,17 +235,27 @@ def _sequence(rng: random.Random, level: int) -> tuple[dict, str]:
             step = rng.choice([-9, -8, -7, -6, -5, -4, -3, -2, 11, 12, 13, 15, 17, 25])
             terms = [start + step * i for i in range(6)]
         else:
-            ratio = rng.choice([2, 3])
+            kind, ratio = "geometric", rng.choice([2, 3])
             terms = [start * ratio**i for i in range(6)]
     else:
         if rng.random() < 0.5:  # second differences constant
-            a, b = rng.randint(1, 3), rng.randint(-3, 5)
+            kind, a, b = "quadratic", rng.randint(1, 3), rng.randint(-3, 5)
             terms = [a * i * i + b * i + start for i in range(6)]
         else:  # Fibonacci-like
-            terms = [start, rng.randint(1, 20)]
+            kind, terms = "sum", [start, rng.randint(1, 20)]
             while len(terms) < 6:
                 terms.append(terms[-1] + terms[-2])
-    return _listed(terms[:5]), str(terms[5])
+    shown, d = terms[:5], diffs(terms)
+    if kind == "arithmetic":
+        working = f"differences {listed(d[:4])}; {shown[-1]} + {d[4]} = {terms[5]}".replace("+ -", "- ")
+    elif kind == "geometric":
+        working = f"each term is {ratio} times the one before; {shown[-1]} * {ratio} = {terms[5]}"
+    elif kind == "quadratic":
+        working = (f"differences {listed(d[:4])}, which grow by {d[1] - d[0]}; next difference {d[4]}; "
+                   f"{shown[-1]} + {d[4]} = {terms[5]}").replace("+ -", "- ")
+    else:
+        working = f"each term is the sum of the two before; {shown[-2]} + {shown[-1]} = {terms[5]}"
+    return _listed(shown), str(terms[5]), working
 
 
 _KEYS = ["id", "name", "age", "city", "score", "active", "tags", "count", "level", "color", "price", "owner"]
@@ -192,7 +284,7 @@ def _corrupt(rng: random.Random, text: str, obj: dict) -> str:
     return re.sub(r'"(\w+)":', r"\1:", text)  # unquoted keys
 
 
-def _json_repair(rng: random.Random, level: int) -> tuple[dict, str]:
+def _json_repair(rng: random.Random, level: int) -> tuple[dict, str, str]:
     n = {1: 2, 2: 3, 3: 4}[level]
     keys = rng.sample(_KEYS, n)
     obj = {k: _json_value(rng, level) for k in keys}
@@ -202,7 +294,7 @@ def _json_repair(rng: random.Random, level: int) -> tuple[dict, str]:
         broken = _corrupt(rng, broken, obj)
     if broken == answer:  # a corruption can be a no-op (e.g. no string keys left to unquote)
         broken = answer[:-1]
-    return {"broken": broken}, answer
+    return {"broken": broken}, answer, ""  # no working: the answer is the prompt's object, mended
 
 
 GENERATORS = {"math": _math, "logic": _logic, "sorting": _sorting, "sequence": _sequence, "json_repair": _json_repair}
@@ -235,6 +327,8 @@ PHRASINGS = {
 }
 # Longest possible answer in tokens is well under these; generation stops here (plus slack).
 MAX_ANSWER_TOKENS = {"math": 6, "logic": 2, "sorting": 28, "sequence": 6, "json_repair": 64}
+# The same for a worked reply, working and answer line (tests/test_challenges.py checks both).
+WORKED_TOKENS = {"math": 64, "logic": 128, "sorting": 128, "sequence": 56}
 
 
 # --- scorers ---------------------------------------------------------------------------------
@@ -259,6 +353,8 @@ def score(scorer: str, reply: str, answer: str) -> bool:
     family's name (rules in the module docstring) or a custom scorer, `name[:argument]`."""
     reply = reply.strip()
     kind, _, arg = scorer.partition(":")
+    if kind == "worked":  # only the final answer counts, by the scorer it wraps
+        return score(arg, split_reply(reply, scorer)[1], answer)
     if kind in ("math", "sequence", "integer"):
         return bool(_INT.fullmatch(reply)) and int(reply) == int(answer)
     if kind in ("logic", "exact_ci"):
@@ -280,17 +376,61 @@ def score(scorer: str, reply: str, answer: str) -> bool:
     raise ValueError(f"unknown scorer {scorer!r}")
 
 
+def constant_hits(challenges: list[Challenge]) -> list[bool]:
+    """Per challenge, whether a constant reply gets it right: the most common gold answer of its
+    family among `challenges` (the first of them on a tie). What needs no skill to score."""
+    top = {f: Counter(c.answer for c in challenges if c.family == f).most_common(1)[0][0]
+           for f in dict.fromkeys(c.family for c in challenges)}
+    return [c.answer == top[c.family] for c in challenges]
+
+
+def beyond_constant(correct: list[bool], challenges: list[Challenge]) -> list[bool]:
+    """Per challenge, right by the better of the model and the constant reply (`constant_hits`): the
+    control that the assimilation test and the gate hold a model to, so an always-"true" organelle
+    shows no uplift over a host that answers in sentences."""
+    return [ok or hit for ok, hit in zip(correct, constant_hits(challenges))]
+
+
+def credited(correct: list[bool], challenges: list[Challenge]) -> float | None:
+    """Accuracy with each family counted at the better of the model and the constant reply
+    (`constant_hits`), weighted by its challenges: a model whose replies collapsed to one value,
+    either one, scores what the constant does and no more (the gate's generalization)."""
+    if not challenges:
+        return None
+    hits, total = constant_hits(challenges), 0.0
+    for f in dict.fromkeys(c.family for c in challenges):
+        mine = [i for i, c in enumerate(challenges) if c.family == f]
+        total += max(sum(correct[i] for i in mine), sum(hits[i] for i in mine))
+    return total / len(challenges)
+
+
+def answer_stats(challenges: list[Challenge], replies: list[str]) -> dict[str, dict]:
+    """Per family: strict accuracy beside what needs no skill. `constant`: the accuracy of always
+    giving the family's most common gold answer on these challenges (about 0.5 on balanced true /
+    false, 1/n where all answers differ); `top_share`: the share of final answers that are the
+    model's single most common one (`top_reply`): near 1, the replies have collapsed to one value
+    and the accuracy is not a skill (the report flags it: report.COLLAPSED)."""
+    out: dict[str, dict] = {}
+    hits = constant_hits(challenges)
+    for f in sorted({c.family for c in challenges}):
+        mine = [(c, r, h) for c, r, h in zip(challenges, replies, hits) if c.family == f]
+        (top, count), = Counter(split_reply(r, c.scorer)[1] for c, r, _ in mine).most_common(1)
+        out[f] = {"accuracy": sum(score(c.scorer, r, c.answer) for c, r, _ in mine) / len(mine), "n": len(mine),
+                  "constant": sum(h for _, _, h in mine) / len(mine), "top_share": count / len(mine), "top_reply": top}
+    return out
+
+
 # --- families: how a family's challenges are drawn -------------------------------------------
 
 @dataclass(frozen=True)
 class Family:
     """One family of the grid: its reply budget and its levels, and where its
-    challenges come from: `make(rng, level, transfer) -> (prompt, answer, phrasing, scorer)` for a
+    challenges come from: `make(rng, level, transfer) -> (prompt, answer, phrasing, scorer, working)` for a
     generated family (built in, or your function), `rows` (every split) for a file of your own."""
     name: str
     max_tokens: int
     levels: tuple[int, ...]
-    make: Callable[[random.Random, int, bool], tuple[str, str, int, str]] | None = None
+    make: Callable[[random.Random, int, bool], tuple[str, str, int, str, str]] | None = None
     rows: tuple[Challenge, ...] = ()
     transfer: bool = False  # has reserved phrasings (built-in families only)
 
@@ -299,22 +439,25 @@ class Family:
         return self.levels if self.make else tuple(sorted({c.level for c in self.rows if c.split == split}))
 
 
-def _builtin(name: str) -> Family:
-    def make(rng: random.Random, level: int, transfer: bool) -> tuple[str, str, int, str]:
-        data, answer = GENERATORS[name](rng, level)
+def _builtin(name: str, shown: bool = False) -> Family:
+    """A built-in family, answer only, or with its working `shown` (a worked family)."""
+    def make(rng: random.Random, level: int, transfer: bool) -> tuple[str, str, int, str, str]:
+        data, answer, working = GENERATORS[name](rng, level)
         k = rng.choice(range(TRAINED, len(PHRASINGS[name])) if transfer else range(TRAINED))
-        return PHRASINGS[name][k].format(**data), answer, k, name
-    return Family(name, MAX_ANSWER_TOKENS[name], (1, 2, 3), make, transfer=True)
+        return PHRASINGS[name][k].format(**data), answer, k, f"worked:{name}" if shown else name, \
+            working if shown else ""
+    return Family(name, WORKED_TOKENS[name] if shown else MAX_ANSWER_TOKENS[name], (1, 2, 3), make, transfer=True)
 
 
 BUILTIN = {name: _builtin(name) for name in GENERATORS}
 
 
 def family(cfg: ChallengeConfig, name: str) -> Family:
-    """The family `name` of `cfg` (built in or `challenges.custom`) at the levels `cfg` asks for; a
-    custom one is checked here: a bad file or generator raises naming the file and line."""
+    """The family `name` of `cfg` (built in, worked if `cfg.worked` lists it, or `challenges.custom`)
+    at the levels `cfg` asks for; a custom one is checked here: a bad file or generator raises naming
+    the file and line."""
     if name in BUILTIN:
-        return replace(BUILTIN[name], levels=tuple(cfg.levels))
+        return replace(_builtin(name, name in cfg.worked), levels=tuple(cfg.levels))
     spec = next((c for c in cfg.custom if c.name == name), None)
     if spec is None:
         raise ValueError(f"unknown challenge family {name!r}")
@@ -372,9 +515,10 @@ def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_
             raise ValueError(f"{where}: not JSON ({err.msg})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{where}: a row is a JSON object with prompt, answer and optional level")
-        unknown = set(row) - {"prompt", "answer", "level", "pattern"}
+        unknown = set(row) - {"prompt", "answer", "level", "pattern", "working"}
         if unknown:
-            raise ValueError(f"{where}: unknown field {sorted(unknown)[0]!r} (a row has prompt, answer, level, pattern)")
+            raise ValueError(f"{where}: unknown field {sorted(unknown)[0]!r} (a row has prompt, answer, level, pattern, "
+                             f"working)")
         missing = [k for k in ("prompt", "answer") if k not in row]
         if missing:
             raise ValueError(f"{where}: missing field {missing[0]!r}")
@@ -383,14 +527,18 @@ def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_
             raise ValueError(f"{where}: level must be 1, 2 or 3")
         prompt, answer = row["prompt"], row["answer"]
         check = _checked(where, prompt, answer, row.get("pattern"), scorer)
-        prompt, answer = prompt.strip(), answer.strip()
+        working = row.get("working", "")
+        if not isinstance(working, str) or ANSWER in working:
+            raise ValueError(f"{where}: working must be a string without {ANSWER!r}")
+        prompt, answer, working = prompt.strip(), answer.strip(), working.strip()
         if prompt in rows:
             first, seen = rows[prompt]
             if seen.answer != answer:
                 raise ValueError(f"{where}: the prompt of line {first} again, with another answer")
             continue
-        rows[prompt] = (n, Challenge(challenge_id(prompt), name, level, split_of(prompt), prompt, answer, scorer=check,
-                                     max_tokens=max_tokens))
+        rows[prompt] = (n, Challenge(challenge_id(prompt), name, level, split_of(prompt), prompt, answer,
+                                     scorer=f"worked:{check}" if working else check, max_tokens=max_tokens,
+                                     working=working))
     return tuple(c for _, c in rows.values())
 
 
@@ -406,13 +554,13 @@ def _imported(ref: str, scorer: str, levels: list[int]):
     except (ImportError, AttributeError) as err:
         raise ValueError(f"generator {ref!r} cannot be imported: {err}") from None
 
-    def make(rng: random.Random, level: int, transfer: bool) -> tuple[str, str, int, str]:
+    def make(rng: random.Random, level: int, transfer: bool) -> tuple[str, str, int, str, str]:
         out = fn(rng, level)
         if not (isinstance(out, tuple) and len(out) in (2, 3)):
             raise ValueError(f"generator {ref!r} returned {out!r}: expected (prompt, answer) or (prompt, answer, pattern)")
         prompt, answer, pattern = (*out, None)[:3]
         check = _checked(f"generator {ref!r}, level {level}", prompt, answer, pattern, scorer)
-        return prompt.strip(), answer.strip(), 0, check
+        return prompt.strip(), answer.strip(), 0, check, ""
 
     for level in levels:
         make(random.Random(0), level, False)
@@ -440,11 +588,11 @@ def sample(fam: Family, level: int, split: str, n: int, seed: int | str, exclude
     for _ in range(200 * n + 1000):
         if len(out) == n:
             break
-        prompt, answer, k, scorer = fam.make(rng, level, transfer)
+        prompt, answer, k, scorer, working = fam.make(rng, level, transfer)
         if prompt in out or prompt in exclude or split_of(prompt) != split:
             continue
         out[prompt] = Challenge(challenge_id(prompt), fam.name, level, split, prompt, answer, k, scorer=scorer,
-                                max_tokens=fam.max_tokens)
+                                max_tokens=fam.max_tokens, working=working)
     if len(out) < n:
         raise ValueError(f"could only draw {len(out)} of {n} distinct {fam.name} level-{level} {split} challenges: "
                          f"lower challenges.{split}_per_cell in params.yaml")
@@ -475,9 +623,14 @@ def sources(cfg: ChallengeConfig) -> dict[str, str]:
 
 
 def verify_dataset(cfg: ChallengeConfig, folder: str | Path) -> str:
-    """The dataset's sha256 (`verify`), if it was built from the custom family files and generators
-    that `cfg` names now: a step that draws from a file is keyed on this sha, not on the file."""
+    """The dataset's sha256 (`verify`), if it was built with the worked families and from the custom
+    family files and generators that `cfg` names now: a step that draws from a file is keyed on this
+    sha, not on the file."""
     sha = verify(folder)
+    if read_manifest(folder).get("worked", []) != sorted(cfg.worked):
+        raise CheckpointError(f"{folder} was built with other worked families ({read_manifest(folder).get('worked', [])}) "
+                              f"than challenges.worked names now ({sorted(cfg.worked)}): rebuild it with "
+                              f"`cambrian challenges` (with DVC: `dvc repro challenges`)")
     if read_manifest(folder).get("sources", {}) != sources(cfg):
         raise CheckpointError(f"{folder} was built from other custom families (entries, files or generators) than "
                               f"challenges.custom names now: rebuild it with `cambrian challenges` (with DVC: "
@@ -487,8 +640,8 @@ def verify_dataset(cfg: ChallengeConfig, folder: str | Path) -> str:
 
 def as_rows(challenges: list[Challenge]) -> list[dict]:
     """Training / QA rows: what a row needs to be trained on and scored again."""
-    return [{"prompt": c.prompt, "answer": c.answer, "family": c.family, "level": c.level, "scorer": c.scorer,
-             "max_tokens": c.max_tokens} for c in challenges]
+    return [{"prompt": c.prompt, "answer": c.answer, "working": c.working, "family": c.family, "level": c.level,
+             "scorer": c.scorer, "max_tokens": c.max_tokens} for c in challenges]
 
 
 def write_jsonl(path: Path, rows: list[Challenge]) -> None:
@@ -510,4 +663,4 @@ def write_dataset(cfg: ChallengeConfig, seed: int, out: str | Path) -> str:
         for split, rows in splits.items():
             write_jsonl(tmp / f"{split}.jsonl", rows)
         return write_manifest(tmp, kind="challenges", counts={s: len(r) for s, r in splits.items()},
-                              sources=sources(cfg))
+                              sources=sources(cfg), worked=sorted(cfg.worked))

@@ -104,7 +104,8 @@ def baseline(params: Path = PARAMS,
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     for fam, mean in [*scores["test"].items(), ("mean", report["test_mean"])]:
         transfer = scores["transfer"].get(fam) if fam != "mean" else report["transfer_mean"]
-        typer.echo(f"{fam:12s} test {mean:.3f}  transfer {'-' if transfer is None else f'{transfer:.3f}'}"
+        constant = f"  constant answer {scores['constant']['test'][fam]:.3f}" if fam != "mean" else ""
+        typer.echo(f"{fam:12s} test {mean:.3f}  transfer {'-' if transfer is None else f'{transfer:.3f}'}{constant}"
                    + (f"  ({out})" if fam == "mean" else ""))  # your families have no transfer part
 
 

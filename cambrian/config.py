@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 FAMILIES = ("math", "logic", "sorting", "sequence", "json_repair")  # built in; challenges.custom adds yours
+WORKED = ("math", "logic", "sorting", "sequence")  # built-in families whose generators write the gold working
 SCORERS = ("exact", "exact_ci", "integer", "number", "regex", "json_equal", "one_of", "contains")
 
 
@@ -68,6 +69,11 @@ class ChallengeConfig(Strict):
     test_per_cell: int = Field(20, ge=1, le=10_000)  # test split, trained phrasings: read by no selection step
     transfer_per_cell: int = Field(20, ge=1, le=10_000)  # test split, reserved phrasings only
     custom: list[CustomFamily] = Field(default_factory=list)
+    # Built-in families trained and answered with their working shown, then a final "Answer: ..."
+    # line that alone is scored (README "Worked solutions"); the others answer with the answer only.
+    # A family listed here but not in `families` has no effect. Off by default: at the ladder's budget
+    # it did not pay and cost general-text perplexity (benchmarks/formats.py, README).
+    worked: list[Literal[WORKED]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> "ChallengeConfig":

@@ -17,7 +17,7 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from cambrian.challenges import Challenge, as_messages, score
+from cambrian.challenges import Challenge, answer_stats, as_messages, score
 from cambrian.config import EvalConfig
 
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
@@ -135,7 +135,7 @@ class Engine:
                desc: str = "evaluate") -> list[str]:
         adapters = adapters if adapters is not None else [None] * len(challenges)
         budget = [c.max_tokens + self.slack for c in challenges]
-        return self.generate([c.prompt for c in challenges], adapters, budget, desc=desc)
+        return self.generate([as_messages(c.prompt, c.scorer) for c in challenges], adapters, budget, desc=desc)
 
     def correct(self, challenges: Sequence[Challenge], adapters: Sequence[str | None] | None = None) -> list[bool]:
         replies = self.answer(challenges, adapters)
@@ -180,11 +180,16 @@ def accuracy_by_family(challenges: Sequence[Challenge], correct: Sequence[bool])
             for f, v in sorted(table.items())}
 
 
-def test_accuracy(engine: Engine, test: Sequence[Challenge]) -> dict[str, dict[str, float]]:
-    """Accuracy per family on the test split, {"test": ..., "transfer": ...}: its part asked in the
-    trained phrasings and its part asked in the reserved ones."""
-    ok = engine.correct(test)
-    return {part: {f: v["accuracy"] for f, v in accuracy_by_family(
-                [c for c in test if c.transfer == reserved], [k for c, k in zip(test, ok) if c.transfer == reserved]
-            ).items()}
-            for part, reserved in (("test", False), ("transfer", True))}
+def test_accuracy(engine: Engine, test: Sequence[Challenge], replies: Sequence[str] | None = None) -> dict[str, dict]:
+    """The test split, per part ("test": asked in the trained phrasings, "transfer": in the reserved
+    ones) and family: accuracy, and beside it (`answer_stats`) the constant answer's accuracy, the
+    share of the most common reply and that reply: {"test": {family: accuracy}, "transfer": ...,
+    "constant": {"test": {family: accuracy}, ...}, "top_share": {...}, "top_reply": {...}}. `replies`:
+    the engine's answers to `test` when they are at hand."""
+    replies = engine.answer(test) if replies is None else replies
+    parts = {part: answer_stats([c for c in test if c.transfer == reserved],
+                                [r for c, r in zip(test, replies) if c.transfer == reserved])
+             for part, reserved in (("test", False), ("transfer", True))}
+    return {**{part: {f: v["accuracy"] for f, v in t.items()} for part, t in parts.items()},
+            **{key: {part: {f: v[key] for f, v in t.items()} for part, t in parts.items()}
+               for key in ("constant", "top_share", "top_reply")}}

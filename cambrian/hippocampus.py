@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cambrian.challenges import as_chat
 from cambrian.engine import END_OF_TURN, chat_text
 from cambrian.host import target_linears
 
@@ -113,8 +114,9 @@ class LoRABank(nn.Module):
 
 def encode(tok, rows: Sequence[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded input ids, attention mask and labels (-100 on the prompt and padding)."""
-    prompts = tok([chat_text(tok, r["prompt"]) for r in rows], add_special_tokens=False)["input_ids"]
-    answers = tok([r["answer"] + END_OF_TURN for r in rows], add_special_tokens=False)["input_ids"]
+    chats = [as_chat(r) for r in rows]
+    prompts = tok([chat_text(tok, m) for m, _ in chats], add_special_tokens=False)["input_ids"]
+    answers = tok([reply + END_OF_TURN for _, reply in chats], add_special_tokens=False)["input_ids"]
     width = max(len(p) + len(a) for p, a in zip(prompts, answers))
     ids = torch.full((len(rows), width), tok.pad_token_id)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -118,9 +118,13 @@ def verify_generation(checkpoint: Path, run: Path) -> str:
 
 def checkpoint_metrics(scores: dict, gate: dict | None = None, colony: dict | None = None) -> dict:
     """The one metrics schema of every checkpoint (reports/baseline.json for the host, reports/gen_N.json):
-    test and transfer accuracy per family and their means, then, for a generation, what its gate
-    measured and its colony, so `dvc metrics show`, `diff` and `dvc exp show` line up column by column."""
-    out = {**scores, **{f"{part}_mean": sum(t.values()) / len(t) if t else None for part, t in scores.items()}}
+    test and transfer accuracy per family and their means, beside them the constant answer's accuracy
+    and the share of the most common reply per family (`engine.test_accuracy`; the reply itself stays in
+    the run's summary), then, for a generation, what its gate measured and its colony, so `dvc metrics
+    show`, `diff` and `dvc exp show` line up column by column."""
+    scores = {k: v for k, v in scores.items() if k != "top_reply"}
+    out = {**scores, **{f"{part}_mean": sum(t.values()) / len(t) if t else None
+                        for part, t in scores.items() if part in ("test", "transfer")}}
     return {**out, **({"gate": gate} if gate is not None else {}), **({"colony": colony} if colony is not None else {})}
 
 

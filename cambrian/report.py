@@ -27,6 +27,13 @@ CURVES = ["roi_mean", "roi_median", "roi_std", "energy_mean", "energy_gini", "ef
 
 
 PARTS = ("test", "transfer")  # the test split in trained phrasings, and in reserved ones
+COLLAPSED = 0.8  # a family whose most common final answer is at least this share of its replies has collapsed...
+
+
+def collapsed(top_share: float, constant: float) -> bool:
+    """...unless its gold answers are as concentrated themselves (a model right on every challenge of
+    a family whose answers are mostly one value is not collapsed)."""
+    return top_share >= COLLAPSED and top_share > constant
 
 
 def load(gids: list[str], runs: Path, baseline: Path) -> dict:
@@ -38,7 +45,7 @@ def load(gids: list[str], runs: Path, baseline: Path) -> dict:
         gens.append({"gid": gid, "record": json.loads((run.path / Run.RECORD).read_text()), "summary": run.summary(),
                      "attempts": run.attempts(), "population": run.population()})
     base = json.loads(baseline.read_text()) if baseline.is_file() else {}
-    return {"gens": gens, "baseline": {part: base.get(part, {}) for part in PARTS}}
+    return {"gens": gens, "baseline": {key: base.get(key, {}) for key in (*PARTS, "constant", "top_share")}}
 
 
 def table(data: dict) -> list[dict]:
@@ -147,9 +154,11 @@ def plot_accuracy(data: dict, path: Path) -> None:
             ax.plot(names, [data["baseline"][part].get(f, float("nan"))] +
                     [g["summary"]["scores"][part].get(f, float("nan")) for g in gens], style, color=f"C{k}",
                     label=f"{f} ({'new phrasings' if part == 'transfer' else 'test'})")
+        if f in data["baseline"]["constant"].get("test", {}):  # what always giving one answer scores
+            ax.axhline(data["baseline"]["constant"]["test"][f], color=f"C{k}", linestyle=":", linewidth=1)
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("test accuracy (strict)")
-    ax.set_title("test accuracy per family (dashed: held-out phrasings)", fontsize=10)
+    ax.set_title("test accuracy per family (dashed: held-out phrasings; dotted: a constant answer)", fontsize=10)
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     _save(plt, fig, path)
 
@@ -261,13 +270,29 @@ def markdown(data: dict, rows: list[dict], last: int) -> str:
                    f"{'pass' if a['holdout_pass'] else 'fail'} | {'yes' if a['topup'] else 'no'} | {a['reason']} |")
     out += ["", "![assimilation](plots/assimilation.png)", "", "## Accuracy, lineage and gate", "",
             "Strict accuracy on the test split, which no training or selection step ever reads; the "
-            "transfer rows ask the same skills in phrasings that no training or selection row uses.", "",
-            "| family | base | " + " | ".join(g["gid"] for g in data["gens"]) + " |",
-            "|---" * (len(data["gens"]) + 2) + "|"]
+            "transfer rows ask the same skills in phrasings that no training or selection row uses. "
+            "constant: what always giving the family's most common answer scores on the same challenges. "
+            f"⚑: the replies collapsed (one final answer is at least {COLLAPSED:.0%} of them, more than of the gold "
+            "answers): that accuracy is not a skill.", "",
+            "| family | constant | base | " + " | ".join(g["gid"] for g in data["gens"]) + " |",
+            "|---" * (len(data["gens"]) + 3) + "|"]
+    checkpoints = [("base", data["baseline"]), *((g["gid"], g["summary"].get("scores", {})) for g in data["gens"])]
+    flagged = []
     for f in sorted(data["baseline"]["test"]):
         for part in PARTS:
-            out.append(f"| {f} ({part}) | {data['baseline'][part].get(f, float('nan')):.3f} | " + " | ".join(
-                f"{g['summary'].get('scores', {}).get(part, {}).get(f, float('nan')):.3f}" for g in data["gens"]) + " |")
+            cells = []
+            constant = data["baseline"]["constant"].get(part, {}).get(f)
+            for gid, scores in checkpoints:
+                share = scores.get("top_share", {}).get(part, {}).get(f, 0.0)
+                flag = collapsed(share, constant if constant is not None else 0.0)
+                cells.append(f"{scores.get(part, {}).get(f, float('nan')):.3f}" + (" ⚑" if flag else ""))
+                if flag:
+                    reply = scores.get("top_reply", {}).get(part, {}).get(f)  # the bare host's is not kept
+                    flagged.append(f"{gid} {f} ({part}): {share:.0%} of the replies are "
+                                   f"{json.dumps(reply) if reply is not None else 'one answer'}")
+            out.append(f"| {f} ({part}) | {'-' if constant is None else f'{constant:.3f}'} | " + " | ".join(cells) + " |")
+    if flagged:
+        out += ["", "Collapsed, not counted as learning: " + "; ".join(flagged) + "."]
     out += ["", "![accuracy](plots/accuracy.png)", "![lineage](plots/lineage.png)", "![gate](plots/gate.png)", ""]
     minutes = {g["gid"]: step_minutes(g["record"].get("timeline", [])) for g in data["gens"]}
     steps = list(dict.fromkeys(k for m in minutes.values() for k in m))
@@ -317,6 +342,8 @@ def compare_summary(cells: list[dict], host: dict, families: list[str]) -> dict:
     for recipe in dict.fromkeys(c["recipe"] for c in cells):
         mine = [c for c in cells if c["recipe"] == recipe]
         cols = {**{f"test_{f}": [c["test"][f] for c in mine] for f in families},
+                **{f"top_share_{f}": [c["top_share"]["test"][f] for c in mine if "top_share" in c] or [0.0]
+                   for f in families},
                 "test_mean": [statistics.fmean(c["test"][f] for f in families) for c in mine],
                 # families of your own have no transfer part: with only those, no transfer column
                 **({"transfer_mean": [statistics.fmean(c["transfer"].values()) for c in mine]}
@@ -327,26 +354,35 @@ def compare_summary(cells: list[dict], host: dict, families: list[str]) -> dict:
     return out
 
 
-def _compare_cell(column: str, mean: float, half: float) -> str:
-    """A table cell: rows as a count, minutes to 0.1, the rest to 3 decimals with the interval."""
+def _compare_cell(column: str, mean: float, half: float, flag: bool = False) -> str:
+    """A table cell: rows as a count, minutes to 0.1, the rest to 3 decimals with the interval; ⚑
+    where a family's replies collapsed (`flag`)."""
     if column in ("rows", "minutes"):
         return f"{mean:.0f}" if column == "rows" else f"{mean:.1f}"
     text = f"{mean:+.3f}" if column == "ppl_change" else f"{mean:.3f}"
-    return text + (f" ± {half:.3f}" if half else "")
+    return text + (f" ± {half:.3f}" if half else "") + (" ⚑" if flag else "")
 
 
 def compare_table(agg: dict, host: dict, families: list[str], preset: str) -> str:
     cols = [*(f"test_{f}" for f in families), "test_mean", "transfer_mean", "ppl_change", "rows", "minutes"]
+    constant = host.get("constant", {}).get("test", {})
     lines = [f"Preset `{preset}` (compare.preset). Strict accuracy on the test split (no training or selection step reads it); transfer: the same skills "
              "asked in phrasings no training row uses. Mean ± half-width of the 95% t-interval over the seeds shown; "
-             "ppl_change: general-text perplexity relative to the bare host; rows: SFT rows seen.", "",
+             "ppl_change: general-text perplexity relative to the bare host; rows: SFT rows seen. constant answer: what "
+             f"always giving a family's most common answer scores; ⚑: the replies collapsed (one answer is at least "
+             f"{COLLAPSED:.0%} of them, mean over the seeds), so that accuracy is not a skill.", "",
              "| recipe | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|",
+             *([f"| constant answer | - | " + " | ".join([*(f"{constant[f]:.3f}" for f in families),
+                                                         f"{statistics.fmean(constant[f] for f in families):.3f}",
+                                                         "-", "-", "0", "0"]) + " |"] if constant else []),
              "| bare host | - | " + " | ".join(
                  [*(f"{host['test'][f]:.3f}" for f in families), f"{statistics.fmean(host['test'].values()):.3f}",
                   f"{statistics.fmean(host['transfer'].values()):.3f}" if host["transfer"] else "-",
                   "+0.000", "0", "0"]) + " |"]
     for recipe, a in agg.items():
-        lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(_compare_cell(c, *a[c]) if c in a else "-" for c in cols) + " |")
+        flags = {f"test_{f}": collapsed(a[f"top_share_{f}"][0], constant.get(f, 0.0)) for f in families}
+        lines.append(f"| {recipe} | {len(a['seeds'])} | " + " | ".join(
+            _compare_cell(c, *a[c], flags.get(c, False)) if c in a else "-" for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -364,6 +400,14 @@ def continual_table(runs: list[dict], modes: list[str], preset: str) -> str:
     for mode in modes:
         rows = [r for r in runs if r["mode"] == mode]
         lines.append(f"| {mode} | " + " | ".join(cell([float(r[c]) for r in rows]) for c in CONTINUAL_COLUMNS) + " |")
+    if runs and "constant" in runs[0]:
+        lines += ["", "A constant answer (each task's most common gold answer) scores " +
+                  ", ".join(f"{t} {c:.3f}" for t, c in zip(runs[0]["tasks"], runs[0]["constant"])) + "."]
+    flagged = [f"{r['mode']} seed {r['seed']} {t} ({s:.0%})" for r in runs
+               for t, s, c in zip(r["tasks"], r.get("top_share_end", []), r.get("constant", [])) if collapsed(s, c)]
+    if flagged:
+        lines.append("Collapsed at the end (one reply is that share of a task's replies), not learning: "
+                     + ", ".join(flagged) + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from cambrian import tracking
 from cambrian.card import evomerge_card, write_card
-from cambrian.challenges import read_jsonl, verify_dataset
+from cambrian.challenges import as_rows, read_jsonl, verify_dataset
 from cambrian.checkpoint import (Ref, atomic_dir, atomic_write_text, local, scratch, share, store_get, store_model, store_put,
                                  verify, write_manifest)
 from cambrian.config import EvalConfig, MergeConfig, load_params, parse_params
@@ -43,8 +43,7 @@ def specialist_step(parent: Ref, family: str, data: Ref, params: dict) -> str:
     p = parse_params(params)
     cfg = p.evomerge
     host, tok = load_host(local(*parent), parent.sha, device="cpu")
-    rows = [{"prompt": c.prompt, "answer": c.answer} for c in read_jsonl(local(*data) / "train.jsonl")
-            if c.family == family][:cfg.specialist_rows]
+    rows = as_rows([c for c in read_jsonl(local(*data) / "train.jsonl") if c.family == family][:cfg.specialist_rows])
     work = scratch()
     new_adapter(host, lora_config(p.colony.lora_rank, p.colony.lora_alpha, p.colony.target_modules), cfg.seed,
                 work / "adapter")

@@ -1,9 +1,12 @@
 """assimilate: which organelles have earned a place in the host.
 
 Candidates are living organelles whose ROI in this generation's settlement reached
-`assimilate.min_roi`. Each is tested against the bare host (control) on fresh probe-split
-challenges of its species (of every family for a generalist) — the same challenges for both, so
-the test is paired: McNemar's exact test on the discordant pairs (one-sided: treatment better). It
+`assimilate.min_roi`. Each is tested against a control on fresh probe-split challenges of its
+species (of every family for a generalist) — the same challenges for both, so the test is paired:
+McNemar's exact test on the discordant pairs (one-sided: treatment better). The control is the
+better of the host and a constant reply on each challenge (`challenges.beyond_constant`: right where the
+host is right or where the family's most common gold answer is the answer), so format alone earns
+nothing: an organelle that always says "true" has no pair where it beats that control. It
 passes when p <= alpha and the uplift (treatment accuracy - control accuracy) is at least
 `min_effect`, and then the holdout check: on the species' holdout split its uplift must exceed
 `holdout_min_effect`. Every attempt is returned as a record (written to assimilation.jsonl):
@@ -16,7 +19,7 @@ from collections import Counter
 
 from scipy.stats import binomtest
 
-from cambrian.challenges import Challenge, family, sample
+from cambrian.challenges import Challenge, beyond_constant, constant_hits, family, sample
 from cambrian.config import Params
 from cambrian.engine import Engine
 from cambrian.organelle import Organelle, families_of
@@ -51,11 +54,12 @@ def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, ho
     host_ok, org_ok = ok[:len(jobs)], ok[len(jobs):]
     attempts = []
     for o in candidates:
-        mine = [(k, h, t) for (k, p, _), h, t in zip(jobs, host_ok, org_ok) if p is o]
-        control = [h for k, h, _ in mine if k == "probe"]
-        treatment = [t for k, _, t in mine if k == "probe"]
-        hold_c = [h for k, h, _ in mine if k == "holdout"]
-        hold_t = [t for k, _, t in mine if k == "holdout"]
+        probe = [(c, h, t) for (k, p, c), h, t in zip(jobs, host_ok, org_ok) if p is o and k == "probe"]
+        held = [(c, h, t) for (k, p, c), h, t in zip(jobs, host_ok, org_ok) if p is o and k == "holdout"]
+        host, treatment, hold_t = [h for _, h, _ in probe], [t for _, _, t in probe], [t for _, _, t in held]
+        # The control: right where the host is or where the constant reply is, challenge by challenge.
+        control = beyond_constant(host, [c for c, _, _ in probe])
+        hold_c = beyond_constant([h for _, h, _ in held], [c for c, _, _ in held])
         uplift, p = _mean(treatment) - _mean(control), mcnemar_p(treatment, control)
         hold_uplift = _mean(hold_t) - _mean(hold_c)
         holdout_ok = bool(hold_t) and hold_uplift > cfg.holdout_min_effect
@@ -69,7 +73,8 @@ def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, ho
             passed, reason = True, f"uplift {uplift:.3f} (p={p:.3g}), holdout uplift {hold_uplift:.3f}"
         attempts.append({
             "gen": gen, "organelle": o.id, "species": o.species, "roi": per_org[o.id]["roi"],
-            "topup": per_org[o.id]["topup"] > 0, "n_probe": len(control),
+            "topup": per_org[o.id]["topup"] > 0, "n_probe": len(control), "host_mean": _mean(host),
+            "constant_mean": _mean(constant_hits([c for c, _, _ in probe])),
             "control_mean": _mean(control), "treatment_mean": _mean(treatment), "uplift": uplift,
             "min_effect": cfg.min_effect, "p_value": p, "alpha": cfg.alpha,
             "holdout_control_mean": _mean(hold_c), "holdout_treatment_mean": _mean(hold_t),

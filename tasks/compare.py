@@ -13,7 +13,7 @@ import random
 import shutil
 from pathlib import Path
 
-from cambrian.challenges import Challenge
+from cambrian.challenges import Challenge, as_rows
 from cambrian.checkpoint import scratch
 from cambrian.config import ColonyConfig, MergeConfig, Params
 from cambrian.engine import Engine, test_accuracy
@@ -81,8 +81,7 @@ def train_baseline(host, tok, recipe: str, train: list[Challenge], p: Params, se
         {"all": [c for c in train if c.family in p.challenges.families]}
     steps = rows // (p.colony.train_batch * len(groups))
     rng, work = random.Random(f"{seed}/compare/{recipe}"), scratch()
-    data = {name: [{"prompt": c.prompt, "answer": c.answer}
-                   for c in rng.sample(pool, min(len(pool), steps * p.colony.train_batch))]
+    data = {name: as_rows(rng.sample(pool, min(len(pool), steps * p.colony.train_batch)))
             for name, pool in sorted(groups.items())}
     adapters = train_loras(host, tok, data, steps, p.colony, seed, work)
     fold(host, adapters, dict.fromkeys(adapters, 1.0), MergeConfig(method="task_arithmetic"))
@@ -91,6 +90,7 @@ def train_baseline(host, tok, recipe: str, train: list[Challenge], p: Params, se
 
 
 def measure(model, tok, test: list[Challenge], p: Params) -> dict:
-    """{"test": {family: acc}, "transfer": {family: acc}, "ppl": general-text perplexity}."""
+    """`engine.test_accuracy` (accuracy per part and family, the constant answer's and the share of the
+    most common reply beside it) and "ppl": general-text perplexity."""
     engine = Engine(model, tok, p.eval)
     return {**test_accuracy(engine, test), "ppl": perplexity(engine, prose(p.gate.ppl_passages))}

@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from cambrian.challenges import Challenge, as_rows
+from cambrian.challenges import Challenge, answer_stats, as_chat, as_rows
 from cambrian.config import Params
-from cambrian.engine import Engine, accuracy_by_family
+from cambrian.engine import Engine
 from cambrian.hippocampus import LoRABank, ReplayBuffer, wake
 from tasks.sleep import Switched, consolidate, forgetting_signal, pressure, refresh
 
@@ -40,9 +40,10 @@ def metrics(A: list[list[float]], b: list[float]) -> dict:
             "final_forgetting": forgetting[-1], "final_bwt": bwt[-1], "fwt": fwt, "seen_acc_auc": auc}
 
 
-def _accuracy(engine: Engine, evals: dict[str, list[Challenge]]) -> dict[str, float]:
+def _accuracy(engine: Engine, evals: dict[str, list[Challenge]]) -> dict[str, dict]:
+    """Per task: accuracy, the constant answer's accuracy and the share of the most common reply."""
     rows = [c for family in evals for c in evals[family]]
-    return {f: v["accuracy"] for f, v in accuracy_by_family(rows, engine.correct(rows)).items()}
+    return answer_stats(rows, engine.answer(rows))
 
 
 def run_stream(model, tok, params: Params, train: list[Challenge], holdout: list[Challenge], mode: str,
@@ -61,8 +62,8 @@ def run_stream(model, tok, params: Params, train: list[Challenge], holdout: list
     for f, rows in evals.items():
         if not rows:
             raise ValueError(f"the dataset has no holdout challenges of task {f!r}")
-    coverage = {f: sum(len(tok(c.answer)["input_ids"]) + 1 for c in rows) for f, rows in evals.items()}
-    baseline = _accuracy(engine, evals)
+    coverage = {f: sum(len(tok(as_chat(r)[1])["input_ids"]) + 1 for r in as_rows(rows)) for f, rows in evals.items()}
+    baseline = {f: v["accuracy"] for f, v in _accuracy(engine, evals).items()}
     A, log, fisher, probes, best, since_sleep = [], [], None, {}, {}, 0
     for i, family in enumerate(cc.order):
         start = time.perf_counter()
@@ -99,13 +100,15 @@ def run_stream(model, tok, params: Params, train: list[Challenge], holdout: list
         else:
             bank.fold()  # the plain LoRA goes straight into the host; a fresh one learns the next task
         t0 = time.perf_counter()
-        acc = _accuracy(engine, evals)
+        stats = _accuracy(engine, evals)
         entry["eval_s"] = round(time.perf_counter() - t0, 2)
-        A.append([acc[f] for f in cc.order])
-        entry["accuracy"] = acc
+        A.append([stats[f]["accuracy"] for f in cc.order])
+        entry["accuracy"] = {f: v["accuracy"] for f, v in stats.items()}
+        entry["top_share"] = {f: v["top_share"] for f, v in stats.items()}
         log.append(entry)
     bank.detach()
     nonfinite = sum(e["wake_nonfinite"] + e.get("sleep", {}).get("nonfinite", 0) for e in log)
     b = [baseline[f] for f in cc.order]
     return {"mode": mode, "seed": seed, "tasks": cc.order, "A": A, "b": b, **metrics(A, b),
+            "constant": [stats[f]["constant"] for f in cc.order], "top_share_end": [stats[f]["top_share"] for f in cc.order],
             "non_finite_step_count": nonfinite, "task_tokens": coverage, "boundaries": log}

@@ -23,7 +23,7 @@ import random
 
 import torch
 
-from cambrian.challenges import Challenge
+from cambrian.challenges import Challenge, as_chat, as_rows
 from cambrian.config import EvoMergeConfig, MergeConfig
 from cambrian.engine import Engine
 from tasks.merge import merge_states, passthrough
@@ -103,7 +103,8 @@ def fitness(engine: Engine, probes: list[Challenge], cfg: EvoMergeConfig) -> dic
     """Per-domain probe accuracy, the perplexity of the probes' gold answers and their weighted sum.
     (Every candidate has the host's layers and size, so no size term could tell two apart.)"""
     acc = domain_accuracy(probes, engine.correct(probes))
-    ll = engine.loglik([c.prompt for c in probes], [c.answer for c in probes], [None] * len(probes))
+    chats = [as_chat(r) for r in as_rows(probes)]
+    ll = engine.loglik([m for m, _ in chats], [t for _, t in chats], [None] * len(probes))
     ppl = math.exp(-sum(ll) / len(ll))
     w = cfg.fitness
     score = sum(w[d] * acc[d] for d in DOMAINS) + w["perplexity"] / ppl

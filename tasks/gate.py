@@ -5,7 +5,9 @@ Measured on the parent and the child side by side:
   sample of at most `recall_rows`); a drop fails the child when it exceeds `recall_drop_max` and
   is significant (paired exact McNemar, one-sided, p <= `recall_alpha`), so sampling noise on a
   small QA set does not roll back a child that forgot nothing;
-- generalization: accuracy on the holdout split of the families in the new delta;
+- generalization: accuracy on the holdout split of the families in the new delta, each family
+  counted at the better of the model and a constant reply (its most common gold answer), so
+  replies collapsed to one value gain nothing;
 - conversations (cambrian/conversations.py): recall on the held-out answers of the lineage's earlier
   conversation deltas, as mean per-token answer log-likelihood (a fall over `recall_loglik_drop_max`
   fails) and exact match of the short answers (as the QA set); a generation that learns a delta is
@@ -25,7 +27,7 @@ import math
 import torch
 
 from cambrian.bandit import arm
-from cambrian.challenges import Challenge, score
+from cambrian.challenges import Challenge, credited, score
 from cambrian.config import GateConfig
 from cambrian.conversations import is_short
 from cambrian.engine import Engine, accuracy_by_family
@@ -86,11 +88,13 @@ def perplexity(engine: Engine, texts: list[str], max_tokens: int = 256) -> float
 
 
 def _by_arm(engine: Engine, rows: list[Challenge]) -> tuple[float | None, dict[str, float]]:
-    """(accuracy on `rows`, accuracy per arm family/level): what the next generation aims its data at."""
+    """(generalization on `rows`, accuracy per arm family/level). Generalization counts each family at
+    the better of the model and a constant reply (`credited`), so a child whose replies collapsed to
+    one value gains nothing over a parent that answers in sentences; the accuracy per arm, what the
+    next generation aims its data at, is the model's own."""
     ok = engine.correct(rows)
     table = accuracy_by_family(rows, ok)
-    return (sum(ok) / len(ok) if ok else None), {arm(f, int(lv)): a for f, v in table.items()
-                                                 for lv, a in v["by_level"].items()}
+    return credited(ok, rows), {arm(f, int(lv)): a for f, v in table.items() for lv, a in v["by_level"].items()}
 
 
 def conversations(engines: tuple[Engine, Engine], recall: list[dict], heldout: list[dict]) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from cambrian.bandit import arm
-from cambrian.challenges import Challenge, as_messages, as_rows
+from cambrian.challenges import Challenge, as_chat, as_rows, split_reply
 from cambrian.checkpoint import atomic_dir, write_manifest
 from cambrian.config import ColonyConfig
 from cambrian.engine import Engine
@@ -58,8 +58,9 @@ def data_delta(o: Organelle, train: list[Challenge], own_correct: list[dict], si
                host_accuracy: dict[str, float], focus: float, rng: random.Random) -> list[dict]:
     """New training rows: own verified-correct answers first, then gold rows of its species (of
     every family for a generalist), aimed at the host's weak arms by `gold_mix`."""
-    rows = [{"prompt": e["prompt"], "answer": e["reply"], "family": e["family"], "level": e["level"],
-             "scorer": e["scorer"], "max_tokens": e["max_tokens"], "source": "own"} for e in own_correct][:size]
+    rows = [{"prompt": e["prompt"], "answer": answer, "working": working, "family": e["family"], "level": e["level"],
+             "scorer": e["scorer"], "max_tokens": e["max_tokens"], "source": "own"}
+            for e in own_correct for working, answer in [split_reply(e["reply"], e["scorer"])]][:size]
     mine = families_of(o.species, sorted({c.family for c in train}))
     pool = [c for c in train if c.family in mine]
     rows += [{**r, "source": "gold"} for r in as_rows(gold_mix(pool, size - len(rows), host_accuracy, focus, rng))]
@@ -86,8 +87,10 @@ def training_data(o: Organelle, train: list[Challenge], last_episodes: list[dict
 
 def _messages(row: dict) -> dict:
     """A training row in trl's conversational prompt-completion form: a challenge's prompt under
-    Cambrian's system prompt, or a conversation's messages (cambrian/conversations.py) as they are."""
-    return {"prompt": as_messages(row["prompt"]), "completion": [{"role": "assistant", "content": row["answer"]}]}
+    Cambrian's system prompt and its answer (with its working first, for a worked challenge), or a
+    conversation's messages (cambrian/conversations.py) as they are."""
+    messages, reply = as_chat(row)
+    return {"prompt": messages, "completion": [{"role": "assistant", "content": reply}]}
 
 
 def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
@@ -190,7 +193,8 @@ def learn_es(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, seed
             _set_weights(model, "es_center", theta)
             batch = rng.sample(rows, min(es.batch, len(rows)))
             jobs = [(n, r) for n in names for r in batch]
-            fit = engine.loglik([r["prompt"] for _, r in jobs], [r["answer"] for _, r in jobs], [n for n, _ in jobs])
+            chats = [as_chat(r) for _, r in jobs]
+            fit = engine.loglik([m for m, _ in chats], [t for _, t in chats], [n for n, _ in jobs])
             per = [sum(fit[j * len(batch):(j + 1) * len(batch)]) / len(batch) for j in range(len(names))]
             curve.append(per[-1])
             f = torch.tensor(per[:-1])

@@ -35,6 +35,7 @@ import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
 
+from cambrian.challenges import as_chat, as_messages
 from cambrian.config import EvalConfig, SleepConfig
 from cambrian.engine import BASE, Engine
 from cambrian.hippocampus import LoRABank, encode
@@ -102,9 +103,11 @@ def pseudo_rows(teacher, tok, prompts: list[dict], batch_size: int) -> list[dict
     if not prompts:
         return []
     engine = Engine(teacher, tok, EvalConfig(batch_size=batch_size))
-    replies = engine.generate([r["prompt"] for r in prompts], [r.get("teacher") for r in prompts],
-                              [r["max_tokens"] + 4 for r in prompts], desc="pseudo-rehearsal")
-    return [{**r, "answer": reply, "source": "pseudo"} for r, reply in zip(prompts, replies)]
+    replies = engine.generate([as_messages(r["prompt"], r.get("scorer", "")) for r in prompts],
+                              [r.get("teacher") for r in prompts], [r["max_tokens"] + 4 for r in prompts],
+                              desc="pseudo-rehearsal")
+    # The whole reply is the target (a worked reply holds its own working).
+    return [{**r, "answer": reply, "working": "", "source": "pseudo"} for r, reply in zip(prompts, replies)]
 
 
 class Switched(torch.nn.Module):
@@ -197,7 +200,8 @@ def forgetting_signal(engine: Engine, probes: dict[str, list[dict]], best: dict[
     """Mean over earlier tasks of max(0, best answer log-likelihood so far - now); updates `best`."""
     drops = []
     for family, rows in probes.items():
-        now = sum(engine.loglik([r["prompt"] for r in rows], [r["answer"] for r in rows], [None] * len(rows))) / len(rows)
+        chats = [as_chat(r) for r in rows]
+        now = sum(engine.loglik([m for m, _ in chats], [t for _, t in chats], [None] * len(rows))) / len(rows)
         best[family] = max(best.get(family, now), now)
         if family != current:
             drops.append(best[family] - now)

@@ -2,10 +2,13 @@ import json
 
 import pytest
 
-from cambrian.challenges import (BUILTIN, GENERATORS, MAX_ANSWER_TOKENS, PHRASINGS, SPLITS, TRAINED, build_splits,
-                                 read_jsonl, sample, score, split_of, write_dataset)
+from cambrian.challenges import (BUILTIN, GENERATORS, MAX_ANSWER_TOKENS, PHRASINGS, SPLITS, TRAINED, WORKED_PROMPT,
+                                 WORKED_TOKENS, answer_stats, as_messages, beyond_constant, build_splits, constant_hits, credited,
+                                 family, read_jsonl, sample, score, split_of, split_reply, target, verify_dataset,
+                                 write_dataset)
 from cambrian.checkpoint import CheckpointError, verify
-from cambrian.config import FAMILIES, ChallengeConfig
+from cambrian.config import FAMILIES, WORKED, ChallengeConfig
+from cambrian.host import _smollm2_tokenizer, smollm2_gguf
 
 
 def test_every_family_has_generator_and_budget():
@@ -138,7 +141,93 @@ def test_dataset_files_are_content_hashed_and_reproducible(tmp_path):
     old.write_text(json.dumps({k: v for k, v in vars(rows[0]).items() if k not in ("scorer", "max_tokens")}) + "\n")
     with pytest.raises(CheckpointError, match="older Cambrian"):
         read_jsonl(old)
+    assert verify_dataset(cfg, tmp_path / "a") == sha
+    with pytest.raises(CheckpointError, match="other worked families"):  # trained and scored another way
+        verify_dataset(cfg.model_copy(update={"worked": ["math"]}), tmp_path / "a")
     with open(tmp_path / "a" / "train.jsonl", "a") as f:
         f.write('{"tampered": true}\n')
     with pytest.raises(CheckpointError):
         verify(tmp_path / "a")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return _smollm2_tokenizer(smollm2_gguf())
+
+
+@pytest.mark.parametrize("name", WORKED)
+def test_worked_families_write_gold_working_that_scores_and_fits_the_reply_budget(name, tok):
+    """A worked challenge's gold reply (working, then the answer line) scores; only its final answer
+    counts; the working ends at the answer; the reply fits WORKED_TOKENS in the host's tokenizer."""
+    assert set(WORKED) == set(WORKED_TOKENS)
+    fam = family(ChallengeConfig(worked=[name]), name)
+    assert family(ChallengeConfig(worked=[]), name).max_tokens == MAX_ANSWER_TOKENS[name]  # answer only unless listed
+    for level in (1, 2, 3):
+        for c in sample(fam, level, "train", 40, seed=3):
+            reply = target(c.answer, c.working)
+            assert c.scorer == f"worked:{name}" and c.working and split_reply(reply, c.scorer) == (c.working, c.answer)
+            assert split_reply(reply, name) == ("", reply)  # an answer-only reply is never cut
+            assert score(c.scorer, reply, c.answer) and score(c.scorer, c.answer, c.answer)
+            assert not score(c.scorer, f"{c.working}\nAnswer: {c.answer}1", c.answer)
+            assert not score(name, reply, c.answer)  # the answer-only scorer refuses the working
+            assert c.working.rstrip().endswith(c.answer) or name in ("logic", "sorting"), c
+            assert len(tok(reply)["input_ids"]) <= fam.max_tokens == WORKED_TOKENS[name]
+    assert as_messages("2 + 2?", "worked:math")[0]["content"] == WORKED_PROMPT
+    assert as_messages("2 + 2?", "math")[0]["content"] != WORKED_PROMPT
+
+
+def test_the_working_is_the_computation_itself():
+    """Spot checks of what each generator writes (seeded)."""
+    import random
+    data, answer, working = GENERATORS["math"](random.Random(0), 1)
+    a, b = map(int, data["sym"].split(" + "))
+    assert working == f"{a} + {b // 10 * 10} = {a + b // 10 * 10}, {a + b // 10 * 10} + {b % 10} = {a + b}"
+    for level in (1, 2, 3):
+        rng = random.Random(level)
+        for _ in range(50):
+            data, answer, working = GENERATORS["logic"](rng, level)
+            assert working.endswith(f" is {answer}") or level == 1 and working.endswith(answer)
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_logic_answers_are_balanced_at_every_level(level):
+    answers = [c.answer for c in sample(BUILTIN["logic"], level, "train", 400, seed=0)]
+    assert 0.42 < answers.count("true") / len(answers) < 0.58
+
+
+def test_a_custom_row_may_carry_its_working(tmp_path):
+    rows = [{"prompt": f"Double {n}.", "answer": str(2 * n), "working": f"{n} + {n} = {2 * n}"} for n in range(200)]
+    path = tmp_path / "double.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = ChallengeConfig(families=["double"], custom=[{"name": "double", "file": str(path), "scorer": "integer"}])
+    c = next(c for c in family(cfg, "double").rows if c.split == "train")
+    assert c.scorer == "worked:integer" and score(c.scorer, target(c.answer, c.working), c.answer)
+    path.write_text(json.dumps({"prompt": "x", "answer": "1", "working": "Answer: 1"}) + "\n")
+    with pytest.raises(ValueError, match="double.jsonl:1: working must be"):
+        family(cfg, "double")
+
+
+def test_constant_answers_and_collapsed_replies_are_counted_beside_accuracy():
+    logic = [c for lv in (1, 2, 3) for c in sample(BUILTIN["logic"], lv, "test", 20, seed=0)]
+    math = sample(BUILTIN["math"], 1, "test", 20, seed=0)
+    challenges = logic + math
+    majority = max(("true", "false"), key=[c.answer for c in logic].count)
+    replies = ["true"] * len(logic) + [c.answer for c in math]  # logic always "true", math all right
+    stats = answer_stats(challenges, replies)
+    trues = sum(c.answer == "true" for c in logic)
+    assert stats["logic"] == {"accuracy": trues / 60, "n": 60, "constant": max(trues, 60 - trues) / 60, "top_share": 1.0,
+                              "top_reply": "true"}
+    assert stats["math"]["accuracy"] == 1.0 and stats["math"]["top_share"] < 0.2
+    hits = constant_hits(challenges)
+    assert [h for h, c in zip(hits, challenges) if c.family == "logic"] == [c.answer == majority for c in logic]
+    # The assimilation test's control: right where the host or the constant reply is.
+    host = [c.family == "math" for c in challenges]
+    assert beyond_constant(host, challenges) == [h or k for h, k in zip(host, hits)]
+    # The gate's generalization: each family at the better of the model and the constant reply, so a
+    # model collapsed to either truth value scores what the constant does, and a model right on half
+    # of the challenges that are not the majority answer scores more.
+    for reply in ("true", "false"):
+        assert credited([c.answer == reply for c in logic], logic) == max(trues, 60 - trues) / 60
+    minority = [c for c in logic if c.answer != majority]
+    assert credited([c in minority[::2] or c.answer == majority for c in logic], logic) > max(trues, 60 - trues) / 60
+    assert credited([], []) is None

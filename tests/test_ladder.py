@@ -23,13 +23,15 @@ REPRO = ("report", "ledger")  # the stages `make repro` asks DVC for
 TINY = {
     "seed": 1,
     "host": {"source": "tiny-random"},
+    # Math worked end to end (its working trained, its answer line scored); logic answer-only here,
+    # which keeps the tiny model's replies short (a worked logic reply may run to 128 tokens).
     "challenges": {"train_per_cell": 12, "probe_per_cell": 3, "holdout_per_cell": 3, "test_per_cell": 3,
-                   "transfer_per_cell": 3},
+                   "transfer_per_cell": 3, "worked": ["math"]},
     # The tiny ladder runs the specialists path (one family each, folded by sleep); the default
     # generalist path runs in tests/test_compare.py's ladder cell.
     "colony": {"population": 3, "species": "family", "lora_rank": 4, "lora_alpha": 8.0, "target_modules": ["q_proj", "v_proj", "up_proj"],
                "train_steps": 2, "train_batch": 4, "delta_size": 6, "episodes": 4, "pull_size": 2},
-    "energy": {"initial": 1.0, "ticket": 0.8},
+    "energy": {"initial": 1.0, "ticket": 0.8, "token_cost": 0.0002},  # a tiny model's replies run to the budget
     # The untrained tiny host cannot show a significant uplift: let every candidate through.
     "assimilate": {"min_roi": 0.0, "probes_per_level": 2, "alpha": 1.0, "min_effect": -1.0,
                    "holdout_min_effect": -1.0},
@@ -151,7 +153,9 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     assert "gen_1.json" in metrics and "evomerge.json" in metrics
     # One schema: the bare host's columns are every generation's (which adds its gate and colony).
     host, gen = (flat(json.loads((repo.root / "reports" / f).read_text())) for f in ("baseline.json", "gen_1.json"))
-    assert set(host) == {f"{part}.{f}" for part in ("test", "transfer") for f in FAMILIES} | {"test_mean", "transfer_mean"}
+    parts = [f"{part}.{f}" for part in ("test", "transfer") for f in FAMILIES]
+    assert set(host) == {*parts, *(f"{key}.{p}" for key in ("constant", "top_share") for p in parts),
+                         "test_mean", "transfer_mean"}
     assert set(host) < set(gen) and {"gate.accepted", "colony.survivors"} < set(gen)
     assert json.loads((repo.root / "reports/continual/results.json").read_text())["runs"][0]["mode"] == "full_cls"
     assert "| multitask | 1 |" in (repo.root / "reports/compare.md").read_text()  # the compare stage
@@ -164,7 +168,14 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     plots = json.loads(shown[shown.index("{"):])
     assert {"roi", "energy", "gate"} <= set(plots["data"])
     scores = json.loads((repo.root / "runs/gen_1/summary.json").read_text())["scores"]
-    assert set(scores) == {"test", "transfer"} and set(scores["test"]) == set(scores["transfer"]) == set(FAMILIES)
+    assert set(scores) == {"test", "transfer", "constant", "top_share", "top_reply"}
+    assert set(scores["test"]) == set(scores["transfer"]) == set(scores["top_reply"]["test"]) == set(FAMILIES)
+    assert "| family | constant | base | gen_1 |" in report  # beside every accuracy, what a constant reply gets
+    # A worked family trains on its working and answers under the worked prompt, scored on the answer line.
+    rows = [json.loads(line) for f in (repo.root / "runs/gen_1/deltas").glob("*.jsonl") for line in f.read_text().splitlines()]
+    math = [r for r in rows if r["family"] == "math" and r["source"] == "gold"]
+    assert math and all(r["scorer"] == "worked:math" and r["working"].endswith(r["answer"]) for r in math)
+    assert all(r["working"] == "" for r in rows if r["family"] == "logic")
     sleep = json.loads((repo.root / "runs/gen_1/summary.json").read_text())["sleep"]  # sleep-consolidate ran
     assert len(sleep["kd"]) == 2 and sleep["fisher_source_mode"] == "mixed_replay_pseudo"
 

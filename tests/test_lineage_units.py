@@ -281,3 +281,44 @@ def test_a_generation_cut_off_while_logging_is_logged_once_later(tmp_path, monke
     assert tracking.log_generation(record, {}, Params()) == again  # now finished: not logged a third time
     runs = client.search_runs([client.get_experiment_by_name("cambrian").experiment_id])
     assert [r.info.run_id for r in runs] == [again] and runs[0].info.status == "FINISHED"
+
+
+class _Answers:
+    """An engine stand-in: the host (adapter None) replies in sentences, organelle `o` by `reply`."""
+
+    def __init__(self, reply):
+        self.reply = reply
+
+    def correct(self, challenges, adapters=None):
+        from cambrian.challenges import score
+        adapters = adapters or [None] * len(challenges)
+        return [score(c.scorer, self.reply(c) if a else f"It is {c.answer}, I think.", c.answer)
+                for c, a in zip(challenges, adapters)]
+
+
+def test_format_alone_passes_neither_the_assimilation_test_nor_the_gate():
+    """Against a host that answers in sentences, an organelle that always says "true" used to show a
+    large significant uplift. The control is now the better of the host and a constant reply, so it
+    shows none; an organelle that really answers still passes."""
+    from cambrian.challenges import BUILTIN, sample
+    from cambrian.organelle import Organelle
+    from tasks.assimilate import assimilate
+    from tasks.gate import _by_arm
+
+    p = parse_params({"challenges": {"families": ["logic"]}, "assimilate": {"probes_per_level": 20}})
+    holdout = [c for lv in (1, 2, 3) for c in sample(BUILTIN["logic"], lv, "holdout", 20, 0)]
+    o = Organelle("o", "all", [], 0, 8, 16.0, 1e-3, 5.0)
+    settlement = {"organelles": {"o": {"roi": 5.0, "topup": 0.0}}}
+    for reply, passes in ((lambda c: "true", False), (lambda c: c.answer, True)):
+        attempt, = assimilate(_Answers(reply), [o], settlement, holdout, p, 1)
+        assert attempt["host_mean"] == 0.0 and 0.4 < attempt["constant_mean"] < 0.7
+        assert attempt["control_mean"] == attempt["constant_mean"] and attempt["passed"] == passes, attempt
+    # The gate's generalization: a child collapsed to either answer gains nothing over a parent in sentences.
+    parent = _Answers(None)
+    parent.correct = lambda rows: [False] * len(rows)
+    gen_parent, _ = _by_arm(parent, holdout)
+    for reply in ("true", "false"):
+        child = _Answers(None)
+        child.correct = lambda rows, reply=reply: [c.answer == reply for c in rows]
+        gen_child, arms = _by_arm(child, holdout)
+        assert gen_child == gen_parent and any(arms.values())  # its own accuracy per arm still aims the data
