@@ -10,7 +10,8 @@ from cambrian.checkpoint import verify
 from cambrian.config import parse_params
 from tasks.evomerge import mutate, next_population, seed_genomes
 
-TINY = {"colony": {"lora_rank": 4, "lora_alpha": 8.0, "target_modules": ["q_proj", "v_proj"], "train_batch": 4},
+TINY = {"challenges": {"worked": ["math"]},  # as the shared tiny dataset (conftest): math's specialist learns its working
+        "colony": {"lora_rank": 4, "lora_alpha": 8.0, "target_modules": ["q_proj", "v_proj"], "train_batch": 4},
         "evomerge": {"parents": ["base", "specialist:math", "specialist:json_repair"], "specialist_steps": 2,
                      "specialist_rows": 8, "generations": 1, "probes_per_domain": 2, "preset": "full"}}
 

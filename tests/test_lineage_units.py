@@ -73,7 +73,9 @@ def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge
     assert same["style_drift"] == pytest.approx(0.0, abs=1e-6) and same["recall_child"] is None
     assert same["ppl_child"] == same["ppl_parent"] > 1.0 and same["nonfinite_tensors"] == 0
     assert same["recall_drop_p"] == 1.0 and list(same["holdout_by_arm_child"]) == ["math/1"]
-    assert same["holdout_by_arm_child"]["math/1"] == same["generalization_child"]  # one arm: its accuracy
+    # One arm: its accuracy, or a constant reply's where that is better (one of 3 distinct answers).
+    assert len({c.answer for c in holdout}) == 3
+    assert same["generalization_child"] == max(same["holdout_by_arm_child"]["math/1"], 1 / 3)
     fold(child, {"a": trained_adapter}, {"a": 3.0}, MergeConfig())
     moved = measure(Engine(parent, tok), Engine(child, tok), holdout, holdout, cfg)
     assert moved["style_drift"] > 1e-3 and moved["n_recall"] == 3 and moved["ppl_child"] != moved["ppl_parent"]

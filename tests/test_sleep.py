@@ -164,7 +164,8 @@ SUITE = {"sleep": {"experts": 2, "top_k": 1, "rank": 4, "wake_steps": 2, "wake_b
                    "fisher_samples": 2, "replay_capacity": 16, "cortex_rank": 4, "probe_rows": 2},
          "continual": {"order": ["math", "sorting", "logic"], "seeds": [7, 42], "train_rows": 8, "eval_per_task": 3,
                        "preset": "full"},
-         "colony": {"target_modules": ["q_proj", "down_proj"]}, "eval": {"batch_size": 16}}
+         "colony": {"target_modules": ["q_proj", "down_proj"]}, "eval": {"batch_size": 16},
+         "challenges": {"worked": ["math"]}}  # as the shared tiny dataset (conftest): a worked task in the stream
 
 
 def test_tiny_ablation_suite_end_to_end(tiny_host_dir, tiny_data_dir, tmp_path, monkeypatch):
