@@ -14,8 +14,8 @@ Any extra text (a period, an explanation, a code fence) makes the reply wrong.
 Worked solutions (`challenges.worked`): a built-in family listed there is asked under WORKED_PROMPT
 and trained on its gold working, one line, then "Answer: <answer>"; only what follows the reply's
 last "Answer:" is scored, by the same strict rule (scorer "worked:<family>"; a reply with no such
-line is scored whole). Its reply budget is WORKED_TOKENS. The generators write the working: the partial sums, the truth value of each
-clause, the numbers grouped by tens, the rule of a sequence.
+line is scored whole). Its reply budget is WORKED_TOKENS. The generators write the working: the
+partial sums, the truth value of each clause, the numbers grouped by tens, the rule of a sequence.
 
 Phrasings: each family has 8 ways to ask (question forms, operators in words or symbols, list
 separators and layouts, instruction before or after the data, with or without an answer-format
@@ -626,12 +626,12 @@ def verify_dataset(cfg: ChallengeConfig, folder: str | Path) -> str:
     """The dataset's sha256 (`verify`), if it was built with the worked families and from the custom
     family files and generators that `cfg` names now: a step that draws from a file is keyed on this
     sha, not on the file."""
-    sha = verify(folder)
-    if read_manifest(folder).get("worked", []) != sorted(cfg.worked):
-        raise CheckpointError(f"{folder} was built with other worked families ({read_manifest(folder).get('worked', [])}) "
-                              f"than challenges.worked names now ({sorted(cfg.worked)}): rebuild it with "
+    sha, manifest = verify(folder), read_manifest(folder)
+    if manifest.get("worked", []) != sorted(cfg.worked):
+        raise CheckpointError(f"{folder} was built with other worked families ({manifest.get('worked', [])}) than "
+                              f"challenges.worked names now ({sorted(cfg.worked)}): rebuild it with "
                               f"`cambrian challenges` (with DVC: `dvc repro challenges`)")
-    if read_manifest(folder).get("sources", {}) != sources(cfg):
+    if manifest.get("sources", {}) != sources(cfg):
         raise CheckpointError(f"{folder} was built from other custom families (entries, files or generators) than "
                               f"challenges.custom names now: rebuild it with `cambrian challenges` (with DVC: "
                               f"`dvc repro -f challenges`, and list the file in that stage's deps)")
