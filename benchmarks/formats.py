@@ -1,13 +1,16 @@
-"""Answer-only against worked solutions, per family, measured side by side (the learning issue's format).
+"""Answer-only against worked solutions, and a loss per token against one per example, per family,
+measured side by side (the learning issue's format and loss levers).
 
-For each format, one multitask LoRA (compare's `multitask` recipe: the colony's rank, lr and batch)
+For each cell (format x loss), one multitask LoRA (compare's `multitask` recipe: the colony's rank, lr and batch)
 is trained from the bare host on the same gold train rows, the worked families' rows with their
 working, then folded in and measured like a compare cell on the default grid's test split: strict
 accuracy per family in trained (test) and reserved (transfer) phrasings, beside the constant answer's
 accuracy and the share of the single most common reply, the seconds spent answering, and
-general-text perplexity. The format that pays per family becomes `challenges.worked`'s default.
+general-text perplexity. The format that pays per family becomes `challenges.worked`'s default, the
+loss that pays `colony.loss`'s.
 
     python benchmarks/formats.py --steps 192       # answer-only vs worked math, logic, sorting, sequence
+    python benchmarks/formats.py --formats answer --loss token example   # the loss lever alone
 
 Writes --out (JSON) after each format, so a run cut short keeps what it measured.
 """
@@ -40,26 +43,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=192, help="SFT updates of the LoRA of each format")
     ap.add_argument("--worked", nargs="+", default=list(WORKED), help="families the worked format shows working for")
     ap.add_argument("--formats", nargs="+", default=["answer", "worked"], choices=["answer", "worked"])
+    ap.add_argument("--loss", nargs="+", default=["token"], choices=["token", "example"],
+                    help="SFT loss: each completion token or each example weighing the same (colony.loss)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="reports/formats.json")
     args = ap.parse_args()
     p = load_params(args.params)
     host, tok = load_host(args.host)
     cfg, out, start = p.colony, {"steps": args.steps, "seed": args.seed, "formats": {}}, time.perf_counter()
-    for name, shown in [(f, args.worked if f == "worked" else []) for f in args.formats]:
+    cells = [(f if loss == "token" else f"{f}/{loss}", args.worked if f == "worked" else [], loss)
+             for f in args.formats for loss in args.loss]
+    for name, shown, loss in cells:
         challenges = type(p.challenges).model_validate({**p.challenges.model_dump(), "worked": shown})
         splits = build_splits(challenges, p.seed)
         # The same challenges for every format (the rng draws indices, not rows).
         rng = random.Random(f"{args.seed}/formats")
         rows = as_rows([splits["train"][i] for i in rng.sample(range(len(splits["train"])), args.steps * cfg.train_batch)])
         with tempfile.TemporaryDirectory() as tmp:
-            adapter = Path(tmp) / name
+            adapter = Path(tmp) / "adapter"
             new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), args.seed * 101, adapter)
             t0 = time.perf_counter()
-            curve = learn_gradient(host, tok, adapter, rows, args.steps, cfg.train_batch, cfg.lr, args.seed * 101)
+            curve = learn_gradient(host, tok, adapter, rows, args.steps, cfg.train_batch, cfg.lr, args.seed * 101,
+                                   loss=loss)
             train_s = time.perf_counter() - t0
             model = copy.deepcopy(host)
-            fold(model, {name: adapter}, {name: 1.0}, MergeConfig(method="task_arithmetic"))
+            fold(model, {"cell": adapter}, {"cell": 1.0}, MergeConfig(method="task_arithmetic"))
         engine = Engine(model, tok, p.eval)
         t0 = time.perf_counter()
         replies = engine.answer(splits["test"])
@@ -72,7 +80,7 @@ def main() -> None:
                 m["replies"][f"{c.family}/{c.level}"].append({"prompt": c.prompt, "gold": c.answer, "reply": r})
         m.update(ppl=perplexity(engine, prose(p.gate.ppl_passages)), train_seconds=train_s, answer_seconds=answer_s,
                  last_loss=curve[-1], test_mean=statistics.fmean(m["test"].values()),
-                 transfer_mean=statistics.fmean(m["transfer"].values()), worked=shown)
+                 transfer_mean=statistics.fmean(m["transfer"].values()), worked=shown, loss=loss)
         del model, engine
         out["formats"][name] = m
         print(f"{name}: test {m['test_mean']:.3f}, transfer {m['transfer_mean']:.3f}, ppl {m['ppl']:.2f}, train "

@@ -129,6 +129,9 @@ class ColonyConfig(Strict):
     train_steps: int = Field(96, ge=0, le=100_000)  # learner updates per organelle per generation
     train_batch: int = Field(8, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
+    # token: trl's SFT loss, the mean over completion tokens (a one-token answer weighs a thirtieth of
+    # a JSON answer); example: each row's mean token loss, averaged over rows (tasks/learn.py).
+    loss: Literal["token", "example"] = "token"
     replay_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of training rows from earlier deltas
     delta_size: int = Field(576, ge=1, le=100_000)  # new train challenges per organelle per generation
     # Gold rows per arm (family/level) in proportion to (1 - focus) + focus * (the host's error rate on

@@ -48,6 +48,19 @@ def lora_config(rank: int, alpha: float, targets: list[str]) -> LoraConfig:
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM")
 
 
+def save_adapter(model: PeftModel, folder: Path, **manifest) -> None:
+    """peft's save_pretrained of the active adapter into `folder`, then its manifest. adapter_config.json
+    is rewritten in a stable order: peft keeps target_modules as a set, so the list it writes follows
+    PYTHONHASHSEED, and the same adapter would have other bytes (and step keys) in another process."""
+    model.save_pretrained(folder)
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_manifest(folder, **manifest)
+
+
 def new_adapter(host, config: LoraConfig, seed: int, out: Path) -> None:
     """A fresh adapter: A random (seeded), B zero, so it starts exactly as the host."""
     target_linears(host, config.target_modules)
@@ -55,8 +68,7 @@ def new_adapter(host, config: LoraConfig, seed: int, out: Path) -> None:
     model = get_peft_model(host, config)
     try:
         with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp)
-            write_manifest(tmp, kind="organelle")
+            save_adapter(model, tmp, kind="organelle")
     finally:
         model.unload()
 

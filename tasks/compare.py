@@ -70,7 +70,7 @@ def train_loras(host, tok, data: dict[str, list[dict]], steps: int, cfg: ColonyC
     for k, (name, rows) in enumerate(data.items()):
         out[name] = work / name
         new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), seed * 101 + k, out[name])
-        learn_gradient(host, tok, out[name], rows, steps, cfg.train_batch, cfg.lr, seed * 101 + k)
+        learn_gradient(host, tok, out[name], rows, steps, cfg.train_batch, cfg.lr, seed * 101 + k, loss=cfg.loss)
     return out
 
 

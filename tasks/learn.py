@@ -28,10 +28,10 @@ import torch
 
 from cambrian.bandit import arm
 from cambrian.challenges import Challenge, as_chat, as_rows, split_reply
-from cambrian.checkpoint import atomic_dir, write_manifest
+from cambrian.checkpoint import atomic_dir
 from cambrian.config import ColonyConfig
 from cambrian.engine import Engine
-from cambrian.organelle import Organelle, families_of, load_colony, read_adapter, write_adapter
+from cambrian.organelle import Organelle, families_of, load_colony, read_adapter, save_adapter, write_adapter
 
 
 def gold_mix(pool: list[Challenge], n: int, host_accuracy: dict[str, float], focus: float,
@@ -93,9 +93,19 @@ def _messages(row: dict) -> dict:
     return {"prompt": messages, "completion": [{"role": "assistant", "content": reply}]}
 
 
+def per_example_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+    """Mean over rows of each row's mean completion-token loss: every example weighs the same, so a
+    one-token answer ("true") pulls as hard as a forty-token JSON answer (trl's loss weighs tokens)."""
+    logits, labels = outputs.logits[:, :-1].float(), labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    tokens = (labels != -100).sum(1)
+    return (nll.sum(1) / tokens.clamp(min=1))[tokens > 0].mean()
+
+
 def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
-         backend: str, bf16: bool = False) -> list[float]:
-    """Train the active LoRA of `model` with trl's SFTTrainer, save it to `adapter` atomically."""
+         backend: str, bf16: bool = False, loss: str = "token") -> list[float]:
+    """Train the active LoRA of `model` with trl's SFTTrainer, save it to `adapter` atomically.
+    `loss`: "token" (trl's, every completion token weighs the same) or "example" (`per_example_loss`)."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
@@ -115,19 +125,19 @@ def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr
         tok.padding_side = "right"
         try:
             trainer = SFTTrainer(model=model, args=args, processing_class=tok,
-                                 train_dataset=Dataset.from_list([_messages(r) for r in rows]))
+                                 train_dataset=Dataset.from_list([_messages(r) for r in rows]),
+                                 compute_loss_func=per_example_loss if loss == "example" else None)
             trainer.remove_callback(PrinterCallback)  # the loss curve is returned, not printed per step
             trainer.train()
         finally:
             tok.padding_side = "left"
     with atomic_dir(adapter) as tmp:
-        model.save_pretrained(tmp)
-        write_manifest(tmp, kind="organelle", trained_with=backend)
+        save_adapter(model, tmp, kind="organelle", trained_with=backend)
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
 def _sft_unsloth(host_dir: str, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float,
-                 seed: int) -> list[float]:
+                 seed: int, loss: str) -> list[float]:
     """The same training through unsloth's FastLanguageModel. Runs in a fresh process: unsloth
     patches transformers' Llama classes globally, which breaks models built without it."""
     from unsloth import FastLanguageModel  # noqa: I001 (must come before trl / peft use)
@@ -140,25 +150,27 @@ def _sft_unsloth(host_dir: str, adapter: Path, rows: list[dict], steps: int, bat
         model, r=config["r"], lora_alpha=config["lora_alpha"], target_modules=config["target_modules"],
         lora_dropout=0.0, bias="none", use_gradient_checkpointing=False)
     set_peft_model_state_dict(model, state)
-    return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "unsloth")
+    return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "unsloth", loss=loss)
 
 
 def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
-                   bf16: bool = False) -> list[float]:
+                   bf16: bool = False, loss: str = "token") -> list[float]:
     """SFT steps on the adapter at `adapter` (rewritten atomically); returns the loss per step.
     A host on CUDA trains through unsloth when it is installed (`pip install .[gpu]`). A non-finite
     loss or weight raises (`finite`). `bf16`: peft's updates under bf16 autocast, which only
-    benchmarks/levers.py asks for (the ladder trains in float32: see reports/benchmarks.md)."""
+    benchmarks/levers.py asks for (the ladder trains in float32: see reports/benchmarks.md). `loss`:
+    colony.loss, each token or each example weighing the same (`per_example_loss`)."""
     if steps == 0 or not rows:
         return []
     if host.device.type == "cuda" and importlib.util.find_spec("unsloth") is not None:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            curve = pool.submit(_sft_unsloth, host.config._name_or_path, adapter, rows, steps, batch, lr, seed).result()
+            curve = pool.submit(_sft_unsloth, host.config._name_or_path, adapter, rows, steps, batch, lr, seed,
+                                loss).result()
         return finite(adapter, curve)
     from peft import PeftModel
     model = PeftModel.from_pretrained(host, adapter, is_trainable=True)
     try:
-        return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft", bf16))
+        return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft", bf16, loss))
     finally:
         model.unload()
 
@@ -218,5 +230,5 @@ def learn(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, lr: flo
     (loss per step for gradient, minibatch fitness per step for es). A non-finite loss or weight
     fails the step: nothing downstream may build on a NaN organelle."""
     if cfg.learner == "gradient":
-        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed)
+        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed, loss=cfg.loss)
     return finite(adapter, learn_es(host, tok, adapter, rows, cfg, seed))

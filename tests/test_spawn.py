@@ -91,3 +91,24 @@ def test_generalist_survivors_have_children_whatever_the_share_cap(tiny_host, tm
                                  "target_modules": TARGETS}, "energy": {"species_share_cap": 0.5}})
     colony = spawn(host, parents, p, 1, tmp_path / "prev", tmp_path / "g1")
     assert all(c.species == ALL and c.parents for c in colony[2:])  # clones or crossovers, not fresh
+
+
+def test_an_adapter_has_the_same_bytes_whatever_the_process_hash_seed(tiny_host_dir, tmp_path):
+    """peft keeps target_modules as a set: its order in adapter_config.json followed PYTHONHASHSEED, so
+    the same spawn stored other bytes (and every step key downstream differed) in another process."""
+    import os
+    import subprocess
+    import sys
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    code = ("import sys; from pathlib import Path; from cambrian.host import load_host; "
+            "from cambrian.organelle import lora_config, new_adapter; "
+            f"host, _ = load_host(sys.argv[1]); new_adapter(host, lora_config(4, 8.0, {targets!r}), 0, Path(sys.argv[2]))")
+    for hash_seed in ("1", "2", "3"):
+        subprocess.run([sys.executable, "-c", code, str(tiny_host_dir), str(tmp_path / hash_seed)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": hash_seed})
+    files = sorted(p.name for p in (tmp_path / "1").iterdir())
+    for hash_seed in ("2", "3"):
+        assert sorted(p.name for p in (tmp_path / hash_seed).iterdir()) == files
+        for name in files:
+            assert (tmp_path / hash_seed / name).read_bytes() == (tmp_path / "1" / name).read_bytes(), name
