@@ -79,11 +79,16 @@ class Run:
 
     def record(self) -> dict:
         """The finished generation's record, after the whole folder is verified against the manifest
-        publish wrote: a damaged or edited file is refused."""
+        publish wrote: a damaged or edited file is refused, and so is a folder whose record is another
+        generation's (run folders moved or swapped: runs/GEN holds GEN's record, or nothing reads it)."""
         if not self.finished():
             raise CheckpointError(f"{self.path} has no {self.RECORD}: not a finished generation")
         verify(self.path)
-        return json.loads((self.path / self.RECORD).read_text())
+        record = json.loads((self.path / self.RECORD).read_text())
+        if record["ledger"]["GEN_ID"] != self.path.name:
+            raise CheckpointError(f"{self.path} holds the record of generation {record['ledger']['GEN_ID']}: run "
+                                  f"folders were moved or swapped")
+        return record
 
     def summary(self) -> dict:
         return json.loads((self.path / self.SUMMARY).read_text())

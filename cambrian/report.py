@@ -42,7 +42,7 @@ def load(gids: list[str], runs: Path, baseline: Path) -> dict:
         run = Run(runs / gid)
         if not run.finished():
             raise FileNotFoundError(f"{run.path}: no {Run.RECORD}: run `dvc repro` (or `cambrian generation {gid}`) first")
-        gens.append({"gid": gid, "record": json.loads((run.path / Run.RECORD).read_text()), "summary": run.summary(),
+        gens.append({"gid": gid, "record": run.record(), "summary": run.summary(),
                      "attempts": run.attempts(), "population": run.population()})
     base = json.loads(baseline.read_text()) if baseline.is_file() else {}
     return {"gens": gens, "baseline": {key: base.get(key, {}) for key in (*PARTS, "constant", "top_share")}}

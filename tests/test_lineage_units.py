@@ -167,10 +167,11 @@ def test_swapped_generation_checkpoint_is_refused(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.safetensors").write_bytes(payload)
         write_manifest(tmp_path / name)
-    run = tmp_path / "runs"
-    run.mkdir()
+    run = tmp_path / "runs" / "gen_1"
+    run.mkdir(parents=True)
     from cambrian.checkpoint import folder_sha
-    (run / "generation.json").write_text(json.dumps({"ledger": {"child_sha": folder_sha(tmp_path / "gen_1")}}))
+    (run / "generation.json").write_text(json.dumps({"ledger": {"GEN_ID": "gen_1",
+                                                                "child_sha": folder_sha(tmp_path / "gen_1")}}))
     with pytest.raises(CheckpointError, match="no cambrian.json"):
         verify_generation(tmp_path / "gen_1", run)  # a run folder publish did not finish
     write_manifest(run, kind="run")
@@ -324,3 +325,31 @@ def test_format_alone_passes_neither_the_assimilation_test_nor_the_gate():
         child.correct = lambda rows, reply=reply: [c.answer == reply for c in rows]
         gen_child, arms = _by_arm(child, holdout)
         assert gen_child == gen_parent and any(arms.values())  # its own accuracy per arm still aims the data
+
+
+def test_swapped_run_folders_are_refused_by_the_ledger_and_the_report(tmp_path):
+    """runs/gen_1 <-> runs/gen_2: each folder is whole (its manifest verifies), but holds the other
+    generation's record; the ledger and the report refused nothing and showed gen_2's colony as gen_1's."""
+    import json
+
+    from cambrian import ledger, report
+    from cambrian.checkpoint import atomic_dir
+
+    runs = tmp_path / "runs"
+    ledger.write_base(runs / "base", "0" * 64)
+    for gid in ("gen_1", "gen_2"):
+        with atomic_dir(runs / gid) as tmp:
+            (tmp / "colony").mkdir()
+            (tmp / ledger.Run.POPULATION).write_text("[]\n")
+            (tmp / ledger.Run.SUMMARY).write_text("{}\n")
+            (tmp / ledger.Run.RECORD).write_text(json.dumps({"ledger": {"GEN_ID": gid, "gate_verdict": "accept"},
+                                                             "gate": None, "stop": False, "metrics": {}}) + "\n")
+            write_manifest(tmp, kind="run", generation=gid)
+    assert [r["GEN_ID"] for r in ledger.collect(["gen_1", "gen_2"], runs)] == ["base", "gen_1", "gen_2"]
+    (runs / "gen_1").rename(runs / "held")
+    (runs / "gen_2").rename(runs / "gen_1")
+    (runs / "held").rename(runs / "gen_2")
+    with pytest.raises(CheckpointError, match="runs/gen_1 holds the record of generation gen_2"):
+        ledger.collect(["gen_1", "gen_2"], runs)
+    with pytest.raises(CheckpointError, match="swapped"):
+        report.load(["gen_1", "gen_2"], runs, tmp_path / "baseline.json")
