@@ -159,9 +159,15 @@ def home() -> Path:
 
 
 def scratch() -> Path:
-    """A fresh empty folder on the store's filesystem."""
-    (home() / "tmp").mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=home() / "tmp"))
+    """A fresh empty folder on the store's filesystem, named after this process: the folders of
+    processes that are gone (killed, or failed on a full disk before cleaning up) are removed first."""
+    tmp = home() / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for left in tmp.iterdir():
+        pid = left.name.partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=tmp))
 
 
 def stored(sha: str) -> Path:
@@ -187,9 +193,13 @@ def store_put(folder: Path, **info) -> str:
 def store_model(model, tok, **info) -> str:
     """Save a model and its tokenizer into the store (`store_put`); returns its sha."""
     out = scratch()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return store_put(out, **info)
+    try:
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        return store_put(out, **info)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def store_get(sha: str) -> Path:

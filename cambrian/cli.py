@@ -147,7 +147,8 @@ def track(params: Path = PARAMS, runs_dir: Path = typer.Option(Path("runs"), "--
     from cambrian import ledger, tracking
     p = _params(params)
     done = [run for run in (ledger.Run(runs_dir / g) for g in p.ladder) if run.finished()]
-    ids = [tracking.log_generation(run.record(), run.summary(), p.for_generation(run.path.name)) for run in done]
+    ids = [tracking.log_generation(run.record(), run.summary(), p.for_generation(run.path.name), run.timing())
+           for run in done]
     missing = [run.path.name for run, i in zip(done, ids) if i is None]
     if missing:
         typer.echo(f"error: MLflow at {tracking.tracking_uri()} did not take {', '.join(missing)}", err=True)

@@ -1,7 +1,8 @@
 """The lineage ledger: models/lineage_ledger.csv, one row per generation of the ladder.
 
-Each generation stage records its row in RUN/generation.json; the ledger stage gathers them in
-ladder order and adds the DVC content hash (md5 in dvc.lock) of each generation's checkpoint.
+Each generation stage records its row in RUN/generation.json (its wall time and git revision in
+RUN.time.json beside it); the ledger stage gathers them in ladder order and adds the DVC content
+hash (md5 in dvc.lock) of each generation's checkpoint.
 parent_sha / child_sha are the sha256 of checkpoint contents (cambrian.checkpoint.folder_sha).
 """
 from __future__ import annotations
@@ -57,8 +58,14 @@ class Run:
         assimilation.jsonl         every assimilation attempt
         deltas/ID.jsonl            each organelle's new training rows
         conversations.jsonl        a conversation delta's rows (its generation only)
+
+    Beside the folder, runs/GEN.time.json holds what differs each time the same generation runs: its
+    wall time, the steps' timeline (minutes elapsed at the end of each) and the git revision. It is
+    kept out of the folder, which the next generation depends on, so a generation re-run by hand
+    publishes the same folder and leaves its descendants up to date in DVC.
     """
     RECORD, SUMMARY, POPULATION = "generation.json", "summary.json", "colony/population.json"
+    TIMING = ("walltime_min", "timeline", "git_rev")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -92,6 +99,22 @@ class Run:
 
     def summary(self) -> dict:
         return json.loads((self.path / self.SUMMARY).read_text())
+
+    @property
+    def time_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.time.json")
+
+    def time_text(self, minutes: float | None, timeline: list) -> str:
+        return json.dumps({"generation": self.path.name, "walltime_min": "" if minutes is None else round(minutes, 3),
+                           "timeline": timeline, "git_rev": git_rev()}, indent=1, sort_keys=True) + "\n"
+
+    def timing(self) -> dict:
+        """walltime_min, timeline and git_rev as this run measured them (blank when not recorded)."""
+        path = self.time_path
+        times = json.loads(path.read_text()) if path.is_file() else {"generation": self.path.name}
+        if times["generation"] != self.path.name:
+            raise CheckpointError(f"{path} holds the times of generation {times['generation']}")
+        return {key: times.get(key, [] if key == "timeline" else "") for key in self.TIMING}
 
     def population(self) -> list[dict]:
         return json.loads((self.path / self.POPULATION).read_text())
@@ -148,14 +171,15 @@ def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
 def collect(gids: list[str], runs: Path, lock: Path = Path("dvc.lock"), models: str = "models") -> list[dict]:
     """The ledger rows of the given generations, with their checkpoints' md5 from dvc.lock."""
     stages = {"base": "host", **{g: f"generation@{g}" for g in gids}}
-    return [{**Run(runs / g).record()["ledger"], "dvc_md5": dvc_md5(lock, stage, f"{models}/{g}")}
-            for g, stage in stages.items()]
+    return [{**Run(runs / g).record()["ledger"], **{k: Run(runs / g).timing()[k] for k in ("walltime_min", "git_rev")},
+             "dvc_md5": dvc_md5(lock, stage, f"{models}/{g}")} for g, stage in stages.items()]
 
 
 def write_base(run: Path, sha: str) -> None:
     """G0: the host itself, with an empty colony."""
     row = {"GEN_ID": "base", "parent_sha": "", "child_sha": sha, "gate_verdict": "base",
-           "gate_reason": "the host as materialised", "git_rev": git_rev(), "dvc_stage": "host"}
+           "gate_reason": "the host as materialised", "dvc_stage": "host"}
+    atomic_write_text(Run(run).time_path, Run(run).time_text(None, []))
     with atomic_dir(run) as tmp:
         (tmp / Run.POPULATION).parent.mkdir()
         (tmp / Run.POPULATION).write_text("[]\n")

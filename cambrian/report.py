@@ -42,7 +42,7 @@ def load(gids: list[str], runs: Path, baseline: Path) -> dict:
         run = Run(runs / gid)
         if not run.finished():
             raise FileNotFoundError(f"{run.path}: no {Run.RECORD}: run `dvc repro` (or `cambrian generation {gid}`) first")
-        gens.append({"gid": gid, "record": run.record(), "summary": run.summary(),
+        gens.append({"gid": gid, "record": run.record(), "timing": run.timing(), "summary": run.summary(),
                      "attempts": run.attempts(), "population": run.population()})
     base = json.loads(baseline.read_text()) if baseline.is_file() else {}
     return {"gens": gens, "baseline": {key: base.get(key, {}) for key in (*PARTS, "constant", "top_share")}}
@@ -294,7 +294,7 @@ def markdown(data: dict, rows: list[dict], last: int) -> str:
     if flagged:
         out += ["", "Collapsed, not counted as learning: " + "; ".join(flagged) + "."]
     out += ["", "![accuracy](plots/accuracy.png)", "![lineage](plots/lineage.png)", "![gate](plots/gate.png)", ""]
-    minutes = {g["gid"]: step_minutes(g["record"].get("timeline", [])) for g in data["gens"]}
+    minutes = {g["gid"]: step_minutes(g["timing"]["timeline"]) for g in data["gens"]}
     steps = list(dict.fromkeys(k for m in minutes.values() for k in m))
     out += ["## Where the time went", "",
             "Minutes per step as this run measured them (a step served from the cache costs ~0).", "",
@@ -302,7 +302,7 @@ def markdown(data: dict, rows: list[dict], last: int) -> str:
     for g in data["gens"]:
         m = minutes[g["gid"]]
         out.append(f"| {g['gid']} | " + " | ".join(f"{m[k]:.1f}" if k in m else "-" for k in steps) +
-                   f" | {float(g['record']['ledger']['walltime_min']):.1f} |")
+                   f" | {g['timing']['walltime_min'] or 0.0:.1f} |")
     return "\n".join(out) + "\n"
 
 

@@ -90,10 +90,11 @@ def rollback(gid: str, rev: str | None = None, force: bool = False) -> tuple[str
     # The outputs of generations that commit did not have: checkpoints, run folders, metrics and the
     # params stage's record of their conversation delta (not in DVC's cache, so no checkout removes it).
     for path in [*Path("models").glob("gen_*"), *Path("runs").glob("gen_*")]:
-        if path.name not in rows:
+        if path.is_dir() and path.name not in rows:
             shutil.rmtree(path)
-    for path in [*Path("reports").glob("gen_*.json"), *Path("data/ladder").glob("gen_*.json")]:
-        if path.stem not in rows:
+    for path in [*Path("reports").glob("gen_*.json"), *Path("data/ladder").glob("gen_*.json"),
+                 *Path("runs").glob("gen_*.time.json")]:
+        if path.name.split(".")[0] not in rows:
             path.unlink()
     sha = ledger.verify_generation(Path("models") / gid, Path("runs") / gid)
     if sha != rows[gid]["child_sha"]:

@@ -98,22 +98,22 @@ def _register(client, name: str, run_id: str, row: dict) -> None:
     client.set_registered_model_alias(name, "champion", version.version)
 
 
-def log_generation(record: dict, summary: dict, params: Params) -> str | None:
-    """Log a generation record; returns the MLflow run id (None if tracking failed)."""
+def log_generation(record: dict, summary: dict, params: Params, timing: dict) -> str | None:
+    """Log a generation record and its `timing` (ledger.Run.timing); returns the MLflow run id (None
+    if tracking failed). A generation already logged whole (the same record) is not logged again."""
     try:
         import mlflow
         from mlflow.tracking import MlflowClient
 
         mlflow.set_tracking_uri(tracking_uri())
         row = record["ledger"]
-        stable = {k: v for k, v in row.items() if k != "walltime_min"}
-        key = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:16]
         experiment = mlflow.set_experiment(params.tracking.experiment)
         client = MlflowClient()
         if done := _logged(client, experiment.experiment_id, key):
             return done
         tags = {"cambrian.key": key, "cambrian.generation": row["GEN_ID"], "prefect.flow_run_id": _flow_run_id(),
-                "git.revision": row["git_rev"], "checkpoint.sha256": row["child_sha"],
+                "git.revision": timing["git_rev"], "checkpoint.sha256": row["child_sha"],
                 "parent.sha256": row["parent_sha"], "gate.verdict": row["gate_verdict"]}
         with mlflow.start_run(run_name=row["GEN_ID"], tags=tags) as run:
             mlflow.log_params({"lr": row["lr"], "learner": params.colony.learner, "population": params.colony.population,
@@ -121,8 +121,9 @@ def log_generation(record: dict, summary: dict, params: Params) -> str | None:
                                "fold": "sleep" if params.sleep.in_generation else params.merge.method,
                                "seed": params.seed, "parent": row["parent_sha"][:12]})
             mlflow.log_metrics(ledger.flat(record["metrics"]))
-            mlflow.log_metric("walltime_min", float(row["walltime_min"]))
-            mlflow.log_dict(record, "generation.json")
+            if timing["walltime_min"] != "":
+                mlflow.log_metric("walltime_min", float(timing["walltime_min"]))
+            mlflow.log_dict({**record, "timing": timing}, "generation.json")
             for oid, org in summary.get("organelles", {}).items():
                 with mlflow.start_run(run_name=oid, nested=True, tags={"cambrian.organelle": oid, "species": org["species"]}):
                     mlflow.log_metrics({k: float(org[k]) for k in ("accuracy", "reward", "cost", "roi", "energy")})

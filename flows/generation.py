@@ -179,26 +179,29 @@ def score_step(model: Ref, data: Ref, params: dict) -> dict:
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, colony: list[Organelle],
-            adapters: dict[str, str], files: dict[str, str], record: dict, card: str) -> None:
-    """Write the stage's outputs atomically: the run folder (`files`: ledger.Run.files), the
-    metrics, then the checkpoint with its model card."""
-    with atomic_dir(run) as tmp:
-        save_population(tmp / Run.POPULATION, colony)
-        for o in colony:
-            if o.alive:
-                shutil.copytree(store_get(adapters[o.id]), Run(tmp).adapter(o.id))
-        for name, text in files.items():
-            atomic_write_text(tmp / name, text)
-        write_manifest(tmp, kind="run", generation=gid)  # verified whenever a later step reads the folder
-    atomic_write_text(report, json.dumps(record["metrics"], indent=1, sort_keys=True) + "\n")
-    with atomic_dir(checkpoint) as tmp:
+            adapters: dict[str, str], files: dict[str, str], record: dict, card: str, times: str) -> None:
+    """Publish the stage's outputs all or nothing: the checkpoint with its model card and the run
+    folder (`files`: ledger.Run.files) are written whole under temporary names, then the metrics and
+    the times (ledger.Run.time_path), then both folders are renamed into place, the run folder last
+    (its record is what says a generation finished). A failure while writing (a full disk) leaves
+    none of them; a killed writer's temporary folders are swept by the next."""
+    with atomic_dir(run) as run_tmp, atomic_dir(checkpoint) as tmp:  # renamed in reverse: checkpoint, then run
         for f in source.iterdir():
             if f.name not in ("cambrian.json", CARD):
                 shutil.copy2(f, tmp / f.name)
         write_card(tmp, card)
         sha = write_manifest(tmp, kind="host", generation=gid, parent_sha=record["ledger"]["parent_sha"])
-    if sha != record["ledger"]["child_sha"]:
-        raise RuntimeError(f"{checkpoint}: wrote sha {sha[:12]}, expected {record['ledger']['child_sha'][:12]}")
+        if sha != record["ledger"]["child_sha"]:
+            raise RuntimeError(f"{checkpoint}: wrote sha {sha[:12]}, expected {record['ledger']['child_sha'][:12]}")
+        save_population(run_tmp / Run.POPULATION, colony)
+        for o in colony:
+            if o.alive:
+                shutil.copytree(store_get(adapters[o.id]), Run(run_tmp).adapter(o.id))
+        for name, text in files.items():
+            atomic_write_text(run_tmp / name, text)
+        write_manifest(run_tmp, kind="run", generation=gid)  # verified whenever a later step reads the folder
+        atomic_write_text(report, json.dumps(record["metrics"], indent=1, sort_keys=True) + "\n")
+        atomic_write_text(Run(run).time_path, times)
 
 
 def host_accuracy(history: list[dict]) -> dict[str, float]:
@@ -344,22 +347,22 @@ def _before_streak(gid: str, params: Params, history: list[dict]) -> str:
     return params.ladder[gated[-params.gate.stop_patience]].parent
 
 
-def _record(gid: str, params: Params, parent: "Parent", outcome: "Outcome", summary: dict, delta_sha: str,
-            minutes: float) -> dict:
-    """The generation's record: its ledger row, gate metrics, stop flag and DVC metrics."""
+def _record(gid: str, params: Params, parent: "Parent", outcome: "Outcome", summary: dict, delta_sha: str) -> dict:
+    """The generation's record: its ledger row (but for the wall time and git revision, which
+    ledger.Run.timing keeps beside it), gate metrics, stop flag and DVC metrics: the same bytes each
+    time the same generation runs."""
     curves = list(summary.get("learning_curves", {}).values())
     firsts, lasts = [c[0] for c in curves if c], [c[-1] for c in curves if c]
     metrics = outcome.metrics
     m = metrics or {}
     row = {"GEN_ID": gid, "parent_sha": parent.ref.sha, "child_sha": outcome.child.sha,
            "data_delta_sha": delta_sha,
-           "steps": sum(map(len, curves)), "lr": params.colony.lr, "walltime_min": round(minutes, 3),
+           "steps": sum(map(len, curves)), "lr": params.colony.lr,
            "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
            "eval_recall": "" if m.get("recall_child") is None else m["recall_child"],
            "eval_generalization": m.get("generalization_child", ""), "eval_style_drift": m.get("style_drift", ""),
            "ppl_parent": m.get("ppl_parent", ""), "ppl_child": m.get("ppl_child", ""),
-           "gate_verdict": outcome.verdict, "gate_reason": outcome.why, "git_rev": ledger.git_rev(),
-           "dvc_stage": f"generation@{gid}"}
+           "gate_verdict": outcome.verdict, "gate_reason": outcome.why, "dvc_stage": f"generation@{gid}"}
     stop = outcome.verdict == "stopped" or bool(metrics and should_stop([h["gate"] for h in parent.history] + [metrics],
                                                                        params.gate))
     gate = {"accepted": outcome.verdict == "accepted",
@@ -446,9 +449,10 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     parent = _parent(gid, params, models, runs)
     data_ref = Ref(str(data), verify_dataset(params.challenges, data))
     history = parent.history
-    progress = Progress(gid, next((h["ledger"]["walltime_min"] for h in reversed(history)
-                                   if h["ledger"]["gate_verdict"] != "stopped"), None))
     lineage = [runs / g for g in params.lineage(params.ladder[gid].parent)]
+    progress = Progress(gid, next((minutes for run, h in zip(reversed(lineage), reversed(history))
+                                   if h["ledger"]["gate_verdict"] != "stopped"
+                                   and (minutes := Run(run).timing()["walltime_min"]) != ""), None))
     prior_qa = Run(lineage[-1]).qa() if lineage else []
     learned_before = [r for run in _kept(lineage, history) for r in Run(run).conversations()]  # earlier deltas
     delta_file = params.ladder[gid].delta
@@ -491,15 +495,15 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     # Publish the checkpoint, the run folder and the metrics.
     delta_sha = file_sha(Path(delta_file)) if delta_file else \
         hashlib.sha256(jsonl_text([r for k in sorted(deltas) for r in deltas[k]]).encode()).hexdigest()
-    record = _record(gid, params, parent, outcome, summary, delta_sha, (time.perf_counter() - start) / 60)
+    record = _record(gid, params, parent, outcome, summary, delta_sha)
     if delta_file:
         record["delta"] = delta_file  # the conversation delta it learned
-    record["timeline"] = progress.marks  # minutes since the start at the end of each step (beside the wall time)
     files = Run.files(record, summary, qa, part["episodes"], part["attempts"], deltas, conversation)
     card = generation_card(params.host.source, [Run(runs / "base").record(), *history, record], params.for_steps())
+    times = Run(runs / gid).time_text((time.perf_counter() - start) / 60, progress.marks)
     publish(gid, models / gid, runs / gid, Path(reports_dir) / f"{gid}.json", Path(outcome.child.path), part["colony"],
-            part["adapters"], files, record, card)
-    tracking.log_generation(record, summary, params)
+            part["adapters"], files, record, card, times)
+    tracking.log_generation(record, summary, params, Run(runs / gid).timing())
     return record["ledger"]
 
 

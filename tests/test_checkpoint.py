@@ -88,3 +88,28 @@ def test_a_damaged_or_swapped_store_folder_is_refused(tmp_path, monkeypatch):
     (b / "adapter_model.safetensors").write_bytes(b"adapter c")  # damaged in place
     with pytest.raises(CheckpointError, match="corrupt"):
         store_get(shas[1])
+
+
+def test_a_full_disk_leaves_no_folder_in_the_store_and_a_killed_writers_scratch_is_swept(tmp_path, monkeypatch):
+    import errno
+    import subprocess
+    import sys
+
+    from cambrian.checkpoint import home, scratch, store_model
+
+    monkeypatch.setenv("CAMBRIAN_HOME", str(tmp_path / "home"))
+
+    class Full:  # a model whose weights do not fit on the disk
+        def save_pretrained(self, out):
+            (out / "model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        store_model(Full(), None)
+    assert list((home() / "tmp").iterdir()) == []
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (home() / "tmp" / f"{dead}-left").mkdir()  # the scratch folder of a writer that was killed
+    (home() / "tmp" / f"{os.getppid()}-busy").mkdir()  # a writer that may still be at work
+    mine = scratch()
+    assert sorted(p.name for p in (home() / "tmp").iterdir()) == sorted([f"{os.getppid()}-busy", mine.name])

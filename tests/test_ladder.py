@@ -132,7 +132,7 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
                     "effective_population", "species_shares", "bandit", "rewards", "costs", "tickets", "topups",
                     "taxes", "learning_curves", "organelles", "assimilated"):
             assert key in summary, key
-        marks = [m[0] for m in ledger_record(repo, gid)["timeline"]]  # the generation's steps, timed
+        marks = [m[0] for m in json.loads((repo.root / "runs" / f"{gid}.time.json").read_text())["timeline"]]  # timed steps
         assert marks[0] == "spawn" and marks[1].startswith("learn 1/") and marks[-1] == "score"
         dead = {o["id"] for o in json.loads((repo.root / "runs" / gid / "colony" / "population.json").read_text())
                 if not o["alive"]}
@@ -234,6 +234,19 @@ def test_editing_the_report_reruns_no_rung_and_editing_a_flow_helper_reruns_only
     assert computed == {"evaluate", "assimilate"}
     assert {"spawn", "learn", "settle-energy", "sleep-consolidate", "gate", "score"} <= cached
     assert folder_sha(copy.root / "models/gen_1") == repo.built["gen_1"]["child_sha"]
+
+
+def test_a_generation_re_run_by_hand_publishes_the_same_folder_and_leaves_its_descendants_up_to_date(repo, tmp_path):
+    """Run folders recorded the git revision and the wall time, so re-running gen_1 by hand marked
+    gen_2, gen_3 and gen_4 (which depend on runs/gen_1, runs/gen_2, ...) stale in DVC."""
+    copy = Repo(tmp_path / "copy")
+    shutil.copytree(repo.root, copy.root, symlinks=True)
+    before, times = _run_files(copy.root / "runs/gen_1"), (copy.root / "runs/gen_1.time.json").read_text()
+    copy.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_1")
+    assert _run_files(copy.root / "runs/gen_1") == before
+    assert (copy.root / "runs/gen_1.time.json").read_text() != times  # the new run's wall time
+    stale = {line[:-1] for line in copy.run("dvc", "status").splitlines() if line[:1].strip() and line.endswith(":")}
+    assert not stale & {"generation@gen_2", "generation@gen_3", "generation@gen_4"}, stale
 
 
 def test_mlflow_has_one_run_per_generation_with_nested_organelles(repo, tmp_path):
@@ -464,9 +477,8 @@ def test_a_nan_child_or_sleep_publishes_the_parent_and_its_ledger_row_says_why(r
 
 
 def _run_files(run: Path) -> dict:
-    """A run folder's bytes, but for the record and manifest (they hold the wall time)."""
-    return {p.relative_to(run): p.read_bytes() for p in run.rglob("*")
-            if p.is_file() and p.relative_to(run).as_posix() not in ("generation.json", "cambrian.json")}
+    """A run folder's bytes, every file (its wall time and git revision are kept beside it)."""
+    return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
 
 def ledger_record(repo, gid: str) -> dict:

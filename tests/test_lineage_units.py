@@ -250,10 +250,11 @@ def test_tracking_to_a_dead_or_silent_server_fails_fast_and_never_raises(server,
             s.close()
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-        record = {"ledger": {"GEN_ID": "gen_1", "walltime_min": 0.1, "git_rev": "", "child_sha": "c",
-                             "parent_sha": "p", "gate_verdict": "accepted", "lr": 0.001}, "metrics": {"accepted": True}}
+        record = {"ledger": {"GEN_ID": "gen_1", "child_sha": "c", "parent_sha": "p", "gate_verdict": "accepted",
+                             "lr": 0.001}, "metrics": {"accepted": True}}
         start = time.perf_counter()
-        assert tracking.log_generation(record, {}, parse_params({})) is None
+        timing = {"walltime_min": 0.1, "timeline": [], "git_rev": ""}
+        assert tracking.log_generation(record, {}, parse_params({}), timing) is None
         seconds = time.perf_counter() - start
     assert seconds < 20, seconds  # 2 s per try, one retry; the default policy stalls for minutes
     assert "MLflow logging failed" in caplog.text
@@ -273,15 +274,15 @@ def test_a_generation_cut_off_while_logging_is_logged_once_later(tmp_path, monke
     from cambrian.config import Params
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    row = {"GEN_ID": "gen_1", "parent_sha": "p" * 64, "child_sha": "c" * 64, "gate_verdict": "accepted",
-           "git_rev": "abc", "lr": 0.001, "walltime_min": 1.0}
+    row = {"GEN_ID": "gen_1", "parent_sha": "p" * 64, "child_sha": "c" * 64, "gate_verdict": "accepted", "lr": 0.001}
     record = {"ledger": row, "metrics": {"test": {"math": 0.5}, "gate": {"accepted": True, "recall_parent": None}}}
-    first = tracking.log_generation(record, {}, Params())
+    timing = {"walltime_min": 1.0, "timeline": [], "git_rev": "abc"}
+    first = tracking.log_generation(record, {}, Params(), timing)
     client = MlflowClient()
     client.set_terminated(first, "FAILED")  # as if the process died halfway through logging
-    again = tracking.log_generation({**record, "ledger": {**row, "walltime_min": 2.0}}, {}, Params())
+    again = tracking.log_generation(record, {}, Params(), {**timing, "walltime_min": 2.0})  # run again
     assert again is not None and again != first
-    assert tracking.log_generation(record, {}, Params()) == again  # now finished: not logged a third time
+    assert tracking.log_generation(record, {}, Params(), timing) == again  # now finished: not logged a third time
     runs = client.search_runs([client.get_experiment_by_name("cambrian").experiment_id])
     assert [r.info.run_id for r in runs] == [again] and runs[0].info.status == "FINISHED"
 
@@ -353,3 +354,42 @@ def test_swapped_run_folders_are_refused_by_the_ledger_and_the_report(tmp_path):
         ledger.collect(["gen_1", "gen_2"], runs)
     with pytest.raises(CheckpointError, match="swapped"):
         report.load(["gen_1", "gen_2"], runs, tmp_path / "baseline.json")
+
+
+@pytest.mark.parametrize("fault", ["write_card", "save_population"])
+def test_a_publish_that_fails_while_writing_publishes_nothing(tmp_path, monkeypatch, fault):
+    """All or nothing across checkpoint, run folder, metrics and times: a full disk while writing the
+    checkpoint left runs/gen_2 and reports/gen_2.json behind (the ledger then listed gen_2 accepted, with
+    a sha whose checkpoint did not exist)."""
+    import errno
+    import json
+
+    import flows.generation as g
+    from cambrian.checkpoint import folder_sha
+    from cambrian.ledger import Run
+
+    source = tmp_path / "store" / "child"
+    source.mkdir(parents=True)
+    (source / "model.safetensors").write_bytes(b"weights")
+    write_manifest(source, kind="host")
+    record = {"ledger": {"GEN_ID": "gen_2", "parent_sha": "p" * 64, "child_sha": folder_sha(source)},
+              "metrics": {"test": {"math": 0.5}}}
+    files = {Run.RECORD: json.dumps(record) + "\n", Run.SUMMARY: "{}\n"}
+    paths = [tmp_path / "models" / "gen_2", tmp_path / "runs" / "gen_2", tmp_path / "reports" / "gen_2.json",
+             tmp_path / "runs" / "gen_2.time.json"]
+
+    def publish():
+        g.publish.fn("gen_2", paths[0], paths[1], paths[2], source, [], {}, files, record, "a card", "{}\n")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(g, fault, full)
+        with pytest.raises(OSError, match="No space left"):
+            publish()
+    assert [p for p in paths if p.exists()] == []
+    assert [p.name for d in ("models", "runs", "reports") if (tmp_path / d).is_dir() for p in (tmp_path / d).iterdir()] == []
+    publish()
+    assert all(p.exists() for p in paths)
+    assert Run(paths[1]).record() == record and (paths[0] / "model.safetensors").read_bytes() == b"weights"
