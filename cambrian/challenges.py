@@ -46,8 +46,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from cambrian.checkpoint import CheckpointError, atomic_dir, jsonl_text, read_manifest, read_rows, verify, write_manifest
-from cambrian.config import ChallengeConfig
+from cambrian.checkpoint import (CheckpointError, atomic_dir, jsonl_text, read_manifest, read_rows, text_lines, verify,
+                                 write_manifest)
+from cambrian.config import ChallengeConfig, FileLimits
 
 SPLITS = ("train", "probe", "holdout", "test")
 SELECTION = ("probe", "holdout")  # splits that selection steps may read; test is never one of them
@@ -467,8 +468,8 @@ def family(cfg: ChallengeConfig, name: str) -> Family:
         if not path.is_file():
             raise ValueError(f"{spec.file}: file not found")
         stat = path.stat()
-        rows = tuple(c for c in _file_rows(str(path), stat.st_mtime_ns, stat.st_size, name, scorer, spec.max_tokens)
-                     if c.level in cfg.levels)
+        rows = tuple(c for c in _file_rows(str(path), stat.st_mtime_ns, stat.st_size, name, scorer, spec.max_tokens,
+                                           spec.limits) if c.level in cfg.levels)
         for split in SPLITS:
             if not any(c.split == split for c in rows):
                 raise ValueError(f"{spec.file}: no row of levels {cfg.levels} falls in the {split} split ({len(rows)} "
@@ -501,14 +502,13 @@ def _checked(where: str, prompt, answer, pattern, scorer: str) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_tokens: int) -> tuple[Challenge, ...]:
+def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_tokens: int,
+               limits: FileLimits) -> tuple[Challenge, ...]:
     """Every row of a custom family's JSONL file as a challenge of its split (by prompt hash, as
-    generated ones); raises naming the file and line of the first bad row."""
+    generated ones); raises naming the file and line of the first bad row, or of the first past
+    the family's `limits`."""
     rows: dict[str, tuple[int, Challenge]] = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
+    for where, line in text_lines(path, limits.rows):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
@@ -526,6 +526,10 @@ def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_
         if type(level) is not int or level not in (1, 2, 3):
             raise ValueError(f"{where}: level must be 1, 2 or 3")
         prompt, answer = row["prompt"], row["answer"]
+        for key in ("prompt", "answer", "working"):
+            if isinstance(row.get(key), str) and len(row[key]) > limits.chars:
+                raise ValueError(f"{where}: {key} has {len(row[key])} characters, more than {limits.chars} (the "
+                                 f"family's limits.chars in params.yaml)")
         check = _checked(where, prompt, answer, row.get("pattern"), scorer)
         working = row.get("working", "")
         if not isinstance(working, str) or ANSWER in working:
@@ -536,7 +540,7 @@ def _file_rows(path: str, mtime_ns: int, size: int, name: str, scorer: str, max_
             if seen.answer != answer:
                 raise ValueError(f"{where}: the prompt of line {first} again, with another answer")
             continue
-        rows[prompt] = (n, Challenge(challenge_id(prompt), name, level, split_of(prompt), prompt, answer,
+        rows[prompt] = (where.rpartition(":")[2], Challenge(challenge_id(prompt), name, level, split_of(prompt), prompt, answer,
                                      scorer=f"worked:{check}" if working else check, max_tokens=max_tokens,
                                      working=working))
     return tuple(c for _, c in rows.values())

@@ -141,6 +141,24 @@ def jsonl_text(rows: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
 
 
+def text_lines(path: str | Path, max_rows: int) -> list[tuple[str, str]]:
+    """("FILE:LINE", text) of each non-blank line of a UTF-8 text file (one row per line, split on
+    newlines only); raises a ValueError naming the file and line of a line that is not UTF-8 or of
+    the first row past `max_rows` (the file's limits.rows)."""
+    out = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{n}: not UTF-8 text (byte {err.start + 1} of the line)") from None
+            if line.strip():
+                if len(out) == max_rows:
+                    raise ValueError(f"{path}:{n}: more than {max_rows} rows (its limits.rows in params.yaml)")
+                out.append((f"{path}:{n}", line))
+    return out
+
+
 def read_rows(path: str | Path, missing_ok: bool = False) -> list[dict]:
     """The rows of a JSON Lines file (none for a missing file when `missing_ok`)."""
     path = Path(path)

@@ -5,6 +5,7 @@ user caused is one line on stderr and exit status 2; add `--debug` anywhere for 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,7 +15,9 @@ import typer
 
 for _var, _value in {"DO_NOT_TRACK": "true", "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false",
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
+                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+                     # A Prefect API that went away costs seconds, not minutes of retries (cluster.run_flow).
+                     "PREFECT_CLIENT_MAX_RETRIES": "2"}.items():
     os.environ.setdefault(_var, _value)
 
 app = typer.Typer(help="Cambrian: evolve a small host LLM through small, gated, reversible generations.",
@@ -123,9 +126,9 @@ def generation(gid: str = typer.Argument(..., help="Generation id from params.ya
     assimilate, merge, gate (a failed gate rolls the child back to its parent), publish.
     Finished steps of an interrupted run come from the cache. This is the DVC stage command."""
     _params(params).for_generation(gid)  # fail fast on bad params or an unknown id
-    from cambrian.cluster import configured
+    from cambrian.cluster import run_flow
     from flows.generation import generation as flow
-    row = configured(flow, str(params))(gid, str(params), models_dir, runs_dir, data, reports)
+    row = run_flow(flow, gid, str(params), models_dir, runs_dir, data, reports, params=str(params))
     typer.echo(f"{gid}: {row['gate_verdict']} ({row['gate_reason']}); checkpoint sha256 {row['child_sha']}")
 
 
@@ -135,8 +138,9 @@ def ladder(params: Path = PARAMS, models_dir: str = DIRS["models_dir"], runs_dir
     """Run every generation of the ladder in one Prefect flow (what the Prefect UI deployment
     triggers), then write the lineage ledger. `dvc repro` runs the same steps as DVC stages."""
     _params(params)
+    from cambrian.cluster import run_flow
     from flows.generation import ladder as flow
-    for row in flow(str(params), models_dir, runs_dir, data, reports):
+    for row in run_flow(flow, str(params), models_dir, runs_dir, data, reports):
         typer.echo(f"{row['GEN_ID']}: {row['gate_verdict']} ({row['gate_reason']})")
 
 
@@ -195,9 +199,9 @@ def evomerge(params: Path = PARAMS,
     top-2 mutations and bottom-6 triple merges until a plateau; the best candidate and each parent
     then answer the holdout split of every domain. Resumes from the last finished round."""
     _params(params)
-    from cambrian.cluster import configured
+    from cambrian.cluster import run_flow
     from flows.evomerge import evomerge as flow
-    result = configured(flow, str(params))(str(params), str(host_dir), str(data), str(out), str(report))
+    result = run_flow(flow, str(params), str(host_dir), str(data), str(out), str(report), params=str(params))
     for name, score in result["combined"].items():
         typer.echo(f"{name:28s} holdout {score:.3f}  " + "  ".join(f"{d} {v:.3f}" for d, v in result["holdout"][name].items()))
 
@@ -228,8 +232,9 @@ def continual(params: Path = PARAMS,
     Writes OUT/results.json, OUT/results.md (forgetting, BWT, FWT, AUC per mode) and an A-matrix
     heatmap per run. Finished runs come from the cache, so an interrupted suite resumes."""
     _params(params)
+    from cambrian.cluster import run_flow
     from flows.continual import continual as flow
-    typer.echo(flow(str(params), str(host_dir), str(data), str(out))["table"])
+    typer.echo(run_flow(flow, str(params), str(host_dir), str(data), str(out))["table"])
 
 
 @app.command()
@@ -244,8 +249,9 @@ def compare(params: Path = PARAMS,
     cores) or full (params.yaml as it is); e.g. `dvc exp run -S compare.preset=full compare`.
     Every cell is cached: an interrupted comparison resumes."""
     _params(params)
+    from cambrian.cluster import run_flow
     from flows.compare import compare as flow
-    flow(str(params), str(host_dir), str(out))
+    run_flow(flow, str(params), str(host_dir), str(out))
     typer.echo((out / "compare.md").read_text())
 
 
@@ -297,15 +303,58 @@ def export_generation(gid: str = typer.Argument(..., help="Generation to export 
 
 def _one_line(known: tuple[type[Exception], ...]) -> None:
     """Prefect logs a failed flow's or task's exception with its traceback; for a failure the user
-    caused, our one line says it all (the flow run's state in the Prefect UI still names it)."""
+    caused, our one line says it all (the flow run's state in the Prefect UI still names it). So
+    for an API that went away (cluster.run_flow says it once): Prefect's connection tracebacks, its
+    events client's complaints and its log shipper's errors are not repeated."""
     import logging
+
+    import httpx
 
     class Known(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            return not (record.exc_info and isinstance(record.exc_info[1], known))
+            return not (record.exc_info and isinstance(record.exc_info[1], (*known, httpx.TransportError)))
+
+    class Gone(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not any(s in record.getMessage() for s in ("Unable to connect to", "Service 'EventsWorker' failed"))
 
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(Known())
+    for name in ("prefect.events.clients", "prefect._internal.concurrency"):
+        logging.getLogger(name).addFilter(Gone())
+    logging.raiseExceptions = False  # the log shipper's "--- Error logging to API ---" per batch
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT, to the process or its whole group) or SIGTERM: stop the processes this one
+    started (Prefect's temporary server, Dask workers, a learner's process) and exit at once with
+    128 + the signal's number, never waiting for a step in another thread to end. Nothing is left
+    half-written: every output is published by a rename, every finished step is cached, so the
+    same command resumes where this one stopped."""
+    import signal
+
+    import psutil
+
+    def stop(signum, frame):
+        print(f"\ncambrian: stopped by {signal.Signals(signum).name}; finished steps are cached, the same command "
+              f"resumes", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.terminate()
+        for child in psutil.wait_procs(children, timeout=3)[1]:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    if set(sys.argv[1:2]) & FLOWS:
+        # Prefect's flow engine takes SIGTERM over for the length of a flow run, to report the run
+        # crashed once the steps running in other threads have ended (a learn step: minutes).
+        import prefect.flow_engine
+        prefect.flow_engine.capture_sigterm = contextlib.nullcontext
 
 
 def main() -> None:
@@ -319,6 +368,7 @@ def main() -> None:
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
+    _stop_on_signals()
     try:
         if set(sys.argv[1:2]) & FLOWS and not {"--help", "-h"} & set(sys.argv):
             check_api()

@@ -17,11 +17,14 @@ Workers on other machines run in a clone of the project (same code, same `.dvc/c
 CAMBRIAN_REMOTE set; each keeps its own step results (flows/steps.py).
 
 `check_api` fails fast, in one line, when PREFECT_API_URL names a server that is down or silent
-(Prefect's own client would retry for minutes).
+(Prefect's own client would retry for minutes); `run_flow` keeps a server that goes away mid-run to
+one line, and one that goes away after the work is done to one warning.
 """
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import urllib.request
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -84,3 +87,34 @@ def check_api(timeout: float | None = None) -> None:
         reason = getattr(err, "reason", None) or err
         raise ServerError(f"the Prefect API at {url} does not answer ({reason}, {timeout:g} s): start it with "
                           f"`prefect server start`, or unset PREFECT_API_URL to use a temporary local one") from None
+
+
+def run_flow(flow_, *args, params: str | None = None):
+    """`flow_(*args)` (on the task runner that `params`' scale section selects, when given); returns
+    its result. The Prefect API is only the flow's reporter: if it goes away after the flow's own
+    work returned (a server stopped mid-run), the work is done and published and only the run's
+    final state cannot be recorded, which costs one warning; if it goes away before, the run ends
+    in one line (ServerError; the same command resumes from the cached steps). The cli keeps the
+    client's retries short (PREFECT_CLIENT_MAX_RETRIES), so neither waits minutes."""
+    import httpx
+
+    runnable = configured(flow_, params) if params else flow_.with_options()
+    work, done = runnable.fn, {}
+
+    @functools.wraps(work)
+    def fn(*a, **k):
+        done["result"] = work(*a, **k)
+        return done["result"]
+
+    runnable.fn = fn
+    where = f"the Prefect API at {os.environ['PREFECT_API_URL']}" if os.environ.get("PREFECT_API_URL") else \
+        "Prefect's temporary local server"
+    try:
+        return runnable(*args)
+    except httpx.TransportError as err:
+        if "result" not in done:
+            raise ServerError(f"{where} went away mid-run ({err or type(err).__name__}): run the same command again "
+                              f"once it answers (finished steps come from the cache)") from None
+        print(f"warning: {where} went away after the work was done ({err or type(err).__name__}): the outputs are "
+              f"published, the flow run's final state is not recorded", file=sys.stderr, flush=True)
+        return done["result"]

@@ -30,6 +30,15 @@ class HostConfig(Strict):
     tiny_seed: int = Field(0, ge=0)
 
 
+class FileLimits(Strict):
+    """How big an input file may be (a custom family's, a conversation delta): `cambrian check`, and
+    every reader, refuse a bigger one naming its file and line, before any work. Raise them for bigger
+    data: time and memory grow with them (a 10,000-turn conversation took ~20 minutes to tokenize)."""
+    rows: int = Field(20_000, ge=1)  # rows (non-blank lines) per file
+    turns: int = Field(64, ge=1)  # messages per conversation
+    chars: int = Field(4_000, ge=1)  # characters per message, prompt, answer or working (~1,000 tokens)
+
+
 class CustomFamily(Strict):
     """A challenge family of your own (README "Your own challenge families"): the rows of a JSONL file (one
     {"prompt", "answer", "level" (default 1), "pattern" (regex only)} per line, split by prompt
@@ -46,6 +55,7 @@ class CustomFamily(Strict):
     tolerance: float = Field(0.0, ge=0.0)
     choices: list[str] = Field(default_factory=list)
     max_tokens: int = Field(32, ge=1, le=4096)  # longest reply generated
+    limits: FileLimits = FileLimits()  # of `file`
 
     @model_validator(mode="after")
     def _one_source(self) -> "CustomFamily":
@@ -215,6 +225,9 @@ class GateConfig(Strict):
         "Give one tip for staying focused.", "What do bees do in winter?"], min_length=1)
     reply_tokens: int = Field(32, ge=1, le=1024)  # tokens generated per neutral prompt
     max_ppl_increase: float = Field(0.05, ge=0.0)  # child's general-text perplexity <= parent's * (1 + this)
+    # ...and <= the lineage root's (G0's) * (1 + this): accepted steps, each under max_ppl_increase, add
+    # up (three conversation weeks drifted +7.4%); 5% is what the learning issues ask of the last model.
+    max_ppl_increase_total: float = Field(0.05, ge=0.0)
     ppl_passages: int = Field(16, ge=1, le=1000)  # prose paragraphs of pydoc_data.topics measured
     # Stop rule: stop the ladder after `stop_patience` generations in a row with
     # delta generalization < stop_epsilon while delta drift > stop_theta.
@@ -372,12 +385,13 @@ class LadderGen(Strict):
     # A conversation delta (cambrian/conversations.py): this generation learns these conversations
     # instead of the challenges, e.g. data/deltas/week2.jsonl.
     delta: str | None = None
+    limits: FileLimits = FileLimits()  # of `delta`
 
     @model_validator(mode="after")
     def _delta(self) -> "LadderGen":
         if self.delta is not None:
             from cambrian.conversations import read_delta
-            read_delta(self.delta)  # a bad file fails here, naming its line, before any work starts
+            read_delta(self.delta, self.limits)  # a bad file fails here, naming its line, before any work starts
         return self
 
 

@@ -21,30 +21,40 @@ import hashlib
 import json
 from pathlib import Path
 
+from cambrian.checkpoint import text_lines
+from cambrian.config import FileLimits
+
 HELD_OUT = 5  # one conversation in HELD_OUT is held out
 SHORT_WORDS = 8  # an answer of at most this many words is also checked by exact match
 ROLES = ("system", "user", "assistant")
 
 
-def _messages(where: str, row) -> list[dict]:
+def _messages(where: str, row, limits) -> list[dict]:
     """The row as a list of chat messages, or a ValueError naming `where` and the reason."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: a row is a JSON object with messages, or with prompt and completion")
     if set(row) == {"prompt", "completion"}:
         if not all(isinstance(row[k], str) and row[k].strip() for k in row):
             raise ValueError(f"{where}: prompt and completion must be non-empty text")
-        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+        row = {"messages": [{"role": "user", "content": row["prompt"]},
+                            {"role": "assistant", "content": row["completion"]}]}
     if set(row) != {"messages"}:
         raise ValueError(f"{where}: a row has exactly `messages`, or exactly `prompt` and `completion` "
                          f"(found {sorted(row)})")
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where}: messages must be a non-empty list")
+    if len(messages) > limits.turns:
+        raise ValueError(f"{where}: {len(messages)} messages, more than {limits.turns} (the delta's limits.turns in "
+                         f"params.yaml)")
     for k, m in enumerate(messages):
         if not isinstance(m, dict) or set(m) != {"role", "content"} or m["role"] not in ROLES:
             raise ValueError(f"{where}: message {k + 1} must be {{role, content}} with role one of {list(ROLES)}")
         if not isinstance(m["content"], str) or not m["content"].strip():
             raise ValueError(f"{where}: message {k + 1} has no text")
+        if len(m["content"]) > limits.chars:
+            raise ValueError(f"{where}: message {k + 1} has {len(m['content'])} characters, more than {limits.chars} "
+                             f"(the delta's limits.chars in params.yaml)")
         if m["role"] == "system" and k > 0:
             raise ValueError(f"{where}: message {k + 1}: a system turn can only open a conversation")
         if m["role"] == "assistant" and (k == 0 or messages[k - 1]["role"] != "user"):
@@ -59,15 +69,13 @@ def _sha(messages: list[dict]) -> bytes:
 
 
 @functools.lru_cache(maxsize=32)
-def _read(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
+def _read(path: str, mtime_ns: int, size: int, limits) -> tuple[dict, ...]:
     rows: dict[str, dict] = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for where, line in text_lines(path, limits.rows):
         try:
-            messages = _messages(f"{path}:{n}", json.loads(line))
+            messages = _messages(where, json.loads(line), limits)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+            raise ValueError(f"{where}: not JSON ({err.msg})") from None
         opening = next(k for k, m in enumerate(messages) if m["role"] == "user")
         split = "heldout" if int.from_bytes(_sha(messages[:opening + 1])[:4], "big") % HELD_OUT == 0 else "train"
         for k, m in enumerate(messages):
@@ -82,15 +90,15 @@ def _read(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
     return tuple(rows.values())
 
 
-def read_delta(path: str | Path) -> list[dict]:
+def read_delta(path: str | Path, limits: FileLimits) -> list[dict]:
     """Every answer of the delta file as a row {"id" (hash of its context and answer), "prompt" (the chat
     messages before it), "answer", "split": "train" | "heldout"}, each answer once; raises a ValueError
-    naming the file and line of the first bad row."""
+    naming the file and line of the first bad row, or of the first past its `limits` (its ladder entry's)."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{path}: no such file")
     stat = p.stat()
-    return copy.deepcopy(list(_read(str(p), stat.st_mtime_ns, stat.st_size)))
+    return copy.deepcopy(list(_read(str(p), stat.st_mtime_ns, stat.st_size, limits)))
 
 
 def is_short(row: dict) -> bool:

@@ -79,7 +79,12 @@ def _load_source(cfg: HostConfig):
     if cfg.source == TINY:
         tok = _smollm2_tokenizer(smollm2_gguf())
         return tiny_model(tok, cfg.tiny_seed), tok
-    return AutoModelForCausalLM.from_pretrained(cfg.source, dtype=torch.float32), AutoTokenizer.from_pretrained(cfg.source)
+    try:
+        return (AutoModelForCausalLM.from_pretrained(cfg.source, dtype=torch.float32),
+                AutoTokenizer.from_pretrained(cfg.source))
+    except (OSError, ValueError) as err:  # no such folder or hub name, no weights, a broken config.json
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"host.source {cfg.source!r} cannot be loaded as a model: {reason}") from None
 
 
 def materialize(cfg: HostConfig, out: str | Path) -> str:

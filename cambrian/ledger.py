@@ -18,7 +18,7 @@ import yaml
 from cambrian.checkpoint import CheckpointError, atomic_dir, atomic_write_text, jsonl_text, read_rows, verify, write_manifest
 
 COLUMNS = ["GEN_ID", "parent_sha", "child_sha", "data_delta_sha", "steps", "lr", "walltime_min", "loss_start",
-           "loss_end", "eval_recall", "eval_generalization", "eval_style_drift", "ppl_parent", "ppl_child", "gate_verdict", "gate_reason",
+           "loss_end", "eval_recall", "eval_generalization", "eval_style_drift", "ppl_parent", "ppl_child", "ppl_root", "gate_verdict", "gate_reason",
            "git_rev", "dvc_stage", "dvc_md5"]
 
 

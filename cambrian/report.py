@@ -23,6 +23,7 @@ VERDICT_COLOURS = {"accepted": "#2e7d32", "rejected": "#c62828", "unchanged": "#
                    "rolled back": "#ef6c00"}
 CURVES = ["roi_mean", "roi_median", "roi_std", "energy_mean", "energy_gini", "effective_population",
           "recall_parent", "recall_child", "generalization_parent", "generalization_child", "style_drift",
+          "ppl_parent", "ppl_child", "ppl_root",
           "recall_loglik_parent", "recall_loglik_child", "heldout_loglik_parent", "heldout_loglik_child"]
 
 

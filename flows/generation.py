@@ -50,7 +50,7 @@ from cambrian.organelle import Organelle, families_of, load_colony, lora_config,
 from flows.steps import step
 from tasks.assimilate import assimilate, gating
 from tasks.evaluate import run_episodes
-from tasks.gate import CONVERSATION_METRICS, measure, should_stop, verdict
+from tasks.gate import CONVERSATION_METRICS, measure, root_perplexity, should_stop, verdict
 from tasks.learn import learn, training_data, with_replay
 from tasks.merge import fold, soup_weights
 from tasks.settle import settle
@@ -151,20 +151,20 @@ def sleep_step(parent: Ref, adapters: dict[str, str], replay: list[dict], params
 
 
 @step("gate", sections=("gate", "eval"))
-def gate_step(parent: Ref, child_sha: str, prior_qa: list[dict], data: Ref, families: list[str], params: dict,
+def gate_step(parent: Ref, child_sha: str, recall_qa: list[dict], data: Ref, families: list[str], params: dict,
               recall_conversations: list[dict], heldout_conversations: list[dict]) -> dict:
-    """Parent and child side by side (tasks/gate.py): recall of the prior QA set and of the earlier
-    conversation deltas' held-out answers, generalization to the holdout split of `families` or to
-    the new delta's held-out answers, style drift and general-text perplexity."""
+    """Parent and child side by side (tasks/gate.py): recall of every accepted delta (`recall_set`)
+    and of the earlier conversation deltas' held-out answers, generalization to the holdout split of
+    `families` or to the new delta's held-out answers, style drift and general-text perplexity."""
     p = restricted(params)
     parent_model, tok = load_host(*parent)
     child, _ = load_host(store_get(child_sha), child_sha)
     holdout = [c for c in read_jsonl(Path(data.path) / "holdout.jsonl") if c.family in families]
     engines = [Engine(m, tok, p.eval) for m in (parent_model, child)]
-    keep = random.Random(f"{p.seed}/recall").sample(range(len(prior_qa)), min(len(prior_qa), p.gate.recall_rows))
+    keep = random.Random(f"{p.seed}/recall").sample(range(len(recall_qa)), min(len(recall_qa), p.gate.recall_rows))
     qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"], scorer=r["scorer"],
                     max_tokens=r["max_tokens"])
-          for r in (prior_qa[i] for i in sorted(keep))]  # recall on a fixed sample, in file order
+          for r in (recall_qa[i] for i in sorted(keep))]  # recall on a fixed sample, in file order
     return measure(*engines, qa, holdout, p.gate, recall_conversations, heldout_conversations)
 
 
@@ -340,6 +340,14 @@ def _kept(lineage: list[Path], history: list[dict]) -> list[Path]:
     return kept[::-1]
 
 
+def recall_set(lineage: list[Path], history: list[dict]) -> list[dict]:
+    """The gate's recall test: the QA rows of every generation whose learning the parent still holds
+    (`_kept`), each row once, oldest first, so accepted deltas cannot be forgotten one step at a time
+    (the gate samples `gate.recall_rows` of them)."""
+    rows = {json.dumps([r["prompt"], r["answer"]]): r for run in _kept(lineage, history) for r in Run(run).qa()}
+    return list(rows.values())
+
+
 def _before_streak(gid: str, params: Params, history: list[dict]) -> str:
     """The generation whose checkpoint the stop rule restores: the parent of the first of the last
     `stop_patience` gated generations (the streak ending with `gid`)."""
@@ -361,13 +369,13 @@ def _record(gid: str, params: Params, parent: "Parent", outcome: "Outcome", summ
            "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
            "eval_recall": "" if m.get("recall_child") is None else m["recall_child"],
            "eval_generalization": m.get("generalization_child", ""), "eval_style_drift": m.get("style_drift", ""),
-           "ppl_parent": m.get("ppl_parent", ""), "ppl_child": m.get("ppl_child", ""),
+           "ppl_parent": m.get("ppl_parent", ""), "ppl_child": m.get("ppl_child", ""), "ppl_root": m.get("ppl_root", ""),
            "gate_verdict": outcome.verdict, "gate_reason": outcome.why, "dvc_stage": f"generation@{gid}"}
     stop = outcome.verdict == "stopped" or bool(metrics and should_stop([h["gate"] for h in parent.history] + [metrics],
                                                                        params.gate))
     gate = {"accepted": outcome.verdict == "accepted",
             **{k: m.get(k) for k in ("recall_parent", "recall_child", "generalization_parent", "generalization_child",
-                                     "style_drift", "forbidden_rate", "ppl_parent", "ppl_child")},
+                                     "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", "ppl_root")},
             **{k: m[k] for k in CONVERSATION_METRICS if k in m}}
     colony = {"assimilated": len(summary.get("assimilated", [])), "accuracy": summary.get("accuracy", 0.0),
               "survivors": summary.get("survivors", 0)}
@@ -456,7 +464,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     prior_qa = Run(lineage[-1]).qa() if lineage else []
     learned_before = [r for run in _kept(lineage, history) for r in Run(run).conversations()]  # earlier deltas
     delta_file = params.ladder[gid].delta
-    conversation = read_delta(delta_file) if delta_file else []
+    conversation = read_delta(delta_file, params.ladder[gid].limits) if delta_file else []
 
     # Learn: the colony evolves on the challenges, or one LoRA learns the conversation delta.
     if history and history[-1].get("stop", False):
@@ -475,10 +483,11 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         if child_sha == parent.ref.sha:
             outcome = Outcome("unchanged", part["unchanged"], parent.ref)
         else:
-            metrics = gate_step(parent.ref, child_sha, prior_qa, data_ref, part["families"], pdict,
+            metrics = gate_step(parent.ref, child_sha, recall_set(lineage, history), data_ref, part["families"], pdict,
                                 [r for r in learned_before if r["split"] == "heldout"],
                                 [r for r in conversation if r["split"] == "heldout"])
             progress.done("gate")
+            metrics = {**metrics, "ppl_root": root_perplexity(history, metrics)}
             outcome = _judge(gid, params, parent, part, child_sha, metrics, models, runs)
         part["summary"]["assimilated"] = sorted(part["weights"]) if outcome.verdict == "accepted" else []
         if nonfinite := part["summary"].get("sleep", {}).get("nonfinite"):  # said in the ledger, never silent

@@ -1,8 +1,9 @@
 """gate: is the child better than its parent without forgetting or drifting? If not, roll back.
 
 Measured on the parent and the child side by side:
-- recall: accuracy on the parent generation's QA set (the data delta it assimilated; a fixed
-  sample of at most `recall_rows`); a drop fails the child when it exceeds `recall_drop_max` and
+- recall: accuracy on the QA sets of every generation whose learning the parent holds (the data
+  deltas they assimilated; a fixed sample of at most `recall_rows`), so accepted deltas cannot be
+  forgotten one step at a time; a drop fails the child when it exceeds `recall_drop_max` and
   is significant (paired exact McNemar, one-sided, p <= `recall_alpha`), so sampling noise on a
   small QA set does not roll back a child that forgot nothing;
 - generalization: accuracy on the holdout split of the families in the new delta, each family
@@ -15,7 +16,9 @@ Measured on the parent and the child side by side:
 - style drift: on neutral prompts, the mean per-token KL(parent || child) along the parent's own
   greedy replies, and the share of the child's replies containing a forbidden phrase;
 - general ability: perplexity on a fixed slice of English prose that ships with Python (the
-  paragraphs of `pydoc_data.topics`), so a child that learned puzzles by forgetting language fails.
+  paragraphs of `pydoc_data.topics`), so a child that learned puzzles by forgetting language fails;
+  against its parent and against the lineage's root (G0, `root_perplexity`), so steps that each
+  stay under the bar cannot add up past it.
 The verdict applies the thresholds of `gate` in params.yaml; a rejected child is replaced by its
 parent, byte for byte. The stop rule ends the ladder after `stop_patience` generations in a row
 whose generalization gain was below `stop_epsilon` while drift exceeded `stop_theta`.
@@ -37,7 +40,7 @@ from tasks.assimilate import mcnemar_p
 CONVERSATION_METRICS = ("recall_loglik_parent", "recall_loglik_child", "recall_exact_parent", "recall_exact_child",
                         "heldout_loglik_parent", "heldout_loglik_child", "heldout_exact_parent", "heldout_exact_child")
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
-           "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", *CONVERSATION_METRICS)
+           "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", "ppl_root", *CONVERSATION_METRICS)
 
 
 @torch.inference_mode()
@@ -169,6 +172,9 @@ def verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:
     if m["ppl_child"] > m["ppl_parent"] * (1 + cfg.max_ppl_increase):
         return False, (f"general-text perplexity {m['ppl_parent']:.2f} -> {m['ppl_child']:.2f} "
                        f"(max increase {cfg.max_ppl_increase:.0%})")
+    if m.get("ppl_root") is not None and m["ppl_child"] > m["ppl_root"] * (1 + cfg.max_ppl_increase_total):
+        return False, (f"general-text perplexity {m['ppl_root']:.2f} at the lineage's root -> {m['ppl_child']:.2f} "
+                       f"(max total increase {cfg.max_ppl_increase_total:.0%})")
     if m["forbidden_rate"] > cfg.max_forbidden_rate:
         return False, f"forbidden-phrase rate {m['forbidden_rate']:.2f} > {cfg.max_forbidden_rate}"
     return True, f"{generalized}, drift KL {m['style_drift']:.3f}"
@@ -182,6 +188,14 @@ def _generalization(m: dict) -> str:
     if m["generalization_child"] is None:
         return "generalization not measured"
     return f"generalization {m['generalization_parent']:.3f} -> {m['generalization_child']:.3f}"
+
+
+def root_perplexity(history: list[dict], m: dict) -> float:
+    """The lineage root's (G0's) general-text perplexity: what the lineage's first gate measured on
+    its parent (every generation before a first gate left the host as it was), or, for that first
+    gate itself, the parent's in `m`."""
+    gated = [h["gate"] for h in history if h["gate"]]
+    return gated[0]["ppl_parent"] if gated else m["ppl_parent"]
 
 
 def should_stop(history: list[dict], cfg: GateConfig) -> bool:

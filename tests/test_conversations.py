@@ -6,7 +6,7 @@ import shutil
 import pytest
 import yaml
 
-from cambrian.config import ParamsError, parse_params
+from cambrian.config import FileLimits, ParamsError, parse_params
 from cambrian.conversations import HELD_OUT, is_short, read_delta
 from tasks.gate import verdict
 
@@ -25,8 +25,8 @@ def test_a_delta_becomes_answers_with_their_context_and_a_held_out_fifth(tmp_pat
     two = _chat(("system", "Be brief."), ("user", "Hi."), ("assistant", "Hello."), ("user", "Name?"),
                 ("assistant", "Cam."))
     path = _write(tmp_path / "d.jsonl", [two, *qa, qa[0]])  # qa[0] twice: read once
-    rows = read_delta(path)
-    assert len(rows) == 2 + 300 and rows == read_delta(path)
+    rows = read_delta(path, FileLimits())
+    assert len(rows) == 2 + 300 and rows == read_delta(path, FileLimits())
     first, second = rows[:2]
     assert first["prompt"] == two["messages"][:2] and first["answer"] == "Hello."
     assert second["prompt"] == two["messages"][:4] and second["answer"] == "Cam."
@@ -57,6 +57,27 @@ def test_a_bad_delta_fails_before_any_work_naming_file_line_and_reason(tmp_path,
     assert f"ladder.gen_1: {path}:4: " in str(err.value) and reason in str(err.value)
 
 
+def test_a_delta_past_its_limits_or_not_utf8_is_refused_naming_file_and_line(tmp_path):
+    """A 10,000-turn conversation passed `cambrian check` and then tokenized for ~20 minutes; a 20 MB
+    delta's untruncated answers made the gate ask for terabytes."""
+    good = [{"prompt": f"q{k}", "completion": f"a{k}"} for k in range(20)]
+    long_chat = _chat(*[(("user", "hi"), ("assistant", "yo"))[k % 2] for k in range(66)])
+    cases = [([*good[:3], long_chat, *good[3:]], {}, ":4: 66 messages, more than 64 (the delta's limits.turns"),
+             ([*good[:3], {"prompt": "q", "completion": "x" * 4001}, *good[3:]], {},
+              ":4: message 2 has 4001 characters, more than 4000"),
+             (good, {"rows": 5}, ":6: more than 5 rows")]
+    for rows, limits, reason in cases:
+        path = _write(tmp_path / "d.jsonl", rows)
+        with pytest.raises(ParamsError) as err:
+            parse_params({"ladder": {"gen_1": {"parent": "base", "delta": path, "limits": limits}}})
+        assert f"{path}{reason}" in str(err.value)
+    path = _write(tmp_path / "d.jsonl", [*good[:3], long_chat, *good[3:]])  # a user may raise a limit
+    parse_params({"ladder": {"gen_1": {"parent": "base", "delta": path, "limits": {"turns": 66}}}})
+    (tmp_path / "d.jsonl").write_bytes(b'{"prompt": "q", "completion": "\xe9t\xe9"}\n' + (tmp_path / "d.jsonl").read_bytes())
+    with pytest.raises(ParamsError, match=f"{path}:1: not UTF-8 text"):
+        parse_params({"ladder": {"gen_1": {"parent": "base", "delta": path}}})
+
+
 def test_conversations_that_begin_alike_share_a_split_and_a_shared_answer_is_one_row(tmp_path):
     """Held out means never trained on: a two-turn conversation and its first turn asked alone (or
     with another follow-up) fall on the same side, and their common first answer is one row."""
@@ -65,7 +86,7 @@ def test_conversations_that_begin_alike_share_a_split_and_a_shared_answer_is_one
         q, a = ("user", f"Capital number {k}?"), ("assistant", f"City {k}.")
         rows += [_chat(q, a), _chat(q, a, ("user", "Sure?"), ("assistant", "Yes.")),
                  _chat(q, a, ("user", "Why?"), ("assistant", "History."))]
-    delta = read_delta(_write(tmp_path / "d.jsonl", rows))
+    delta = read_delta(_write(tmp_path / "d.jsonl", rows), FileLimits())
     assert len(delta) == 300 and len({r["id"] for r in delta}) == 300  # 100 first answers once, 200 follow-ups
     for k in range(100):
         splits = {r["split"] for r in delta if r["prompt"][0]["content"] == f"Capital number {k}?"}
@@ -77,10 +98,10 @@ def test_conversations_that_begin_alike_share_a_split_and_a_shared_answer_is_one
 
 def test_a_delta_without_a_held_out_part_or_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
-        read_delta(tmp_path / "nowhere.jsonl")
+        read_delta(tmp_path / "nowhere.jsonl", FileLimits())
     one = _write(tmp_path / "one.jsonl", [{"prompt": "q", "completion": "a"}])
     with pytest.raises(ValueError, match="no conversation falls in the (train|heldout) part"):
-        read_delta(one)
+        read_delta(one, FileLimits())
 
 
 def _metrics(**kw):
@@ -141,7 +162,7 @@ def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(t
     rows = {g: generation(g, *args) for g in ("gen_1", "gen_2", "gen_3", "gen_4")}
     runs = tmp_path / "runs"
     record = {g: json.loads((runs / g / "generation.json").read_text()) for g in rows}
-    a, b = read_delta(deltas["a"]), read_delta(deltas["b"])
+    a, b = read_delta(deltas["a"], FileLimits()), read_delta(deltas["b"], FileLimits())
     held_a = [r for r in a if r["split"] == "heldout"]
 
     gate = record["gen_2"]["gate"]

@@ -99,6 +99,13 @@ def test_bad_files_fail_before_any_work_naming_file_line_and_reason(tmp_path):
     assert "choices go with" in _error(tmp_path, good, scorer="one_of")
     assert "challenges.custom.0.scorer" in _error(tmp_path, good, scorer="fuzzy")
     assert "file not found" in _error(tmp_path, None, file=str(tmp_path / "nowhere.jsonl"))
+    # Past its limits (which its entry may raise), or not UTF-8: refused naming file and line.
+    assert f"{f}:51: more than 50 rows (its limits.rows" in _error(tmp_path, good, limits={"rows": 50})
+    long = {"prompt": "y" * 4001, "answer": "1"}
+    assert f"{f}:4: prompt has 4001 characters, more than 4000" in _error(tmp_path, good[:3] + [long] + good[3:])
+    parse_params(params(tmp_path, good[:3] + [long] + good[3:], limits={"chars": 5000}))  # its entry raised the limit
+    f.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in good[:2]) + b'{"prompt": "\xff"}\n')
+    assert f"{f}:3: not UTF-8 text" in str(pytest.raises(ParamsError, parse_params, params(tmp_path)).value)
     assert "unknown family 'unit'" in str(pytest.raises(ParamsError, parse_params, {
         "challenges": {"families": ["unit"]}}).value)
     both = params(tmp_path, good)

@@ -76,3 +76,21 @@ def test_corrupt_and_wrong_models_are_refused(tiny_host_dir, tmp_path):
         load_host(wrong)
     with pytest.raises(CheckpointError, match="not found"):
         load_host(tmp_path / "nothing")
+
+
+def test_a_host_source_that_cannot_be_loaded_is_one_line(tiny_host_dir, tmp_path, monkeypatch):
+    """A folder holding only config.json, or a path like ../../tmp, ended in a 50-line traceback, exit 1."""
+    import subprocess
+    import sys
+
+    only_config = tmp_path / "only-config"
+    only_config.mkdir()
+    shutil.copy(tiny_host_dir / "config.json", only_config / "config.json")
+    for source in (str(only_config), "../../tmp"):
+        (tmp_path / "params.yaml").write_text(json.dumps({"host": {"source": source}}))
+        out = subprocess.run([sys.executable, "-m", "cambrian.cli", "host", "--out", str(tmp_path / "m"),
+                              "--run", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: host.source {source!r} cannot be loaded"), out.stderr
+        assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()

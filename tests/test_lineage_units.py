@@ -99,6 +99,20 @@ def test_gate_verdicts_name_the_failed_threshold():
     assert verdict(_m(ppl_child=21.0), cfg)[0]  # +5.0%: at the limit
     assert verdict(_m(ppl_child=21.1), cfg) == (False, "general-text perplexity 20.00 -> 21.10 (max increase 5%)")
     assert verdict(_m(recall_parent=None, recall_child=None), cfg)[0]  # the first generation has no prior QA
+    # Steps that each stay under the bar cannot add up past it: the child against the lineage's root too.
+    assert verdict(_m(ppl_parent=20.5, ppl_child=21.0, ppl_root=20.0), cfg)[0]
+    assert verdict(_m(ppl_parent=20.5, ppl_child=21.1, ppl_root=20.0), cfg) == \
+        (False, "general-text perplexity 20.00 at the lineage's root -> 21.10 (max total increase 5%)")
+
+
+def test_the_root_perplexity_is_the_first_gates_parent_in_the_lineage():
+    from tasks.gate import root_perplexity
+
+    m = _m(ppl_parent=20.5)
+    assert root_perplexity([], m) == 20.5  # the lineage's first gate: its parent is the root
+    unchanged = {"gate": None}  # a generation that left the host as it was
+    history = [unchanged, {"gate": _m(ppl_parent=20.0, ppl_child=20.5)}, {"gate": _m(ppl_parent=20.5)}]
+    assert root_perplexity(history, m) == 20.0
 
 
 def test_a_nan_child_or_metric_never_passes_the_gate():
@@ -393,3 +407,27 @@ def test_a_publish_that_fails_while_writing_publishes_nothing(tmp_path, monkeypa
     publish()
     assert all(p.exists() for p in paths)
     assert Run(paths[1]).record() == record and (paths[0] / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_the_gates_recall_set_holds_every_accepted_delta_of_the_lineage(tmp_path):
+    """Not only the parent's: accepted deltas could otherwise be forgotten one step at a time. A
+    rejected generation's rows, and those of generations a stop rule's rollback discarded, are not in it."""
+    import json
+
+    from flows.generation import recall_set
+
+    def gen(gid, parent, child, verdict, rows):
+        (tmp_path / gid).mkdir()
+        (tmp_path / gid / "qa.jsonl").write_text("".join(json.dumps({"prompt": p, "answer": "1"}) + "\n" for p in rows))
+        return {"ledger": {"GEN_ID": gid, "parent_sha": parent, "child_sha": child, "gate_verdict": verdict}}
+
+    history = [gen("gen_1", "h0", "h1", "accepted", ["a", "b"]),
+               gen("gen_2", "h1", "h1", "rejected", ["a", "b"]),  # its parent's rows, carried
+               gen("gen_3", "h1", "h3", "accepted", ["c", "b"]),
+               gen("gen_4", "h3", "h3", "unchanged", ["c", "b"])]
+    lineage = [tmp_path / h["ledger"]["GEN_ID"] for h in history]
+    assert [r["prompt"] for r in recall_set(lineage, history)] == ["a", "b", "c"]
+    assert [r["prompt"] for r in recall_set(lineage[:2], history[:2])] == ["a", "b"]
+    rolled_back = [*history[:3], gen("gen_5", "h3", "h1", "rolled back", ["x"])]  # the stop rule restored gen_1's
+    assert [r["prompt"] for r in recall_set([tmp_path / h["ledger"]["GEN_ID"] for h in rolled_back], rolled_back)] \
+        == ["a", "b"]
