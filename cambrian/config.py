@@ -40,7 +40,7 @@ class FileLimits(Strict):
 
 
 class CustomFamily(Strict):
-    """A challenge family of your own (README "Your own challenge families"): the rows of a JSONL file (one
+    """A challenge family of your own (docs/your-data.md): the rows of a JSONL file (one
     {"prompt", "answer", "level" (default 1), "pattern" (regex only)} per line, split by prompt
     hash like generated ones) or a generator function, and the scorer its replies are checked by."""
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
@@ -80,9 +80,9 @@ class ChallengeConfig(Strict):
     transfer_per_cell: int = Field(20, ge=1, le=10_000)  # test split, reserved phrasings only
     custom: list[CustomFamily] = Field(default_factory=list)
     # Built-in families trained and answered with their working shown, then a final "Answer: ..."
-    # line that alone is scored (README "Worked solutions"); the others answer with the answer only.
+    # line that alone is scored (docs/challenges.md "Worked solutions"); the others answer with the answer only.
     # A family listed here but not in `families` has no effect. Off by default: at the ladder's budget
-    # it did not pay and cost general-text perplexity (benchmarks/formats.py, README).
+    # it did not pay and cost general-text perplexity (benchmarks/formats.py, docs/challenges.md).
     worked: list[Literal[WORKED]] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -238,7 +238,7 @@ class GateConfig(Strict):
 
 # Named budgets of the three long experiments: per section, preset name -> params sections updated
 # for the whole experiment (`ladder` is replaced whole). full is params.yaml as it is; quick is
-# the default, cut down for 2 CPU cores (the README says what has been timed).
+# the default, cut down for 2 CPU cores (docs/compare.md says what has been timed).
 PRESETS: dict[str, dict[str, dict]] = {
     "compare": {  # full: 3 generations x 96 steps, 300 + 300 test challenges (about 7 h, extrapolated); quick: aims at 2 h
         "full": {},

@@ -251,13 +251,17 @@ def step_minutes(timeline: list) -> dict[str, float]:
 def markdown(data: dict, rows: list[dict], last: int) -> str:
     out = ["# Cambrian ladder report", "",
            "Figures in `plots/`; `dvc plots show` draws the same per-generation curves.", "",
-           "| generation | verdict | why | assimilated | ROI mean | energy Gini | eff. population |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+           "ppl: general-text perplexity of the child, of its parent and of the lineage's root (G0), as its gate "
+           "measured them (the child may exceed each by at most `gate.max_ppl_increase` and "
+           "`gate.max_ppl_increase_total`).", "",
+           "| generation | verdict | why | assimilated | ppl child / parent / root | ROI mean | energy Gini | eff. population |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for g, r in zip(data["gens"], rows):
         led = g["record"]["ledger"]
         fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+        ppl = " / ".join(f"{r[k]:.2f}" if isinstance(r[k], float) else "-" for k in ("ppl_child", "ppl_parent", "ppl_root"))
         out.append(f"| {g['gid']} | {led['gate_verdict']} | {led['gate_reason']} | "
-                   f"{', '.join(g['summary'].get('assimilated', [])) or '-'} | {fmt(r['roi_mean'])} | "
+                   f"{', '.join(g['summary'].get('assimilated', [])) or '-'} | {ppl} | {fmt(r['roi_mean'])} | "
                    f"{fmt(r['energy_gini'])} | {fmt(r['effective_population'])} |")
     out += ["", "![ecology](plots/ecology.png)", "![species](plots/species.png)", "",
             "## Assimilation", ""]

@@ -44,7 +44,7 @@ def ablation(recipe: str, p: Params) -> dict:
     learn_steps = p.colony.train_steps - p.sleep.steps
     if recipe == "sleep":  # folded by distillation instead of an exact merge: sleep.steps of the steps go to it
         return {"colony": {"train_steps": learn_steps}, "sleep": {"in_generation": True}}
-    if recipe == "specialists":  # one organelle per family, distilled in (the default until it lost, README)
+    if recipe == "specialists":  # one organelle per family, distilled in (the default until it lost, docs/compare.md)
         n = len(p.challenges.families)
         return {"colony": {"species": "family", "population": n, "train_steps": learn_steps // n, "delta_size": 48,
                            "episodes": 16}, "energy": {"step_cost": 0.02}, "sleep": {"in_generation": True}}

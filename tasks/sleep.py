@@ -6,7 +6,7 @@ its own data delta (a replay row names its teacher adapter in "teacher"; rows wi
 parent's QA set — are taught by the parent host, which anchors recall). Averaging the organelles'
 weights first would scale each skill by its share of the soup; distilling from each organelle
 teaches every skill undiluted (how much of it the student keeps in a few steps is measured in the
-README's walk-through and benchmarks/fold_methods.py).
+docs/generation.md's walk-through and benchmarks/fold_methods.py).
 
 The student is the host plus a fresh single-expert "cortical" LoRA; after sleep that adapter is
 folded into the host weights, so the host itself has changed and the hippocampus can be recycled.

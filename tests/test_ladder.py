@@ -162,6 +162,10 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     report = (repo.root / "reports/report.md").read_text()
     assert "## Where the time went" in report and "| generation | spawn | learn | evaluate |" in report
     assert "| gen_1 | accepted |" in report and "| gen_3 | rolled back |" in report and "| gen_4 | stopped |" in report
+    # Every gate measures the child against the lineage's root too: G0's perplexity, as gen_1's gate measured it.
+    assert ledger["gen_1"]["ppl_root"] == ledger["gen_1"]["ppl_parent"] != ""
+    assert ledger["gen_2"]["ppl_root"] == ledger["gen_3"]["ppl_root"] == ledger["gen_1"]["ppl_parent"]
+    assert f"| {float(ledger['gen_2']['ppl_root']):.2f} |" in report.replace(" / ", " | ")
     for name in ("ecology", "species", "assimilation", "accuracy", "lineage", "gate"):
         assert (repo.root / "reports/plots" / f"{name}.png").stat().st_size > 10_000, name
     shown = repo.run("dvc", "plots", "show", "--json")

@@ -1,5 +1,5 @@
 """Questions and answers about Cambrian's own parameters: three conversation deltas, one a week
-(README "Your own data"). Run as a script, it writes data/deltas/params-{1,2,3}.jsonl from the
+(docs/your-data.md). Run as a script, it writes data/deltas/params-{1,2,3}.jsonl from the
 table below, with each default read from cambrian/config.py, so the answers are true:
 
 - week 1 (colony and bandit) as chat `messages`, some of two turns;

@@ -1,4 +1,4 @@
-"""Unit conversions: an example of a challenge family of your own (README "Your own challenge families").
+"""Unit conversions: an example of a challenge family of your own (docs/your-data.md).
 
 `draw` is a generator in the shape `challenges.custom` takes (`generator: "data.examples.units:draw"`):
 (random.Random, level) -> (prompt, answer). Run as a script, it writes the same family as a
