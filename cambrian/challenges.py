@@ -622,7 +622,8 @@ def sources(cfg: ChallengeConfig) -> dict[str, str]:
     out = {}
     for c in cfg.custom:
         path = Path(c.file) if c.file else Path(sys.modules[c.generator.partition(":")[0]].__file__)
-        out[c.name] = hashlib.sha256(c.model_dump_json().encode() + path.read_bytes()).hexdigest()
+        entry = c.model_dump_json(exclude={"limits"})  # a limit only refuses files: raising one changes no row
+        out[c.name] = hashlib.sha256(entry.encode() + path.read_bytes()).hexdigest()
     return out
 
 

@@ -73,25 +73,38 @@ def _sweep(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces `target`, on error it is removed. What a
-    killed writer left beside `target` (its temporary or previous folder) is removed first."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def atomic_dirs(*targets: str | Path) -> Iterator[list[Path]]:
+    """Yield a temporary folder per target; on success they replace the targets, renamed in order
+    one right after the other, and only then are the folders they replaced removed; on error they
+    are removed and no target changes. What a killed writer left beside a target (its temporary or
+    previous folder) is removed first."""
+    tmps: list[Path] = []
     try:
-        yield tmp
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        for target in map(Path, targets):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _sweep(target)
+            tmps.append(target.with_name(f".{target.name}.tmp-{os.getpid()}"))
+            shutil.rmtree(tmps[-1], ignore_errors=True)
+            tmps[-1].mkdir()
+        yield tmps
+        replaced = []
+        for target, tmp in zip(map(Path, targets), tmps):
+            if target.exists():
+                replaced.append(target.rename(target.with_name(f".{target.name}.old-{os.getpid()}")))
+            tmp.rename(target)
+        for old in replaced:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """`atomic_dirs` of one folder."""
+    with atomic_dirs(target) as (tmp,):
+        yield tmp
 
 
 def write_manifest(folder: str | Path, **info) -> str:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import typer
@@ -336,17 +337,19 @@ def _stop_on_signals() -> None:
     import psutil
 
     def stop(signum, frame):
-        print(f"\ncambrian: stopped by {signal.Signals(signum).name}; finished steps are cached, the same command "
-              f"resumes", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        children = psutil.Process().children(recursive=True)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.terminate()
-        for child in psutil.wait_procs(children, timeout=3)[1]:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        os._exit(128 + signum)
+        try:
+            children = psutil.Process().children(recursive=True)
+            for child in children:
+                with contextlib.suppress(psutil.Error):
+                    child.terminate()
+            for child in psutil.wait_procs(children, timeout=3)[1]:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            print(f"\ncambrian: stopped by {signal.Signals(signum).name}; finished steps are cached, the same "
+                  f"command resumes", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+        finally:  # whatever the printing does (a closed pipe), the process ends now
+            os._exit(128 + signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
@@ -380,6 +383,16 @@ def main() -> None:
             raise
         typer.echo(f"error: {err}", err=True)
         raise SystemExit(2)
+    finally:
+        cluster = sys.modules.get("cambrian.cluster")  # imported by every command that runs a flow
+        if cluster is not None and cluster.API_GONE:  # Prefect's exit-time drains would retry the dead API for minutes
+            err = sys.exc_info()[1]
+            if err is not None and not isinstance(err, SystemExit):
+                traceback.print_exc()  # --debug, or a failure of ours
+            code = err.code if isinstance(err, SystemExit) else 1 if err is not None else 0
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0 if code is None else code if isinstance(code, int) else 1)
 
 
 if __name__ == "__main__":

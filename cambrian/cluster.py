@@ -89,13 +89,17 @@ def check_api(timeout: float | None = None) -> None:
                           f"`prefect server start`, or unset PREFECT_API_URL to use a temporary local one") from None
 
 
+API_GONE: list[str] = []  # set by run_flow when the Prefect API went away during a run
+
+
 def run_flow(flow_, *args, params: str | None = None):
     """`flow_(*args)` (on the task runner that `params`' scale section selects, when given); returns
     its result. The Prefect API is only the flow's reporter: if it goes away after the flow's own
     work returned (a server stopped mid-run), the work is done and published and only the run's
     final state cannot be recorded, which costs one warning; if it goes away before, the run ends
     in one line (ServerError; the same command resumes from the cached steps). The cli keeps the
-    client's retries short (PREFECT_CLIENT_MAX_RETRIES), so neither waits minutes."""
+    client's retries short (PREFECT_CLIENT_MAX_RETRIES) and then skips Prefect's exit-time drains
+    (`API_GONE`), so neither waits minutes."""
     import httpx
 
     runnable = configured(flow_, params) if params else flow_.with_options()
@@ -112,6 +116,7 @@ def run_flow(flow_, *args, params: str | None = None):
     try:
         return runnable(*args)
     except httpx.TransportError as err:
+        API_GONE.append(where)
         if "result" not in done:
             raise ServerError(f"{where} went away mid-run ({err or type(err).__name__}): run the same command again "
                               f"once it answers (finished steps come from the cache)") from None

@@ -30,6 +30,11 @@ def chat_text(tok, prompt: str | list[dict]) -> str:
     return tok.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
 
 
+# A log-likelihood batch's logits are rows x width x vocabulary floats: at most this many rows x width
+# (with SmolLM2's 49,152-token vocabulary, 1.6 GB), so long answers cannot ask for terabytes.
+LOGLIK_TOKENS = 8192
+
+
 class Engine:
     def __init__(self, model, tokenizer, cfg: EvalConfig = EvalConfig()):
         """Batched greedy answers and log-likelihoods of `model`: `cfg.batch_size` rows a batch, and
@@ -53,9 +58,16 @@ class Engine:
             raise ValueError("adapters were requested but the model has none loaded (not a PeftModel)")
         return {}
 
-    def _batches(self, keys: list[tuple]) -> list[list[int]]:
-        order = sorted(range(len(keys)), key=lambda i: keys[i])
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+    def _batches(self, keys: list[tuple], tokens: int | None = None) -> list[list[int]]:
+        """Row indices sorted by `keys`, `batch_size` rows a batch; with `tokens`, also at most that many
+        rows x the longest row's length (keys[i][0]) a batch, one row at least."""
+        batches: list[list[int]] = []
+        for i in sorted(range(len(keys)), key=lambda i: keys[i]):
+            if not batches or len(batches[-1]) == self.batch_size or \
+                    (tokens is not None and (len(batches[-1]) + 1) * keys[i][0] > tokens):
+                batches.append([])
+            batches[-1].append(i)
+        return batches
 
     def _prefill_prefix(self, rows: list[list[int]], names: list[str | None]):
         """Lay rows out as [shared prefix][padding][own suffix]; prefill the prefix once per adapter.
@@ -149,7 +161,7 @@ class Engine:
         pids = self.tok([self.chat(p) for p in prompts], add_special_tokens=False)["input_ids"]
         aids = self.tok([a + END_OF_TURN for a in answers], add_special_tokens=False)["input_ids"]
         out = [0.0] * len(prompts)
-        for batch in self._batches([(len(pids[i]) + len(aids[i]),) for i in range(len(prompts))]):
+        for batch in self._batches([(len(pids[i]) + len(aids[i]),) for i in range(len(prompts))], LOGLIK_TOKENS):
             seqs = [pids[i] + aids[i] for i in batch]
             width = max(map(len, seqs))
             ids = torch.full((len(seqs), width), self.tok.pad_token_id)

@@ -111,7 +111,11 @@ class Run:
     def timing(self) -> dict:
         """walltime_min, timeline and git_rev as this run measured them (blank when not recorded)."""
         path = self.time_path
-        times = json.loads(path.read_text()) if path.is_file() else {"generation": self.path.name}
+        if path.is_file():
+            times = json.loads(path.read_text())
+        else:  # a run published before its times moved beside it kept them in its record, if anywhere
+            record = json.loads((self.path / self.RECORD).read_text()) if self.finished() else {}
+            times = {**record.get("ledger", {}), "timeline": record.get("timeline", []), "generation": self.path.name}
         if times["generation"] != self.path.name:
             raise CheckpointError(f"{path} holds the times of generation {times['generation']}")
         return {key: times.get(key, [] if key == "timeline" else "") for key in self.TIMING}

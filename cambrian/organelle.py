@@ -55,8 +55,9 @@ def save_adapter(model: PeftModel, folder: Path, **manifest) -> None:
     model.save_pretrained(folder)
     path = folder / "adapter_config.json"
     config = json.loads(path.read_text())
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
+    for key in ("target_modules", "exclude_modules"):  # the fields peft keeps as sets
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_manifest(folder, **manifest)
 

@@ -80,7 +80,7 @@ def _ladder_cell(recipe: str, seed: int, params: Params, host: Ref, data: Ref) -
         summary = run.summary()
         rows += sum(map(len, summary.get("learning_curves", {}).values())) * p.colony.train_batch
         rows += len(summary.get("sleep", {}).get("kd", [])) * p.sleep.batch
-        minutes += run.timing()["walltime_min"]
+        minutes += run.timing()["walltime_min"] or 0.0
     return {**score_step(last_ref, data, p.for_steps()),
             "rows": rows, "minutes": minutes}
 

@@ -39,7 +39,7 @@ from cambrian import ledger, tracking
 from cambrian.ledger import Run
 from cambrian.card import CARD, generation_card, write_card
 from cambrian.challenges import Challenge, read_jsonl, verify_dataset
-from cambrian.checkpoint import (Ref, atomic_dir, atomic_write_text, file_sha, jsonl_text, local, scratch, share,
+from cambrian.checkpoint import (Ref, atomic_dirs, atomic_write_text, file_sha, jsonl_text, local, scratch, share,
                                  store_get, store_model, store_put, verify, write_manifest)
 from cambrian.cluster import configured
 from cambrian.config import Params, load_params, parse_params, restricted
@@ -185,7 +185,7 @@ def publish(gid: str, checkpoint: Path, run: Path, report: Path, source: Path, c
     the times (ledger.Run.time_path), then both folders are renamed into place, the run folder last
     (its record is what says a generation finished). A failure while writing (a full disk) leaves
     none of them; a killed writer's temporary folders are swept by the next."""
-    with atomic_dir(run) as run_tmp, atomic_dir(checkpoint) as tmp:  # renamed in reverse: checkpoint, then run
+    with atomic_dirs(checkpoint, run) as (tmp, run_tmp):
         for f in source.iterdir():
             if f.name not in ("cambrian.json", CARD):
                 shutil.copy2(f, tmp / f.name)

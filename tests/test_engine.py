@@ -55,6 +55,25 @@ def test_loglik_batched_equals_single(colony, jobs):
     assert len({round(v, 4) for v in batched}) > len(jobs) // 2
 
 
+def test_loglik_batches_hold_a_bounded_number_of_tokens(tiny_host, monkeypatch):
+    """A batch's logits grow with rows x width: long answers (a 20 MB conversation delta) made the gate
+    ask for terabytes. Batches keep rows x width under LOGLIK_TOKENS, one long row alone if need be."""
+    import cambrian.engine as engine_module
+
+    model, tok = tiny_host
+    engine = Engine(model, tok, EvalConfig(batch_size=64))
+    assert engine._batches([(10,)] * 100, tokens=100) == [list(range(k, k + 10)) for k in range(0, 100, 10)]
+    assert engine._batches([(500,), (10,), (10,)], tokens=100) == [[1, 2], [0]]  # shortest first; a long row alone
+    assert [len(b) for b in engine._batches([(1,)] * 100)] == [64, 36]
+    widths = []
+    forward = model.forward
+    monkeypatch.setattr(engine_module, "LOGLIK_TOKENS", 200)
+    monkeypatch.setattr(model, "forward", lambda input_ids, **kw: widths.append(input_ids.shape) or forward(input_ids, **kw))
+    answers = ["word " * n for n in (5, 40, 80, 5, 40)]
+    engine.loglik(["Say it."] * 5, answers, [None] * 5)
+    assert len(widths) >= 3 and all(rows * width <= 200 or rows == 1 for rows, width in widths), widths
+
+
 def test_loglik_prefers_what_the_model_says(tiny_host):
     model, tok = tiny_host
     engine = Engine(model, tok)

@@ -571,7 +571,8 @@ def test_a_prefect_server_killed_mid_generation_costs_one_warning(repo, tmp_path
         port = int(api.split(":")[2].split("/")[0])
         pid = next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN")
         killed = tmp_path / "killed"
-        fault = (f"import os, signal, time, flows.generation as g\nwrite = g.write_card\n"
+        fault = (f"import cambrian.cli\n"  # first, as `cambrian` starts: its Prefect client settings precede prefect's import
+                 f"import os, signal, time, flows.generation as g\nwrite = g.write_card\n"
                  f"def kill_then_write(*a):\n    os.killpg({os.getpgid(pid)}, signal.SIGKILL)\n"
                  f"    open({str(killed)!r}, 'w').write(str(time.time()))\n    return write(*a)\n"
                  f"g.write_card = kill_then_write")

@@ -38,6 +38,27 @@ def test_gradient_learner_improves_fitness(toy):
     assert after > before + 0.15  # deterministic: a learner that does nothing moves it by 0
 
 
+def test_a_loss_per_example_weighs_every_row_alike_and_learns(toy):
+    """colony.loss example: each row's mean completion-token loss, then the mean over rows (trl's loss
+    is the mean over all completion tokens, so a long answer outweighs a short one)."""
+    from types import SimpleNamespace
+
+    from tasks.learn import per_example_loss
+
+    logits = torch.randn(2, 6, 11, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[-100, -100, 3, 4, 5, 6], [-100, -100, -100, -100, -100, 7]])  # 4 tokens, then 1
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100,
+                                            reduction="none")
+    by_hand = (nll[0, 1:].mean() + nll[1, 4]) / 2
+    assert per_example_loss(SimpleNamespace(logits=logits), labels) == pytest.approx(by_hand.item(), abs=1e-6)
+    token_mean = nll.sum() / 5
+    assert abs(by_hand - token_mean) > 1e-3  # the two losses differ when rows differ in length
+    host, tok, adapter, rows = toy
+    before = _fitness(host, tok, adapter, rows)
+    assert len(learn_gradient(host, tok, adapter, rows, steps=16, batch=8, lr=3e-2, seed=0, loss="example")) == 16
+    assert _fitness(host, tok, adapter, rows) > before + 0.15
+
+
 def test_es_learner_improves_fitness_without_backprop(toy):
     host, tok, adapter, rows = toy
     before = _fitness(host, tok, adapter, rows)
