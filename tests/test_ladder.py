@@ -195,7 +195,7 @@ def test_no_selection_step_ever_sees_a_test_challenge(repo):
 
     test = {c.prompt for c in read_jsonl(repo.root / "data/challenges/test.jsonl")}
     seen = []
-    for run in (repo.root / "runs").glob("gen_*"):
+    for run in (p for p in (repo.root / "runs").glob("gen_*") if p.is_dir()):  # not the runs/gen_N.time.json
         for f in [run / "episodes.jsonl", run / "qa.jsonl", *(run / "deltas").glob("*.jsonl")]:
             seen += [json.loads(x)["prompt"] for x in f.read_text().splitlines()]
     assert len(seen) > 50 and not set(seen) & test and {split_of(p) for p in seen} == {"train"}
@@ -567,6 +567,8 @@ def test_a_prefect_server_killed_mid_generation_costs_one_warning(repo, tmp_path
     import psutil
     from servers import local_servers
 
+    copy = Repo(tmp_path / "copy")  # gen_1 re-run by hand gets new times: `repo` stays as the ladder built it
+    shutil.copytree(repo.root, copy.root, symlinks=True)
     with local_servers(tmp_path / "servers", mlflow=False) as (api, _):
         port = int(api.split(":")[2].split("/")[0])
         pid = next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN")
@@ -576,7 +578,7 @@ def test_a_prefect_server_killed_mid_generation_costs_one_warning(repo, tmp_path
                  f"def kill_then_write(*a):\n    os.killpg({os.getpgid(pid)}, signal.SIGKILL)\n"
                  f"    open({str(killed)!r}, 'w').write(str(time.time()))\n    return write(*a)\n"
                  f"g.write_card = kill_then_write")
-        out = _cambrian_with(repo, fault, "generation", "gen_1", PREFECT_API_URL=api)
+        out = _cambrian_with(copy, fault, "generation", "gen_1", PREFECT_API_URL=api)
         ended = time.time()
     (tmp_path / "stderr").write_text(out.stderr)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -586,7 +588,7 @@ def test_a_prefect_server_killed_mid_generation_costs_one_warning(repo, tmp_path
     assert len(warnings) == 1 and "went away after the work was done" in warnings[0], out.stderr[-3000:]
     assert "Traceback" not in out.stderr and "ConnectError" not in out.stderr.replace(warnings[0], "")
     from cambrian.ledger import verify_generation
-    assert verify_generation(repo.root / "models/gen_1", repo.root / "runs/gen_1")  # published whole
+    assert verify_generation(copy.root / "models/gen_1", copy.root / "runs/gen_1")  # published whole
     assert "gen_1: " in out.stdout
 
 
