@@ -175,8 +175,13 @@ def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
 def collect(gids: list[str], runs: Path, lock: Path = Path("dvc.lock"), models: str = "models") -> list[dict]:
     """The ledger rows of the given generations, with their checkpoints' md5 from dvc.lock."""
     stages = {"base": "host", **{g: f"generation@{g}" for g in gids}}
-    return [{**Run(runs / g).record()["ledger"], **{k: Run(runs / g).timing()[k] for k in ("walltime_min", "git_rev")},
-             "dvc_md5": dvc_md5(lock, stage, f"{models}/{g}")} for g, stage in stages.items()]
+    rows = []
+    for g, stage in stages.items():
+        run = Run(runs / g)
+        times = run.timing()  # read once: its wall time and git revision
+        rows.append({**run.record()["ledger"], "walltime_min": times["walltime_min"], "git_rev": times["git_rev"],
+                     "dvc_md5": dvc_md5(lock, stage, f"{models}/{g}")})
+    return rows
 
 
 def write_base(run: Path, sha: str) -> None:
