@@ -11,6 +11,7 @@ loss that pays `colony.loss`'s.
 
     python benchmarks/formats.py --steps 192       # answer-only vs worked math, logic, sorting, sequence
     python benchmarks/formats.py --formats answer --loss token example   # the loss lever alone
+    python benchmarks/formats.py --prose 0 0.25      # general-text replay in the same number of updates
 
 Writes --out (JSON) after each format, so a run cut short keeps what it measured.
 """
@@ -32,7 +33,7 @@ from cambrian.engine import Engine, test_accuracy
 from cambrian.host import load_host
 from cambrian.organelle import lora_config, new_adapter
 from tasks.gate import perplexity, prose
-from tasks.learn import learn_gradient
+from tasks.learn import learn_gradient, with_prose
 from tasks.merge import fold
 
 
@@ -45,20 +46,24 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["answer", "worked"], choices=["answer", "worked"])
     ap.add_argument("--loss", nargs="+", default=["token"], choices=["token", "example"],
                     help="SFT loss: each completion token or each example weighing the same (colony.loss)")
+    ap.add_argument("--prose", nargs="+", type=float, default=[0.0],
+                    help="share of general-text rows in the same updates (tasks/learn.py with_prose), one cell each")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="reports/formats.json")
     args = ap.parse_args()
     p = load_params(args.params)
     host, tok = load_host(args.host)
     cfg, out, start = p.colony, {"steps": args.steps, "seed": args.seed, "formats": {}}, time.perf_counter()
-    cells = [(f if loss == "token" else f"{f}/{loss}", args.worked if f == "worked" else [], loss)
-             for f in args.formats for loss in args.loss]
-    for name, shown, loss in cells:
+    cells = [(f + ("" if loss == "token" else f"/{loss}") + (f"/prose {share}" if share else ""),
+              args.worked if f == "worked" else [], loss, share)
+             for f in args.formats for loss in args.loss for share in args.prose]
+    for name, shown, loss, share in cells:
         challenges = type(p.challenges).model_validate({**p.challenges.model_dump(), "worked": shown})
         splits = build_splits(challenges, p.seed)
         # The same challenges for every format (the rng draws indices, not rows).
         rng = random.Random(f"{args.seed}/formats")
         rows = as_rows([splits["train"][i] for i in rng.sample(range(len(splits["train"])), args.steps * cfg.train_batch)])
+        rows = with_prose(rows, share, p.gate.ppl_passages, rng)[:args.steps * cfg.train_batch]  # the same updates
         with tempfile.TemporaryDirectory() as tmp:
             adapter = Path(tmp) / "adapter"
             new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), args.seed * 101, adapter)
@@ -80,7 +85,7 @@ def main() -> None:
                 m["replies"][f"{c.family}/{c.level}"].append({"prompt": c.prompt, "gold": c.answer, "reply": r})
         m.update(ppl=perplexity(engine, prose(p.gate.ppl_passages)), train_seconds=train_s, answer_seconds=answer_s,
                  last_loss=curve[-1], test_mean=statistics.fmean(m["test"].values()),
-                 transfer_mean=statistics.fmean(m["transfer"].values()), worked=shown, loss=loss)
+                 transfer_mean=statistics.fmean(m["transfer"].values()), worked=shown, loss=loss, prose=share)
         del model, engine
         out["formats"][name] = m
         print(f"{name}: test {m['test_mean']:.3f}, transfer {m['transfer_mean']:.3f}, ppl {m['ppl']:.2f}, train "

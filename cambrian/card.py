@@ -83,6 +83,7 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
                             ("recall_exact", "recall of earlier conversations (short answers, exact)"),
                             ("heldout_loglik", "this delta's held-out conversations (answer log-likelihood)"),
                             ("heldout_exact", "this delta's held-out conversations (short answers, exact)"),
+                            ("heldout_whole", "this delta's held-out conversations (every answer, whole)"),
                             ("ppl", "perplexity of English prose")):
             if gate.get(f"{name}_child") is not None:
                 lines.append(f"| {label} | {gate[f'{name}_parent']:.3f} | {gate[f'{name}_child']:.3f} |")
@@ -98,8 +99,9 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
         how = (f"The stop rule ended the ladder before this generation, which names the conversation delta "
                f"`{delta}`: this checkpoint is an earlier one, unchanged")
     elif delta:
-        how = (f"One LoRA ({c['train_steps']} steps at lr {c['lr']}) learned the conversation delta `{delta}` "
-               f"(sha256 `{row['data_delta_sha'][:12]}`) with replay; it {made}")
+        v = params["conversations"]
+        how = (f"One LoRA ({v['passes']:g} passes at lr {v['lr']}) learned the conversation delta `{delta}` "
+               f"(sha256 `{row['data_delta_sha'][:12]}`) with replay and general text; it {made}")
     else:
         how = (f"Organelles ({c['species']}, population {c['population']}, {c['train_steps']} LoRA steps each at lr "
                f"{c['lr']}) that passed the assimilation test {made}")

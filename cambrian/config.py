@@ -142,6 +142,9 @@ class ColonyConfig(Strict):
     # token: trl's SFT loss, the mean over completion tokens (a one-token answer weighs a thirtieth of
     # a JSON answer); example: each row's mean token loss, averaged over rows (tasks/learn.py).
     loss: Literal["token", "example"] = "token"
+    # weight of the mean per-token KL(parent || child) added to the loss over every token of a batch
+    # (tasks/learn.py `_sft`, gradient learner): a pull toward how the parent predicts everything
+    anchor: float = Field(0.0, ge=0.0, le=100.0)
     replay_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of training rows from earlier deltas
     delta_size: int = Field(576, ge=1, le=100_000)  # new train challenges per organelle per generation
     # Gold rows per arm (family/level) in proportion to (1 - focus) + focus * (the host's error rate on
@@ -157,6 +160,21 @@ class ColonyConfig(Strict):
         if self.episodes % self.pull_size:
             raise ValueError("colony.episodes must be a multiple of colony.pull_size")
         return self
+
+
+class ConversationConfig(Strict):
+    """How a generation that learns a conversation delta trains (flows/generation.py `_converse`): its
+    budget is sized by the delta (passes over its rows), not by colony.train_steps, which is meant for
+    challenge generations; rank and batch are the colony's (docs/your-data.md)."""
+    passes: float = Field(2.0, gt=0.0, le=1000.0)  # over the training rows, replay and general text included
+    lr: float = Field(5e-4, gt=0.0, le=1.0)
+    replay_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # share of rows from earlier deltas and the parent's QA set
+    # share of rows that are general English text (tasks/learn.py `with_prose`): what keeps the host's
+    # language while it learns a narrow delta
+    prose_ratio: float = Field(0.25, ge=0.0, lt=1.0)
+    # share of rows that are the parent's own replies to general questions (`with_prose(rehearse=True)`)
+    rehearse_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    anchor: float = Field(0.0, ge=0.0, le=100.0)  # colony.anchor for this generation: a KL pull toward the parent
 
 
 class BanditConfig(Strict):
@@ -410,6 +428,7 @@ class Params(Strict):
     challenges: ChallengeConfig = ChallengeConfig()
     eval: EvalConfig = EvalConfig()
     colony: ColonyConfig = ColonyConfig()
+    conversations: ConversationConfig = ConversationConfig()
     bandit: BanditConfig = BanditConfig()
     energy: EnergyConfig = EnergyConfig()
     assimilate: AssimilateConfig = AssimilateConfig()

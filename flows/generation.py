@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import time
@@ -51,7 +52,7 @@ from flows.steps import step
 from tasks.assimilate import assimilate, gating
 from tasks.evaluate import run_episodes
 from tasks.gate import CONVERSATION_METRICS, measure, root_perplexity, should_stop, verdict
-from tasks.learn import learn, training_data, with_replay
+from tasks.learn import learn, training_data, with_prose, with_replay
 from tasks.merge import fold, soup_weights
 from tasks.settle import settle
 from tasks.sleep import consolidate
@@ -287,24 +288,31 @@ def _evolve(gen: int, params: Params, parent: "Parent", lineage: list[Path], his
 
 def _converse(gid: str, gen: int, params: Params, parent: "Parent", conversation: list[dict],
               learned_before: list[dict], prior_qa: list[dict], progress: "Progress") -> dict:
-    """A generation that learns a conversation delta: one fresh LoRA (the colony's rank, steps and lr)
-    on the delta's training conversations with replay (earlier deltas' training conversations and the
-    parent's QA set, at `colony.replay_ratio`), folded into the parent exactly (soup at
-    `merge.total_weight`). The colony waits: its organelles pass to the child untouched, and the next
-    challenge generation carries on from the last one before (its episodes, gate and gating)."""
-    pdict, parent_ref = params.for_steps(), parent.ref
+    """A generation that learns a conversation delta: one fresh LoRA (the colony's rank and batch) on
+    the delta's training conversations with replay (earlier deltas' training conversations and the
+    parent's QA set) and general English text, `conversations.passes` passes over them at
+    `conversations.lr`, folded into the parent exactly (soup at `merge.total_weight`). The colony
+    waits: its organelles pass to the child untouched, and the next challenge generation carries on
+    from the last one before (its episodes, gate and gating)."""
+    pdict, parent_ref, cfg = params.for_steps(), parent.ref, params.conversations
     rng = random.Random(f"{params.seed}/conversation/{gen}")
     rows = with_replay([r for r in conversation if r["split"] == "train"],
-                       [r for r in learned_before if r["split"] == "train"] + prior_qa, params.colony.replay_ratio, rng)
+                       [r for r in learned_before if r["split"] == "train"] + prior_qa, cfg.replay_ratio, rng)
+    rows = with_prose(with_prose(rows, cfg.prose_ratio, params.gate.ppl_passages, rng), cfg.rehearse_ratio,
+                      params.gate.ppl_passages, rng, rehearse=True)  # the parent answers in the learn step
+    steps = math.ceil(cfg.passes * len(rows) / params.colony.train_batch)  # sized by the delta
     seed = params.seed * 7919 + gen * 1009
     fresh = adapter_step(parent_ref, pdict, seed)
-    learned = learn_step(parent_ref, fresh, rows, params.colony.model_dump(), params.colony.lr, seed)
+    colony = {**params.colony.model_dump(), "train_steps": steps, "anchor": cfg.anchor}
+    learned = learn_step(parent_ref, fresh, rows, colony, cfg.lr, seed)
     progress.done("learn the delta")
     exact = {**pdict, "merge": {**pdict["merge"], "method": "soup", "rank": 0}}  # one LoRA: folded in exactly
     merged = merge_step(parent_ref, {"delta": learned["adapter"]}, {"delta": params.merge.total_weight}, exact)
     progress.done("merge")
     summary = {"learning_curves": {"delta": learned["curve"]}, "merge": merged["report"],
-               "conversations": {"file": params.ladder[gid].delta, "train_rows": len(rows),
+               "conversations": {"file": params.ladder[gid].delta, "train_rows": len(rows), "steps": steps,
+                                 "prose_rows": sum(r.get("source") == "prose" for r in rows),
+                                 "rehearse_rows": sum(r.get("source") == "rehearse" for r in rows),
                                  "heldout": sum(r["split"] == "heldout" for r in conversation)}}
     return {"colony": _colony(parent.population), "adapters": parent.adapters, "episodes": [], "summary": summary,
             "attempts": [], "deltas": {}, "weights": {}, "families": [], "child": merged["child"],

@@ -38,7 +38,8 @@ from tasks.assimilate import mcnemar_p
 
 
 CONVERSATION_METRICS = ("recall_loglik_parent", "recall_loglik_child", "recall_exact_parent", "recall_exact_child",
-                        "heldout_loglik_parent", "heldout_loglik_child", "heldout_exact_parent", "heldout_exact_child")
+                        "heldout_loglik_parent", "heldout_loglik_child", "heldout_exact_parent", "heldout_exact_child",
+                        "heldout_whole_parent", "heldout_whole_child")
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
            "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", "ppl_root", *CONVERSATION_METRICS)
 
@@ -70,12 +71,14 @@ def style_drift(parent_engine: Engine, child_engine: Engine, cfg: GateConfig) ->
             "forbidden_rate": forbidden / len(prompts), "child_replies": child_replies}
 
 
-def prose(n: int) -> list[str]:
-    """The first `n` prose paragraphs (no code, no grammar rules) of Python's own help topics."""
+def prose(n: int, skip: int = 0) -> list[str]:
+    """`n` prose paragraphs (no code, no grammar rules) of Python's own help topics, after the first
+    `skip` (476 in all with Python 3.11): the gate measures perplexity on the first `ppl_passages`,
+    general-text replay (tasks/learn.py `with_prose`) trains on those after them."""
     from pydoc_data.topics import topics
 
     paragraphs = (p.replace("\n", " ") for key in sorted(topics) for p in topics[key].split("\n\n"))
-    return [p for p in paragraphs if len(p) > 200 and not p.startswith(" ") and "::=" not in p][:n]
+    return [p for p in paragraphs if len(p) > 200 and not p.startswith(" ") and "::=" not in p][skip:skip + n]
 
 
 @torch.inference_mode()
@@ -102,21 +105,24 @@ def _by_arm(engine: Engine, rows: list[Challenge]) -> tuple[float | None, dict[s
 
 def conversations(engines: tuple[Engine, Engine], recall: list[dict], heldout: list[dict]) -> dict:
     """Parent beside child on conversation rows: on the earlier deltas' held-out answers (`recall`)
-    and on the new delta's (`heldout`), the mean answer log-likelihood per token and the exact-match
-    accuracy of the short answers (reply budget: the answer's tokens plus the engine's slack)."""
+    and on the new delta's (`heldout`), the mean answer log-likelihood per token, the exact-match
+    accuracy of the short answers (what the recall test counts) and of every answer, whole (reply
+    budget: the answer's tokens plus the engine's slack)."""
     m: dict = {"n_recall_conversations": len(recall), "n_heldout_conversations": len(heldout)}
     for name, rows in (("recall", recall), ("heldout", heldout)):
-        short = [r for r in rows if is_short(r)]
+        short = [is_short(r) for r in rows]
         budget = [len(engines[0].tok(r["answer"], add_special_tokens=False)["input_ids"]) + engines[0].slack
-                  for r in short]
+                  for r in rows]
         exact = []
         for who, engine in zip(("parent", "child"), engines):
             lls = engine.loglik([r["prompt"] for r in rows], [r["answer"] for r in rows], [None] * len(rows))
-            replies = engine.generate([r["prompt"] for r in short], [None] * len(short), budget, desc=name)
-            exact.append([score("exact_ci", reply, r["answer"]) for reply, r in zip(replies, short)])
+            replies = engine.generate([r["prompt"] for r in rows], [None] * len(rows), budget, desc=name)
+            whole = [score("exact_ci", reply, r["answer"]) for reply, r in zip(replies, rows)]
+            exact.append([ok for ok, s in zip(whole, short) if s])
             m[f"{name}_loglik_{who}"] = sum(lls) / len(lls) if rows else None
-            m[f"{name}_exact_{who}"] = sum(exact[-1]) / len(short) if short else None
-        m[f"n_{name}_exact"] = len(short)
+            m[f"{name}_exact_{who}"] = sum(exact[-1]) / len(exact[-1]) if exact[-1] else None
+            m[f"{name}_whole_{who}"] = sum(whole) / len(whole) if rows else None  # every answer, of any length
+        m[f"n_{name}_exact"] = sum(short)
         if name == "recall":  # one-sided: the parent recalls more than the child
             m["recall_exact_p"] = mcnemar_p(*exact)
     return m
@@ -145,8 +151,31 @@ def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challeng
 
 
 def verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:
-    """(accepted, why) for the measured metrics. Non-finite weights or metrics always reject: every
+    """(accepted, why) for the measured metrics; a rejection names the measured figure, the threshold
+    and the params that move it (`_try`). Non-finite weights or metrics always reject: every
     comparison with NaN is False, so a NaN would otherwise pass each threshold below."""
+    ok, why = _verdict(m, cfg)
+    return ok, why if ok else f"{why}; try: {_try(m, why)}"
+
+
+def _try(m: dict, why: str) -> str:
+    """The params that move the figure a rejection names: the `conversations` section's for a
+    generation that learned a conversation delta (its held-out answers were measured), else the colony's."""
+    sec = "conversations" if m.get("heldout_loglik_child") is not None else "colony"
+    budget = "conversations.passes" if sec == "conversations" else "colony.train_steps"
+    less = f"lower {sec}.lr or {budget}"
+    if why.startswith("recall"):
+        return f"raise {sec}.replay_ratio, or {less}"
+    if why.startswith(("general-text", "style drift")) and sec == "conversations":
+        return f"raise conversations.prose_ratio, or {less}"
+    if why.startswith("forbidden"):
+        return "drop the forbidden phrases from the training answers"
+    if why.startswith(("generalization", "held-out")):
+        return f"raise {budget} or {sec}.lr"
+    return less  # drift, perplexity, non-finite weights
+
+
+def _verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:
     if m["nonfinite_tensors"]:
         return False, f"{m['nonfinite_tensors']} weight tensors of the child are not finite"
     bad = sorted(k for k in METRICS if m.get(k) is not None and not math.isfinite(m[k]))

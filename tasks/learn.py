@@ -5,7 +5,8 @@ generation's episodes (rejection sampling) plus gold answers of fresh train-spli
 its species (of every family for a generalist), spread over family/level arms by `colony.focus`:
 towards the arms the host still fails, as the last gate measured it on the holdout split; replay
 mixes in rows of earlier deltas of its lineage at `replay_ratio`. Only train-split prompts are
-ever used: the split is a function of the prompt text.
+ever used: the split is a function of the prompt text. A conversation delta's generation also mixes
+in general English text, or the parent's own replies to general questions (`with_prose`).
 
 Two learners, chosen by `colony.learner`, with the same budget of `train_steps` updates:
 - gradient: LoRA SFT with trl's SFTTrainer (completion-only loss), unsloth when CUDA is present;
@@ -32,6 +33,7 @@ from cambrian.checkpoint import atomic_dir
 from cambrian.config import ColonyConfig
 from cambrian.engine import Engine
 from cambrian.organelle import Organelle, families_of, load_colony, read_adapter, save_adapter, write_adapter
+from tasks.gate import prose
 
 
 def gold_mix(pool: list[Challenge], n: int, host_accuracy: dict[str, float], focus: float,
@@ -74,6 +76,48 @@ def with_replay(delta: list[dict], earlier: list[dict], ratio: float, rng: rando
     return rows
 
 
+PROSE_PROMPT = "Write a paragraph of Python's documentation."
+PROSE_CHARS = 600  # a replayed paragraph is cut at the last sentence end before this many characters
+REHEARSE_PROMPT = "Explain this in a few sentences: "
+REHEARSE_TOKENS = 48  # the parent's reply to a rehearsal prompt, in tokens
+
+
+def with_prose(rows: list[dict], ratio: float, skip: int, rng: random.Random, rehearse: bool = False) -> list[dict]:
+    """`rows` with general English rows making up `ratio` of the result (general-text replay, what keeps
+    a model's language while it learns a narrow delta), from paragraphs of Python's help topics past
+    the gate's first `skip` (`gate.ppl_passages`: its perplexity is measured on text no step trains on).
+    Each paragraph is the reply to PROSE_PROMPT, cut to a sentence end within PROSE_CHARS; or, with
+    `rehearse`, its first sentence is a question whose answer is the parent's own reply, written by
+    `learn` (`rehearsed`): rehearsal of how the parent talks rather than of the text."""
+    pool = [p.strip() for p in prose(10_000, skip)]
+    k = min(len(pool), round(len(rows) * ratio / (1 - ratio)))
+    if k == 0:
+        return rows
+    picked = rng.sample(pool, k)
+    if rehearse:
+        general = [{"prompt": [{"role": "user", "content": REHEARSE_PROMPT + p[:p.find(". ", 40) + 1 or PROSE_CHARS]}],
+                    "answer": None, "source": "rehearse"} for p in picked]
+    else:
+        general = [{"prompt": [{"role": "user", "content": PROSE_PROMPT}], "source": "prose",
+                    "answer": p if len(p) <= PROSE_CHARS else p[:p.rfind(". ", 0, PROSE_CHARS) + 1 or PROSE_CHARS]}
+                   for p in picked]
+    mixed = rows + general
+    rng.shuffle(mixed)
+    return mixed
+
+
+def rehearsed(host, tok, rows: list[dict]) -> list[dict]:
+    """`rows` with each rehearsal row's answer written: the host's (the parent's) greedy reply; a row
+    it answers with nothing is dropped (nothing to rehearse)."""
+    todo = [r for r in rows if r.get("source") == "rehearse"]
+    if not todo:
+        return rows
+    replies = iter(Engine(host, tok).generate([r["prompt"] for r in todo], [None] * len(todo),
+                                              [REHEARSE_TOKENS] * len(todo), desc="rehearsal (parent)"))
+    filled = [{**r, "answer": next(replies)} if r.get("source") == "rehearse" else r for r in rows]
+    return [r for r in filled if r["answer"]]
+
+
 def training_data(o: Organelle, train: list[Challenge], last_episodes: list[dict], earlier: list[dict],
                   host_accuracy: dict[str, float], cfg: ColonyConfig, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """(delta, rows): the organelle's new data delta (own correct answers of it or its parents in
@@ -103,12 +147,25 @@ def per_example_loss(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
 
 
 def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
-         backend: str, bf16: bool = False, loss: str = "token") -> list[float]:
+         backend: str, bf16: bool = False, loss: str = "token", anchor: float = 0.0) -> list[float]:
     """Train the active LoRA of `model` with trl's SFTTrainer, save it to `adapter` atomically.
-    `loss`: "token" (trl's, every completion token weighs the same) or "example" (`per_example_loss`)."""
+    `loss`: "token" (trl's, every completion token weighs the same) or "example" (`per_example_loss`);
+    `anchor` > 0 adds that times the mean per-token KL(parent || child) over every token of the batch,
+    the parent being the host with the adapter switched off: a pull toward how the parent predicts
+    everything, answers included, against which the gold answers pull away."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
+
+    class Anchored(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            with torch.no_grad(), model.disable_adapter():  # the parent's next-token distribution
+                parent = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            child = torch.log_softmax(outputs.logits.float(), -1)
+            loss = loss + anchor * (parent.exp() * (parent - child)).sum(-1)[mask.bool()].mean()
+            return (loss, outputs) if return_outputs else loss
 
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch,
@@ -124,7 +181,7 @@ def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr
                          use_cpu=model.device.type != "cuda", dataloader_num_workers=0)
         tok.padding_side = "right"
         try:
-            trainer = SFTTrainer(model=model, args=args, processing_class=tok,
+            trainer = (Anchored if anchor else SFTTrainer)(model=model, args=args, processing_class=tok,
                                  train_dataset=Dataset.from_list([_messages(r) for r in rows]),
                                  compute_loss_func=per_example_loss if loss == "example" else None)
             trainer.remove_callback(PrinterCallback)  # the loss curve is returned, not printed per step
@@ -137,7 +194,7 @@ def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr
 
 
 def _sft_unsloth(host_dir: str, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float,
-                 seed: int, loss: str) -> list[float]:
+                 seed: int, loss: str, anchor: float) -> list[float]:
     """The same training through unsloth's FastLanguageModel. Runs in a fresh process: unsloth
     patches transformers' Llama classes globally, which breaks models built without it."""
     from unsloth import FastLanguageModel  # noqa: I001 (must come before trl / peft use)
@@ -150,27 +207,28 @@ def _sft_unsloth(host_dir: str, adapter: Path, rows: list[dict], steps: int, bat
         model, r=config["r"], lora_alpha=config["lora_alpha"], target_modules=config["target_modules"],
         lora_dropout=0.0, bias="none", use_gradient_checkpointing=False)
     set_peft_model_state_dict(model, state)
-    return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "unsloth", loss=loss)
+    return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "unsloth", loss=loss, anchor=anchor)
 
 
 def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
-                   bf16: bool = False, loss: str = "token") -> list[float]:
+                   bf16: bool = False, loss: str = "token", anchor: float = 0.0) -> list[float]:
     """SFT steps on the adapter at `adapter` (rewritten atomically); returns the loss per step.
     A host on CUDA trains through unsloth when it is installed (`pip install .[gpu]`). A non-finite
     loss or weight raises (`finite`). `bf16`: peft's updates under bf16 autocast, which only
     benchmarks/levers.py asks for (the ladder trains in float32: see reports/benchmarks.md). `loss`:
-    colony.loss, each token or each example weighing the same (`per_example_loss`)."""
+    colony.loss, each token or each example weighing the same (`per_example_loss`). `anchor`: the
+    weight of a KL term toward the host (`_sft`)."""
     if steps == 0 or not rows:
         return []
     if host.device.type == "cuda" and importlib.util.find_spec("unsloth") is not None:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             curve = pool.submit(_sft_unsloth, host.config._name_or_path, adapter, rows, steps, batch, lr, seed,
-                                loss).result()
+                                loss, anchor).result()
         return finite(adapter, curve)
     from peft import PeftModel
     model = PeftModel.from_pretrained(host, adapter, is_trainable=True)
     try:
-        return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft", bf16, loss))
+        return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft", bf16, loss, anchor))
     finally:
         model.unload()
 
@@ -226,9 +284,12 @@ def _set_weights(model, name: str, state: dict[str, torch.Tensor]) -> None:
 
 
 def learn(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, lr: float, seed: int) -> list[float]:
-    """Train one organelle's adapter in place with the chosen learner; returns its learning curve
-    (loss per step for gradient, minibatch fitness per step for es). A non-finite loss or weight
-    fails the step: nothing downstream may build on a NaN organelle."""
+    """Train one organelle's adapter in place with the chosen learner on `rows` (rehearsal rows
+    answered by `host` first); returns its learning curve (loss per step for gradient, minibatch
+    fitness per step for es). A non-finite loss or weight fails the step: nothing downstream may build
+    on a NaN organelle."""
+    rows = rehearsed(host, tok, rows)
     if cfg.learner == "gradient":
-        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed, loss=cfg.loss)
+        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed, loss=cfg.loss,
+                              anchor=cfg.anchor)
     return finite(adapter, learn_es(host, tok, adapter, rows, cfg, seed))

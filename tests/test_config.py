@@ -13,6 +13,11 @@ def test_repo_params_validate():
     assert p.challenges.families == ["math", "logic", "sorting", "sequence", "json_repair"]
 
 
+def test_params_yaml_holds_the_configs_defaults():
+    """params.yaml (the reference users read) and cambrian/config.py (what runs) say the same defaults."""
+    assert load_params(REPO / "params.yaml").model_dump(exclude={"ladder"}) == Params().model_dump(exclude={"ladder"})
+
+
 def test_defaults_fill_missing_sections():
     assert parse_params({}) == Params()
 

@@ -1,6 +1,7 @@
 """Conversation deltas (cambrian/conversations.py): reading and splitting a delta file, its errors,
 the gate's verdict on conversation metrics, and a tiny ladder that learns two deltas."""
 import json
+import math
 import shutil
 
 import pytest
@@ -132,6 +133,27 @@ def test_the_gate_judges_a_delta_on_held_out_conversations_and_earlier_deltas_re
     assert not ok and "non-finite gate metrics: recall_loglik_child=nan" in why
 
 
+@pytest.mark.parametrize("failed, hint", [
+    ({"recall_loglik_child": -1.5, "recall_loglik_parent": -1.0},
+     "raise conversations.replay_ratio, or lower conversations.lr or conversations.passes"),
+    ({"ppl_child": 40.0}, "raise conversations.prose_ratio, or lower conversations.lr or conversations.passes"),
+    ({"style_drift": 0.9}, "raise conversations.prose_ratio, or lower conversations.lr or conversations.passes"),
+    ({"heldout_loglik_child": -2.5, "delta_generalization": -0.5}, "raise conversations.passes or conversations.lr"),
+    ({"heldout_loglik_child": None, "heldout_loglik_parent": None, "generalization_parent": 0.5,
+      "generalization_child": 0.4, "delta_generalization": -0.1},
+     "raise colony.train_steps or colony.lr"),
+    ({"heldout_loglik_child": None, "heldout_loglik_parent": None, "delta_generalization": 0.0, "ppl_child": 40.0},
+     "lower colony.lr or colony.train_steps"),
+])
+def test_a_rejection_says_which_params_move_the_figure_it_failed(failed, hint):
+    """A rejected child's reason ends with what to try: for a conversation delta's generation the
+    conversations section's knobs, for a challenge generation the colony's."""
+    from cambrian.config import GateConfig
+
+    ok, why = verdict(_metrics(**failed), GateConfig())
+    assert not ok and why.endswith(f"; try: {hint}")
+
+
 def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(tiny_host_dir, tmp_path, monkeypatch):
     """gen_1 evolves the colony on challenges; gen_2 learns delta A (its colony waits, untouched);
     gen_3 learns delta B under a gate too strict to pass; gen_4 evolves the colony again. gen_2's gate measures its held-out fifth
@@ -150,7 +172,7 @@ def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(t
                                                                  ("assistant", f"{k * k}.")) for k in range(40)])
     data = {**TINY, "ladder": {
         "gen_1": {"parent": "base"},
-        "gen_2": {"parent": "gen_1", "delta": deltas["a"], "overrides": {"colony": {"train_steps": 8, "lr": 0.01}}},
+        "gen_2": {"parent": "gen_1", "delta": deltas["a"], "overrides": {"conversations": {"passes": 2, "lr": 0.01}}},
         "gen_3": {"parent": "gen_2", "delta": deltas["b"], "overrides": {"gate": {"generalization_min_delta": 1.0}}},
         "gen_4": {"parent": "gen_3"}}}
     p = parse_params(data)
@@ -170,6 +192,11 @@ def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(t
     assert gate["n_heldout_conversations"] == len(held_a) and gate["n_recall_conversations"] == 0
     assert gate["heldout_loglik_child"] > gate["heldout_loglik_parent"]  # it learned the delta, beyond its rows
     assert gate["n_heldout_exact"] == len(held_a) and gate["heldout_exact_child"] is not None
+    assert gate["heldout_whole_child"] is not None  # every held-out answer, whole
+    learned = json.loads((runs / "gen_2" / "summary.json").read_text())["conversations"]
+    train_a = sum(r["split"] == "train" for r in a)  # no earlier delta or QA set to replay: the delta + general text
+    assert learned["prose_rows"] == round(train_a * 0.25 / 0.75) and learned["train_rows"] == train_a + learned["prose_rows"]
+    assert learned["steps"] == math.ceil(2 * learned["train_rows"] / p.colony.train_batch)  # sized by the delta
     assert read_rows(runs / "gen_2" / "conversations.jsonl") == a
     assert json.loads((runs / "gen_2" / "colony" / "population.json").read_text()) == \
         json.loads((runs / "gen_1" / "colony" / "population.json").read_text())  # the colony waited
@@ -178,6 +205,7 @@ def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(t
     gate = record["gen_3"]["gate"]
     assert rows["gen_3"]["gate_verdict"] == "rejected" and "(min delta 1.0)" in rows["gen_3"]["gate_reason"]
     assert "held-out conversations' answer log-likelihood" in rows["gen_3"]["gate_reason"]
+    assert rows["gen_3"]["gate_reason"].endswith("; try: raise conversations.passes or conversations.lr")
     assert rows["gen_3"]["data_delta_sha"] == file_sha(deltas["b"]) and rows["gen_3"]["child_sha"] == \
         rows["gen_2"]["child_sha"]
     assert gate["n_recall_conversations"] == len(held_a) and gate["recall_loglik_child"] is not None

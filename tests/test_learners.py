@@ -81,3 +81,75 @@ def test_a_diverging_learner_fails_the_step_instead_of_logging_nan_as_zero(toy):
         learn(host, tok, adapter, rows, cfg, lr=1e-3, seed=0)  # trl alone would log these losses as 0.0
     with pytest.raises(FloatingPointError, match="learning diverged"):  # what compare and EvoMerge call, too
         learn_gradient(host, tok, adapter, rows, steps=1, batch=4, lr=1e-3, seed=0)
+
+
+def test_general_text_replay_is_its_share_of_the_rows_and_never_the_gates_passages():
+    """with_prose adds English paragraphs (each the reply to PROSE_PROMPT, cut at a sentence end)
+    making up the asked share of the rows; none is one the gate measures perplexity on; the same
+    rng gives the same rows."""
+    import random
+
+    from tasks.gate import prose
+    from tasks.learn import PROSE_CHARS, PROSE_PROMPT, with_prose
+
+    rows = [{"prompt": f"q{i}", "answer": str(i)} for i in range(30)]
+    mixed = with_prose(rows, 0.25, 16, random.Random(0))
+    text = [r for r in mixed if r.get("source") == "prose"]
+    assert len(mixed) == 40 and len(text) == 10 and all(r in mixed for r in rows)
+    gate, rest = prose(16), [p.strip() for p in prose(10_000, 16)]
+    for r in text:
+        assert r["prompt"] == [{"role": "user", "content": PROSE_PROMPT}] and len(r["answer"]) <= PROSE_CHARS
+        whole = next(p for p in rest if p.startswith(r["answer"]))  # a paragraph past the gate's, or its head...
+        assert r["answer"] == whole or r["answer"].endswith(".")  # ...cut at a sentence end
+        assert not any(g.startswith(r["answer"][:100]) for g in gate)
+    assert mixed == with_prose(rows, 0.25, 16, random.Random(0)) and with_prose(rows, 0.0, 16, random.Random(0)) == rows
+
+
+def test_rehearsal_rows_are_answered_by_the_parent_before_the_child_trains(toy, monkeypatch):
+    """With rehearse, the general rows ask about a paragraph's first sentence and carry no answer;
+    `rehearsed` writes the host's own greedy reply into each (a row it answers with nothing is
+    dropped), and `learn` trains on the result."""
+    import random
+
+    from tasks import learn as learn_module
+    from tasks.learn import REHEARSE_PROMPT, REHEARSE_TOKENS, rehearsed, with_prose
+
+    host, tok, adapter, rows = toy
+    mixed = with_prose(rows, 0.2, 16, random.Random(0), rehearse=True)
+    asked = [r for r in mixed if r.get("source") == "rehearse"]
+    assert len(asked) == 4 and all(r["answer"] is None and r["prompt"][0]["content"].startswith(REHEARSE_PROMPT)
+                                   for r in asked)
+    calls = []
+
+    def generate(self, prompts, adapters, budget, desc=""):
+        calls.append((self.model, prompts, budget))
+        return ["reply 0", "", "reply 2", "reply 3"]
+
+    monkeypatch.setattr(learn_module.Engine, "generate", generate)
+    filled = rehearsed(host, tok, mixed)
+    assert calls == [(host, [r["prompt"] for r in asked], [REHEARSE_TOKENS] * 4)]  # the parent answers
+    assert [r["answer"] for r in filled if r.get("source") == "rehearse"] == ["reply 0", "reply 2", "reply 3"]
+    assert [r for r in filled if r.get("source") != "rehearse"] == [r for r in mixed if r.get("source") != "rehearse"]
+    assert len(learn(host, tok, adapter, mixed, ColonyConfig(train_steps=2, train_batch=4), 1e-3, 0)) == 2
+
+
+def test_a_kl_anchor_keeps_the_child_nearer_its_parent_on_text_it_never_trained_on(tiny_host, tmp_path):
+    """The same rows, updates and lr with and without `anchor`: the anchored adapter's next-token
+    distribution on unrelated text stays closer to the host's (KL(host || host + adapter))."""
+    host, tok = tiny_host
+    rows = [{"prompt": c.prompt, "answer": c.answer} for c in sample(BUILTIN["math"], 1, "train", 16, 0)]
+    ids = torch.tensor([tok("The sea was calm and the boats came home before dark.")["input_ids"]])
+    with torch.no_grad():
+        parent = torch.log_softmax(host(input_ids=ids).logits.float(), -1)
+    kl = {}
+    for anchor in (0.0, 100.0):  # a random tiny model: its KL per token is small beside its NLL (~10.7)
+        new_adapter(host, lora_config(4, 8.0, TARGETS), seed=0, out=tmp_path / str(anchor))
+        learn_gradient(host, tok, tmp_path / str(anchor), rows, steps=16, batch=8, lr=3e-2, seed=0, anchor=anchor)
+        model = load_colony(host, {"x": tmp_path / str(anchor)})
+        try:
+            with torch.no_grad():
+                child = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+        finally:
+            model.unload()
+        kl[anchor] = float((parent.exp() * (parent - child)).sum(-1).mean())
+    assert kl[100.0] < 0.5 * kl[0.0], kl
