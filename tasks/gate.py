@@ -166,8 +166,6 @@ def _try(m: dict, why: str) -> str:
     less = f"lower {sec}.lr or {budget}"
     if why.startswith("recall"):
         return f"raise {sec}.replay_ratio, or {less}"
-    if why.startswith(("general-text", "style drift")) and sec == "conversations":
-        return f"raise conversations.prose_ratio, or {less}"
     if why.startswith("forbidden"):
         return "drop the forbidden phrases from the training answers"
     if why.startswith(("generalization", "held-out")):
