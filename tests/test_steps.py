@@ -186,3 +186,14 @@ def test_each_dvc_stage_depends_on_exactly_the_code_it_runs():
         assert {d for d in deps if d.endswith(".py")} == code | {"cambrian/cli.py"}, stage
         # the ladder's report re-runs no rung (the compare and continual flows write their tables with it)
         assert stage in ("report", "compare", "continual") or "cambrian/report.py" not in deps
+
+
+def test_a_generation_stage_depends_on_every_params_section_a_generation_reads():
+    """dvc.yaml's generation stage names each section whose change changes a generation's result, so
+    `dvc repro` re-runs it (conversations: how a conversation delta's generation trains)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    params = set(yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["generation"]["do"]["params"])
+    assert {"seed", "eval", "colony", "conversations", "bandit", "energy", "assimilate", "merge", "sleep",
+            "gate", "ladder.${key}"} <= params
