@@ -101,7 +101,7 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
     elif delta:
         v = params["conversations"]
         how = (f"One LoRA ({v['passes']:g} passes at lr {v['lr']}) learned the conversation delta `{delta}` "
-               f"(sha256 `{row['data_delta_sha'][:12]}`) with replay and general text; it {made}")
+               f"(sha256 `{row['data_delta_sha'][:12]}`) with replay; it {made}")
     else:
         how = (f"Organelles ({c['species']}, population {c['population']}, {c['train_steps']} LoRA steps each at lr "
                f"{c['lr']}) that passed the assimilation test {made}")
