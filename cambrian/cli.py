@@ -227,11 +227,13 @@ def report(runs: Path = typer.Argument(Path("runs"), help="The ladder's run fold
 def continual(params: Path = PARAMS,
               host_dir: Path = typer.Option(Path("models/base"), "--host", help="Host checkpoint folder."),
               data: Path = typer.Option(Path("data/challenges"), help="Challenge folder."),
-              out: Path = typer.Option(Path("reports/continual"), help="Folder for results and heatmaps.")):
-    """Continual-learning benchmark (params continual, sleep): stream the challenge families as
-    ordered tasks through each ablation mode and seed, evaluating every task at every boundary.
-    Writes OUT/results.json, OUT/results.md (forgetting, BWT, FWT, AUC per mode) and an A-matrix
-    heatmap per run. Finished runs come from the cache, so an interrupted suite resumes."""
+              out: Path = typer.Option(Path("reports/continual"), help="Folder for the table, results and figure.")):
+    """The stream benchmark (params continual): deltas arriving one at a time, bad ones among them,
+    learned by each recipe a user could pick (sequential fine-tunes, replay, retraining on everything,
+    the ladder, complementary learning) for each seed; every family is tested after every step.
+    Writes OUT/results.md (final mean, largest drop, BWT, perplexity, SFT rows, minutes, bad deltas
+    published per recipe), OUT/results.json and OUT/stream.png. Finished runs come from the cache,
+    so an interrupted suite resumes. continual.preset=full for the 3-seed figures."""
     _params(params)
     from cambrian.cluster import run_flow
     from flows.continual import continual as flow
@@ -269,7 +271,7 @@ def deployments():
             ladder_flow.to_deployment(name="ladder", description="Every generation of params.yaml's ladder."),
             configured(gen_flow).to_deployment(name="generation", description="One generation, by id."),
             configured(evomerge_flow).to_deployment(name="evomerge", description="EvoMerge (params evomerge)."),
-            continual_flow.to_deployment(name="continual", description="The continual-learning benchmark."),
+            continual_flow.to_deployment(name="continual", description="The stream benchmark: recipes on deltas arriving over time."),
             compare_flow.to_deployment(name="compare", description="The ladder against plain and multitask SFT.")]
 
 

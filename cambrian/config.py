@@ -268,10 +268,10 @@ PRESETS: dict[str, dict[str, dict]] = {
     "evomerge": {  # full: 40-step specialists, 2 rounds, 16 probes per domain
         "full": {},
         "quick": {"evomerge": {"specialist_steps": 16, "generations": 1, "probes_per_domain": 8}}},
-    "continual": {  # full: 5 modes x 3 seeds x 200 rows per task
+    "continual": {  # full: 7 deltas of 128 rows, 5 recipes x 3 seeds (a GPU's work); quick: aims at 20 min on 2 cores
         "full": {},
-        "quick": {"continual": {"modes": ["full_cls", "no_sleep"], "seeds": [7], "train_rows": 64,
-                                "eval_per_task": 10}}},
+        "quick": {"continual": {"order": ["sorting", "json_repair", "wrong:sorting", "sequence", "style:json_repair"],
+                                "seeds": [7], "train_rows": 32, "eval_per_task": 10}}},
 }
 
 
@@ -313,7 +313,6 @@ class SleepConfig(Strict):
     top_k: int = Field(2, ge=1, le=64)  # experts mixed per token by each layer's router
     rank: int = Field(8, ge=1, le=256)
     alpha: float = Field(16.0, gt=0.0)
-    wake_steps: int = Field(12, ge=0, le=100_000)  # hippocampus updates per task of the stream
     wake_batch: int = Field(8, ge=1, le=1024)
     wake_lr: float = Field(2e-3, gt=0.0, le=1.0)
     balance: float = Field(0.01, ge=0.0)  # weight of the router's load-balancing loss
@@ -346,22 +345,35 @@ class SleepConfig(Strict):
         return self
 
 
-MODES = ("full_cls", "no_sleep", "no_ewc", "no_refresh", "no_hippocampus")
+# The stream benchmark's recipes (tasks/continual.py) and kinds of bad delta (`KIND:FAMILY` in its order).
+RECIPES = ("sequential", "replay", "joint", "ladder", "full_cls", "no_sleep", "no_ewc", "no_refresh")
+BAD_DELTAS = ("wrong", "style")
 
 
 class ContinualConfig(Strict):
-    """The continual-learning benchmark: challenge families as an ordered task stream."""
-    order: list[str] = Field(default_factory=lambda: list(FAMILIES), min_length=2)  # of challenges.families
-    modes: list[Literal[MODES]] = Field(default_factory=lambda: list(MODES), min_length=1)
+    """The stream benchmark: deltas arriving one per step, learned by each recipe (tasks/continual.py)."""
+    # Families of challenges.families, each arriving once, and bad deltas, KIND:FAMILY (KIND in BAD_DELTAS).
+    order: list[str] = Field(default_factory=lambda: ["math", "logic", "sorting", "wrong:math", "sequence",
+                                                      "style:logic", "json_repair"], min_length=2)
+    recipes: list[Literal[RECIPES]] = Field(default_factory=lambda: ["sequential", "replay", "joint", "ladder",
+                                                                     "full_cls"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [7, 42, 123], min_length=1)
-    train_rows: int = Field(200, ge=1, le=100_000)  # train-split rows streamed per task
-    eval_per_task: int = Field(20, ge=1, le=10_000)  # holdout challenges per task at every boundary
+    train_rows: int = Field(128, ge=1, le=100_000)  # train-split rows per delta
+    passes: float = Field(2.0, gt=0.0, le=1000.0)  # updates per step: ceil(passes x rows / batch)
+    bad_share: float = Field(0.5, ge=0.0, le=1.0)  # share of a bad delta's answers made wrong or wrapped
+    eval_per_task: int = Field(20, ge=1, le=10_000)  # test challenges per family after every step
     preset: Literal[tuple(PRESETS["continual"])] = "quick"
 
     @model_validator(mode="after")
-    def _unique(self) -> "ContinualConfig":
-        if len(set(self.order)) != len(self.order):
-            raise ValueError("continual.order has duplicates")
+    def _entries(self) -> "ContinualConfig":
+        good = [e for e in self.order if ":" not in e]
+        if len(set(good)) != len(good):
+            raise ValueError("continual.order has a family twice (a family arrives once; a bad delta is KIND:FAMILY)")
+        for e in self.order:
+            if ":" in e and e.partition(":")[0] not in BAD_DELTAS:
+                raise ValueError(f"continual.order: {e!r} is not FAMILY or KIND:FAMILY with KIND one of {list(BAD_DELTAS)}")
+        if len(good) < 2:
+            raise ValueError("continual.order needs at least two families")
         return self
 
 

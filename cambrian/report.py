@@ -391,42 +391,66 @@ def compare_table(agg: dict, host: dict, families: list[str], preset: str) -> st
     return "\n".join(lines) + "\n"
 
 
-CONTINUAL_COLUMNS = ("final_seen_acc_avg", "final_forgetting", "final_bwt", "fwt", "seen_acc_auc", "non_finite_step_count")
+# The stream table's columns: what each recipe ends with, and what it cost.
+STREAM_COLUMNS = {"final_seen_acc_avg": "final mean", "final_max_forgetting": "largest drop", "final_bwt": "BWT",
+                  "final_ppl_increase": "perplexity vs bare", "final_sft_rows": "SFT rows", "final_minutes": "minutes",
+                  "final_bad_published": "bad deltas published"}
 
 
-def continual_table(runs: list[dict], modes: list[str], preset: str) -> str:
-    def cell(values: list[float]) -> str:
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):+.3f} ± {spread:.3f}"
-    seeds = sorted({r["seed"] for r in runs})
-    lines = [f"Preset `{preset}` (continual.preset). Mean ± sample standard deviation over seeds {seeds}; accuracy "
-             "is exact match on holdout challenges.",
-             "", "| mode | " + " | ".join(CONTINUAL_COLUMNS) + " |", "|---" * (len(CONTINUAL_COLUMNS) + 1) + "|"]
-    for mode in modes:
-        rows = [r for r in runs if r["mode"] == mode]
-        lines.append(f"| {mode} | " + " | ".join(cell([float(r[c]) for r in rows]) for c in CONTINUAL_COLUMNS) + " |")
-    if runs and "constant" in runs[0]:
-        lines += ["", "A constant answer (each task's most common gold answer) scores " +
-                  ", ".join(f"{t} {c:.3f}" for t, c in zip(runs[0]["tasks"], runs[0]["constant"])) + "."]
-    flagged = [f"{r['mode']} seed {r['seed']} {t} ({s:.0%})" for r in runs
-               for t, s, c in zip(r["tasks"], r.get("top_share_end", []), r.get("constant", [])) if collapsed(s, c)]
-    if flagged:
-        lines.append("Collapsed at the end (one reply is that share of a task's replies), not learning: "
-                     + ", ".join(flagged) + ".")
+def continual_table(runs: list[dict], recipes: list[str], preset: str) -> str:
+    """The stream table: per recipe the mean and 95% interval over seeds of STREAM_COLUMNS, then the final
+    accuracy per family (first seed) beside the bare host and the constant answer, collapsed replies flagged."""
+    def cell(key: str, values: list[float]) -> str:
+        mean, half = interval(values)
+        if key in ("final_sft_rows", "final_minutes", "final_bad_published"):
+            return f"{mean:.0f}" if key == "final_sft_rows" else f"{mean:.1f}" if key == "final_minutes" else \
+                f"{mean:g} of {runs[0]['bad_deltas']}"
+        return (f"{mean:+.1%}" if key == "final_ppl_increase" else f"{mean:+.3f}" if key == "final_bwt" else f"{mean:.3f}") \
+            + (f" ± {half:.3f}" if half else "")
+    seeds, first = sorted({r["seed"] for r in runs}), runs[0]
+    families = first["families"]
+    lines = [f"Preset `{preset}` (continual.preset), stream {' -> '.join(first['order'])}. Mean ± half-width of the "
+             f"95% t-interval over seeds {seeds}; accuracy is exact match on test challenges no step reads.",
+             "", "| recipe | " + " | ".join(STREAM_COLUMNS.values()) + " |", "|---" * (len(STREAM_COLUMNS) + 1) + "|"]
+    for recipe in recipes:
+        mine = [r for r in runs if r["recipe"] == recipe]
+        lines.append(f"| {recipe} | " + " | ".join(cell(k, [float(r[k]) for r in mine]) for k in STREAM_COLUMNS) + " |")
+    lines += ["", f"Final accuracy per family, seed {first['seed']} (⚑: replies collapsed to one value, not learning):",
+              "", "| | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|",
+              "| constant answer | " + " | ".join(f"{c:.2f}" for c in first["constant"]) + " |",
+              "| bare host | " + " | ".join(f"{b:.2f}" for b in first["b"]) + " |"]
+    for r in runs:
+        if r["seed"] == first["seed"]:
+            lines.append(f"| {r['recipe']} | " + " | ".join(
+                f"{a:.2f}" + (" ⚑" if collapsed(s, c) else "") for a, s, c in zip(r["A"][-1], r["top_share_end"], r["constant"])) + " |")
+    ladder, joint = ([r for r in runs if r["recipe"] == k] for k in ("ladder", "joint"))
+    if ladder and joint:
+        mean = lambda key, rs: statistics.fmean(r[key] for r in rs)  # noqa: E731
+        lines += ["", f"Ladder against joint retraining: final mean {mean('final_seen_acc_avg', ladder) / max(mean('final_seen_acc_avg', joint), 1e-9):.2f}x "
+                  f"(target >= 0.95x), SFT rows {mean('final_sft_rows', ladder) / mean('final_sft_rows', joint):.2f}x (target <= 0.5x)."]
     return "\n".join(lines) + "\n"
 
 
-def continual_heatmap(run: dict, path: Path) -> None:
+def stream_figure(runs: list[dict], path: Path) -> None:
+    """One A matrix per recipe (its first seed) side by side, and final mean against cumulative SFT rows."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
-    im = ax.imshow(run["A"], vmin=0.0, vmax=1.0, cmap="viridis")
-    tasks = run["tasks"]
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
-    ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
-    for i, row in enumerate(run["A"]):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
-    ax.set_xlabel("evaluated task j")
-    ax.set_title(f"A[i][j]  {run['mode']}, seed {run['seed']}")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    shown = list({r["recipe"]: r for r in reversed(runs)}.values())[::-1]  # the first seed of each recipe
+    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(3.1 * len(shown) + 4.2, 3.9))
+    for ax, run in zip(axes, shown):
+        ax.imshow(run["A"], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(run["families"])), run["families"], rotation=35, ha="right", fontsize=7)
+        ax.set_yticks(range(len(run["order"])), [f"after {e}" for e in run["order"]] if ax is axes[0] else [""] * len(run["order"]),
+                      fontsize=7)
+        for i, row in enumerate(run["A"]):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=6)
+        ax.set_title(f"{run['recipe']} (seed {run['seed']})", fontsize=9)
+    ax = axes[-1]
+    for recipe in dict.fromkeys(r["recipe"] for r in runs):
+        mine = [r for r in runs if r["recipe"] == recipe]
+        ax.scatter([r["final_sft_rows"] for r in mine], [r["final_seen_acc_avg"] for r in mine], label=recipe)
+    ax.axhline(statistics.fmean(runs[0]["constant"]), color="grey", ls=":", label="constant answer")
+    ax.set_xlabel("cumulative SFT rows")
+    ax.set_ylabel("final mean accuracy")
+    ax.legend(fontsize=7)
     _save(plt, fig, path, dpi=110)

@@ -20,7 +20,7 @@ from collections import Counter
 from scipy.stats import binomtest
 
 from cambrian.challenges import Challenge, beyond_constant, constant_hits, family, sample
-from cambrian.config import Params
+from cambrian.config import AssimilateConfig, Params
 from cambrian.engine import Engine
 from cambrian.organelle import Organelle, families_of
 
@@ -45,9 +45,8 @@ def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, ho
     jobs: list[tuple[str, Organelle, Challenge]] = []  # (kind, organelle, challenge), host and organelle paired
     for o in candidates:
         mine = families_of(o.species, params.challenges.families)
-        probes = [c for fam in (family(params.challenges, f) for f in mine) for lv in fam.levels_in("probe")
-                  for c in sample(fam, lv, "probe", cfg.probes_per_level, f"{params.seed}/assimilate/{gen}/{o.id}")]
-        jobs += [("probe", o, c) for c in probes] + [("holdout", o, c) for c in holdout if c.family in mine]
+        jobs += [("probe", o, c) for c in probes(params, mine, f"{params.seed}/assimilate/{gen}/{o.id}")]
+        jobs += [("holdout", o, c) for c in holdout if c.family in mine]
     # Host and organelles answer in one mixed-adapter batch.
     challenges = [c for _, _, c in jobs] * 2
     ok = engine.correct(challenges, [None] * len(jobs) + [o.id for _, o, _ in jobs])
@@ -56,30 +55,41 @@ def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, ho
     for o in candidates:
         probe = [(c, h, t) for (k, p, c), h, t in zip(jobs, host_ok, org_ok) if p is o and k == "probe"]
         held = [(c, h, t) for (k, p, c), h, t in zip(jobs, host_ok, org_ok) if p is o and k == "holdout"]
-        host, treatment, hold_t = [h for _, h, _ in probe], [t for _, _, t in probe], [t for _, _, t in held]
-        # The control: right where the host is or where the constant reply is, challenge by challenge.
-        control = beyond_constant(host, [c for c, _, _ in probe])
-        hold_c = beyond_constant([h for _, h, _ in held], [c for c, _, _ in held])
-        uplift, p = _mean(treatment) - _mean(control), mcnemar_p(treatment, control)
-        hold_uplift = _mean(hold_t) - _mean(hold_c)
-        holdout_ok = bool(hold_t) and hold_uplift > cfg.holdout_min_effect
-        if p > cfg.alpha:
-            passed, reason = False, f"not significant: p={p:.3g} > {cfg.alpha}"
-        elif uplift < cfg.min_effect:
-            passed, reason = False, f"uplift {uplift:.3f} < min_effect {cfg.min_effect}"
-        elif not holdout_ok:
-            passed, reason = False, f"holdout uplift {hold_uplift:.3f} <= {cfg.holdout_min_effect}"
-        else:
-            passed, reason = True, f"uplift {uplift:.3f} (p={p:.3g}), holdout uplift {hold_uplift:.3f}"
-        attempts.append({
-            "gen": gen, "organelle": o.id, "species": o.species, "roi": per_org[o.id]["roi"],
-            "topup": per_org[o.id]["topup"] > 0, "n_probe": len(control), "host_mean": _mean(host),
-            "constant_mean": _mean(constant_hits([c for c, _, _ in probe])),
+        attempts.append({"gen": gen, "organelle": o.id, "species": o.species, "roi": per_org[o.id]["roi"],
+                         "topup": per_org[o.id]["topup"] > 0, **judge(probe, held, cfg)})
+    return attempts
+
+
+def judge(probe: list[tuple[Challenge, bool, bool]], held: list[tuple[Challenge, bool, bool]],
+          cfg: AssimilateConfig) -> dict:
+    """The test on (challenge, host right, organelle right) triples of the probe and holdout splits:
+    the figures and the verdict of one attempt."""
+    host, treatment, hold_t = [h for _, h, _ in probe], [t for _, _, t in probe], [t for _, _, t in held]
+    # The control: right where the host is or where the constant reply is, challenge by challenge.
+    control = beyond_constant(host, [c for c, _, _ in probe])
+    hold_c = beyond_constant([h for _, h, _ in held], [c for c, _, _ in held])
+    uplift, p = _mean(treatment) - _mean(control), mcnemar_p(treatment, control)
+    hold_uplift = _mean(hold_t) - _mean(hold_c)
+    holdout_ok = bool(hold_t) and hold_uplift > cfg.holdout_min_effect
+    if p > cfg.alpha:
+        passed, reason = False, f"not significant: p={p:.3g} > {cfg.alpha}"
+    elif uplift < cfg.min_effect:
+        passed, reason = False, f"uplift {uplift:.3f} < min_effect {cfg.min_effect}"
+    elif not holdout_ok:
+        passed, reason = False, f"holdout uplift {hold_uplift:.3f} <= {cfg.holdout_min_effect}"
+    else:
+        passed, reason = True, f"uplift {uplift:.3f} (p={p:.3g}), holdout uplift {hold_uplift:.3f}"
+    return {"n_probe": len(control), "host_mean": _mean(host), "constant_mean": _mean(constant_hits([c for c, _, _ in probe])),
             "control_mean": _mean(control), "treatment_mean": _mean(treatment), "uplift": uplift,
             "min_effect": cfg.min_effect, "p_value": p, "alpha": cfg.alpha,
             "holdout_control_mean": _mean(hold_c), "holdout_treatment_mean": _mean(hold_t),
-            "holdout_uplift": hold_uplift, "holdout_pass": holdout_ok, "passed": passed, "reason": reason})
-    return attempts
+            "holdout_uplift": hold_uplift, "holdout_pass": holdout_ok, "passed": passed, "reason": reason}
+
+
+def probes(params: Params, families: list[str], seed: str) -> list[Challenge]:
+    """Fresh probe-split challenges of `families`, `assimilate.probes_per_level` per level."""
+    return [c for fam in (family(params.challenges, f) for f in families) for lv in fam.levels_in("probe")
+            for c in sample(fam, lv, "probe", params.assimilate.probes_per_level, seed)]
 
 
 def gating(attempts: list[dict], earlier_snapshots: list[dict], limit: int) -> dict:

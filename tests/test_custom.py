@@ -154,7 +154,7 @@ def test_a_custom_family_is_a_family_everywhere_in_a_generation(tiny_host_dir, t
     assert {"units/1", "units/2"} <= set(gate["holdout_by_arm_child"])  # the gate read its holdout rows
     runs = continual(str(tmp_path / "params.yaml"), str(tmp_path / "models" / "base"), str(tmp_path / "data"),
                      str(tmp_path / "continual"))["runs"]
-    assert [b["task"] for b in runs[0]["boundaries"]] == ["units", "math"]
+    assert [s["entry"] for s in runs[0]["steps"]] == ["units", "math"]
     with open(tmp_path / "fam.jsonl", "a") as f:
         f.write(json.dumps({"prompt": "Convert 1001 km to m.", "answer": "1001000"}) + "\n")
     with pytest.raises(CheckpointError, match="built from other custom families"):

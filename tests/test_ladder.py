@@ -38,9 +38,9 @@ TINY = {
     "gate": {"neutral_prompts": ["Hello there.", "Describe the sea."], "reply_tokens": 8},
     "evomerge": {"parents": ["base", "specialist:math", "specialist:logic"], "specialist_steps": 1,
                  "specialist_rows": 4, "generations": 0, "probes_per_domain": 1, "preset": "full"},
-    "sleep": {"in_generation": True, "steps": 2, "batch": 4, "fisher_samples": 2, "cortex_rank": 4, "wake_steps": 1, "wake_batch": 2,
+    "sleep": {"in_generation": True, "steps": 2, "batch": 4, "fisher_samples": 2, "cortex_rank": 4, "wake_batch": 2,
               "experts": 2, "top_k": 1, "rank": 4},
-    "continual": {"order": ["math", "logic"], "modes": ["full_cls"], "seeds": [7], "train_rows": 4,
+    "continual": {"order": ["math", "logic"], "recipes": ["full_cls"], "seeds": [7], "train_rows": 4,
                   "eval_per_task": 2, "preset": "full"},  # full: these values as they are (no preset shrinks them)
     "compare": {"recipes": ["plain", "multitask"], "seeds": [0], "preset": "full"},
     # gen_3 is rejected (any drift is too much) and, with gen_2, trips the stop rule (two generations
@@ -157,7 +157,7 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
     assert set(host) == {*parts, *(f"{key}.{p}" for key in ("constant", "top_share") for p in parts),
                          "test_mean", "transfer_mean"}
     assert set(host) < set(gen) and {"gate.accepted", "colony.survivors"} < set(gen)
-    assert json.loads((repo.root / "reports/continual/results.json").read_text())["runs"][0]["mode"] == "full_cls"
+    assert json.loads((repo.root / "reports/continual/results.json").read_text())["runs"][0]["recipe"] == "full_cls"
     assert "| multitask | 1 |" in (repo.root / "reports/compare.md").read_text()  # the compare stage
     report = (repo.root / "reports/report.md").read_text()
     assert "## Where the time went" in report and "| generation | spawn | learn | evaluate |" in report

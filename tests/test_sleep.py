@@ -1,36 +1,14 @@
-"""Sleep consolidation: continual metrics, EWC, replay, expert banks, one tiny ablation suite."""
-import json
+"""Sleep consolidation: EWC, replay, expert banks, the pressure scheduler (its stream: tests/test_stream.py)."""
 from collections import Counter
 
 import pytest
 import torch
-from PIL import Image
 
 from cambrian.config import ParamsError, parse_params
 from cambrian.hippocampus import LoRABank, ReplayBuffer, topk_gates, wake
-from tasks.continual import metrics
 from tasks.sleep import Switched, consolidate, ewc_penalty, fisher_diag, pressure, replay_kl
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
-
-
-def test_metrics_match_hand_computed_matrix():
-    A = [[0.8, 0.1, 0.0],
-         [0.6, 0.9, 0.2],
-         [0.5, 0.7, 0.6]]
-    m = metrics(A, b=[0.1, 0.0, 0.1])
-    assert m["seen_acc_avg"] == pytest.approx([0.8, 0.75, 0.6])
-    # forgetting_2 = mean(max(.8, .6) - .5, max(.1, .9) - .7)
-    assert m["forgetting"] == pytest.approx([0.0, 0.2, 0.25])
-    assert m["bwt"] == pytest.approx([0.0, -0.2, -0.25])
-    assert m["fwt"] == pytest.approx(((0.1 - 0.0) + (0.2 - 0.1)) / 2)
-    assert m["seen_acc_auc"] == pytest.approx(((0.8 + 0.75) / 2 + (0.75 + 0.6) / 2) / 2)
-    assert (m["final_forgetting"], m["final_bwt"]) == pytest.approx((0.25, -0.25))
-
-
-def test_metrics_of_a_perfect_learner_without_forgetting():
-    m = metrics([[1, 0], [1, 1]], b=[0, 0])
-    assert (m["final_seen_acc_avg"], m["final_forgetting"], m["final_bwt"], m["fwt"]) == (1.0, 0.0, 0.0, 0.0)
 
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_grows_away_from_it(tiny_host):
@@ -156,69 +134,3 @@ def test_pressure_decides_from_weighted_signals():
 def test_sleep_config_errors_name_the_key():
     with pytest.raises(ParamsError, match="top_k"):
         parse_params({"sleep": {"experts": 2, "top_k": 3}})
-    with pytest.raises(ParamsError, match="continual.modes"):
-        parse_params({"continual": {"modes": ["full_cls", "dreaming"]}})
-
-
-SUITE = {"sleep": {"experts": 2, "top_k": 1, "rank": 4, "wake_steps": 2, "wake_batch": 4, "steps": 2, "batch": 4,
-                   "fisher_samples": 2, "replay_capacity": 16, "cortex_rank": 4, "probe_rows": 2},
-         "continual": {"order": ["math", "sorting", "logic"], "seeds": [7, 42], "train_rows": 8, "eval_per_task": 3,
-                       "preset": "full"},
-         "colony": {"target_modules": ["q_proj", "down_proj"]}, "eval": {"batch_size": 16},
-         "challenges": {"worked": ["math"]}}  # as the shared tiny dataset (conftest): a worked task in the stream
-
-
-def test_tiny_ablation_suite_end_to_end(tiny_host_dir, tiny_data_dir, tmp_path, monkeypatch):
-    import yaml
-    from mlflow.tracking import MlflowClient
-
-    from flows.continual import continual
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(SUITE))
-    out = tmp_path / "continual"
-    result = continual(str(params), str(tiny_host_dir), str(tiny_data_dir), str(out))
-    runs = json.loads((out / "results.json").read_text())["runs"]
-    client = MlflowClient()  # one MLflow run, the mean of the seeds per mode; one nested run per (mode, seed)
-    logged = client.search_runs([client.get_experiment_by_name("cambrian-continual").experiment_id])
-    top = [r for r in logged if "mlflow.parentRunId" not in r.data.tags]
-    assert len(top) == 1 and len(logged) == 1 + len(runs)
-    assert top[0].data.metrics["no_ewc.final_bwt"] == pytest.approx(
-        sum(r["final_bwt"] for r in runs if r["mode"] == "no_ewc") / 2)
-    assert [(r["mode"], r["seed"]) for r in runs] == [(m, s) for m in
-                                                      ["full_cls", "no_sleep", "no_ewc", "no_refresh", "no_hippocampus"]
-                                                      for s in (7, 42)]
-    for r in runs:
-        assert len(r["A"]) == 3 and all(len(row) == 3 and all(0 <= v <= 1 for v in row) for row in r["A"])
-        assert r["final_bwt"] == pytest.approx(metrics(r["A"], r["b"])["final_bwt"])
-        assert set(r["task_tokens"]) == {"math", "sorting", "logic"} and min(r["task_tokens"].values()) > 0
-        assert r["non_finite_step_count"] == 0
-        slept = [b.get("slept") for b in r["boundaries"]]
-        if r["mode"] == "no_sleep":
-            assert slept == [False] * 3 and all("signals" in b for b in r["boundaries"])
-        elif r["mode"] == "no_hippocampus":
-            assert slept == [None] * 3
-        else:
-            assert any(slept)
-            sleep = [b for b in r["boundaries"] if b.get("slept")]
-            assert all(("refresh" in b) == (r["mode"] != "no_refresh") for b in sleep)
-            assert all(b["sleep"]["fisher_samples"] == (0 if r["mode"] == "no_ewc" else 2) for b in sleep)
-        with Image.open(out / f"A_{r['mode']}_{r['seed']}.png") as im:
-            assert im.size[0] > 300
-    md = (out / "results.md").read_text()
-    for mode in ("full_cls", "no_sleep", "no_ewc", "no_refresh", "no_hippocampus"):
-        assert f"| {mode} |" in md
-    # the same seed gives the same run: re-running from scratch of one (mode, seed) reproduces it exactly
-    from cambrian.host import load_host
-    from cambrian.challenges import read_jsonl
-    from tasks.continual import run_stream
-
-    model, tok = load_host(tiny_host_dir)
-    again = run_stream(model, tok, parse_params(SUITE), read_jsonl(tiny_data_dir / "train.jsonl"),
-                       read_jsonl(tiny_data_dir / "holdout.jsonl"), "full_cls", 7)
-    first = next(r for r in runs if (r["mode"], r["seed"]) == ("full_cls", 7))
-    strip = lambda r: [{k: v for k, v in b.items() if not k.endswith("_s")} for b in r["boundaries"]]
-    assert again["A"] == first["A"] and strip(again) == strip(first)
-    assert result["table"] == md
