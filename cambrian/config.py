@@ -166,15 +166,17 @@ class ConversationConfig(Strict):
     """How a generation that learns a conversation delta trains (flows/generation.py `_converse`): its
     budget is sized by the delta (passes over its rows), not by colony.train_steps, which is meant for
     challenge generations; rank and batch are the colony's (docs/your-data.md)."""
-    passes: float = Field(2.0, gt=0.0, le=1000.0)  # over the training rows, replay and general text included
-    lr: float = Field(5e-4, gt=0.0, le=1.0)
+    passes: float = Field(6.0, gt=0.0, le=1000.0)  # over the training rows, replay and general text included
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
     replay_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # share of rows from earlier deltas and the parent's QA set
     # share of rows that are general English text (tasks/learn.py `with_prose`); off by default: it
     # lowers the gate's perplexity by teaching the gate's own domain (reports/benchmarks.md)
     prose_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     # share of rows that are the parent's own replies to general questions (`with_prose(rehearse=True)`)
     rehearse_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    anchor: float = Field(0.0, ge=0.0, le=100.0)  # colony.anchor for this generation: a KL pull toward the parent
+    # colony.anchor for this generation: a KL pull toward the parent, what lets 6 passes at lr 1e-3 keep
+    # the parent's perplexity and tone (reports/benchmarks.md)
+    anchor: float = Field(3.0, ge=0.0, le=100.0)
 
 
 class BanditConfig(Strict):

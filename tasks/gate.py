@@ -170,7 +170,9 @@ def _try(m: dict, why: str) -> str:
         return "drop the forbidden phrases from the training answers"
     if why.startswith(("generalization", "held-out")):
         return f"raise {budget} or {sec}.lr"
-    return less  # drift, perplexity, non-finite weights
+    if why.startswith(("style drift", "general-text")):
+        return f"raise {sec}.anchor, or {less}"
+    return less  # non-finite weights
 
 
 def _verdict(m: dict, cfg: GateConfig) -> tuple[bool, str]:

@@ -136,14 +136,14 @@ def test_the_gate_judges_a_delta_on_held_out_conversations_and_earlier_deltas_re
 @pytest.mark.parametrize("failed, hint", [
     ({"recall_loglik_child": -1.5, "recall_loglik_parent": -1.0},
      "raise conversations.replay_ratio, or lower conversations.lr or conversations.passes"),
-    ({"ppl_child": 40.0}, "lower conversations.lr or conversations.passes"),
-    ({"style_drift": 0.9}, "lower conversations.lr or conversations.passes"),
+    ({"ppl_child": 40.0}, "raise conversations.anchor, or lower conversations.lr or conversations.passes"),
+    ({"style_drift": 0.9}, "raise conversations.anchor, or lower conversations.lr or conversations.passes"),
     ({"heldout_loglik_child": -2.5, "delta_generalization": -0.5}, "raise conversations.passes or conversations.lr"),
     ({"heldout_loglik_child": None, "heldout_loglik_parent": None, "generalization_parent": 0.5,
       "generalization_child": 0.4, "delta_generalization": -0.1},
      "raise colony.train_steps or colony.lr"),
     ({"heldout_loglik_child": None, "heldout_loglik_parent": None, "delta_generalization": 0.0, "ppl_child": 40.0},
-     "lower colony.lr or colony.train_steps"),
+     "raise colony.anchor, or lower colony.lr or colony.train_steps"),
 ])
 def test_a_rejection_says_which_params_move_the_figure_it_failed(failed, hint):
     """A rejected child's reason ends with what to try: for a conversation delta's generation the

@@ -98,13 +98,13 @@ def test_gate_verdicts_name_the_failed_threshold():
     assert "forbidden" in verdict(_m(forbidden_rate=0.5), cfg)[1]
     assert verdict(_m(ppl_child=21.0), cfg)[0]  # +5.0%: at the limit
     assert verdict(_m(ppl_child=21.1), cfg) == (False, "general-text perplexity 20.00 -> 21.10 (max increase 5%); "
-                                                       "try: lower colony.lr or colony.train_steps")
+                                                       "try: raise colony.anchor, or lower colony.lr or colony.train_steps")
     assert verdict(_m(recall_parent=None, recall_child=None), cfg)[0]  # the first generation has no prior QA
     # Steps that each stay under the bar cannot add up past it: the child against the lineage's root too.
     assert verdict(_m(ppl_parent=20.5, ppl_child=21.0, ppl_root=20.0), cfg)[0]
     assert verdict(_m(ppl_parent=20.5, ppl_child=21.1, ppl_root=20.0), cfg) == \
         (False, "general-text perplexity 20.00 at the lineage's root -> 21.10 (max total increase 5%); "
-                "try: lower colony.lr or colony.train_steps")
+                "try: raise colony.anchor, or lower colony.lr or colony.train_steps")
 
 
 def test_the_root_perplexity_is_the_first_gates_parent_in_the_lineage():
