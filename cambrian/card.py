@@ -100,7 +100,8 @@ def generation_card(source: str, lineage: list[dict], params: dict) -> str:
                f"`{delta}`: this checkpoint is an earlier one, unchanged")
     elif delta:
         v = params["conversations"]
-        how = (f"One LoRA ({v['passes']:g} passes at lr {v['lr']}) learned the conversation delta `{delta}` "
+        pull = f", KL anchor {v['anchor']:g}" if v["anchor"] else ""
+        how = (f"One LoRA ({v['passes']:g} passes at lr {v['lr']}{pull}) learned the conversation delta `{delta}` "
                f"(sha256 `{row['data_delta_sha'][:12]}`) with replay; it {made}")
     else:
         how = (f"Organelles ({c['species']}, population {c['population']}, {c['train_steps']} LoRA steps each at lr "

@@ -221,6 +221,7 @@ def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(t
     assert "delta" not in record["gen_4"] and record["gen_4"]["gate"]["n_recall_conversations"] == len(held_a)
     card = (tmp_path / "models" / "gen_2" / "README.md").read_text()
     assert f"learned the conversation delta `{deltas['a']}`" in card and "held-out conversations" in card
+    assert "passes at lr 0.01, KL anchor 3)" in card  # the test's overrides, the default anchor
 
 
 def test_recall_reaches_only_the_deltas_the_parent_still_holds(tmp_path):
