@@ -402,11 +402,15 @@ def continual_table(runs: list[dict], recipes: list[str], preset: str) -> str:
     accuracy per family (first seed) beside the bare host and the constant answer, collapsed replies flagged."""
     def cell(key: str, values: list[float]) -> str:
         mean, half = interval(values)
-        if key in ("final_sft_rows", "final_minutes", "final_bad_published"):
-            return f"{mean:.0f}" if key == "final_sft_rows" else f"{mean:.1f}" if key == "final_minutes" else \
-                f"{mean:g} of {runs[0]['bad_deltas']}"
-        return (f"{mean:+.1%}" if key == "final_ppl_increase" else f"{mean:+.3f}" if key == "final_bwt" else f"{mean:.3f}") \
-            + (f" ± {half:.3f}" if half else "")
+        if key == "final_sft_rows":
+            return f"{mean:.0f}"
+        if key == "final_minutes":
+            return f"{mean:.1f}"
+        if key == "final_bad_published":
+            return f"{mean:g} of {runs[0]['bad_deltas']}"
+        if key == "final_ppl_increase":  # a percentage, its interval too
+            return f"{mean:+.1%}" + (f" ± {half:.1%}" if half else "")
+        return (f"{mean:+.3f}" if key == "final_bwt" else f"{mean:.3f}") + (f" ± {half:.3f}" if half else "")
     seeds, first = sorted({r["seed"] for r in runs}), runs[0]
     families = first["families"]
     lines = [f"Preset `{preset}` (continual.preset), stream {' -> '.join(first['order'])}. Mean ± half-width of the "

@@ -183,7 +183,7 @@ def cls_recipe(model, tok, p: Params, mode: str, seed: int, engine: Engine):
     bank = LoRABank(model, targets, cfg.experts, cfg.top_k, cfg.rank, cfg.alpha, seed)
     replay = ReplayBuffer(cfg.replay_capacity, seed)
     state = {"fisher": None, "since_sleep": 0}
-    probes, best = {}, {}
+    probe_rows, best = {}, {}  # per family: replay probes of the forgetting signal, their best log-likelihood
 
     def step(i: int, delta: dict) -> dict:
         rows = as_rows(delta["rows"])
@@ -192,10 +192,10 @@ def cls_recipe(model, tok, p: Params, mode: str, seed: int, engine: Engine):
         w = wake(model, tok, bank, rows, steps, cfg.wake_batch, cfg.wake_lr, cfg.balance, seed * 1000 + i,
                  on_batch=lambda b: added.append(replay.add(b)))
         state["since_sleep"] += sum(added)
-        probes[delta["family"]] = rows[:cfg.probe_rows]
+        probe_rows[delta["family"]] = rows[:cfg.probe_rows]
         signals = {"saturation": bank.saturation(cfg.full_tokens),
                    "novelty": min(1.0, state["since_sleep"] / max(1, len(replay.rows))),
-                   "forgetting": forgetting_signal(engine, probes, best, delta["family"])}
+                   "forgetting": forgetting_signal(engine, probe_rows, best, delta["family"])}
         level, sleepy = pressure(signals, cfg)
         out = {"sft_rows": steps * cfg.wake_batch, "published": True, "wake_loss_first": w["losses"][0] if w["losses"] else None,
                "wake_loss_last": w["losses"][-1] if w["losses"] else None, "nonfinite": w["nonfinite"],
@@ -232,6 +232,7 @@ def run_stream(model, tok, params: Params, train: list[Challenge], holdout: list
     texts = prose(10_000)[-params.gate.ppl_passages:]  # the last paragraphs: the gate reads the first ones
     engine = Engine(model, tok, params.eval)
     bare = answer_stats(evals, engine.answer(evals))
+    b = [bare[f]["accuracy"] for f in families]
     ppl_bare = perplexity(engine, texts)
     step, bank = (lora_recipe(model, tok, params, recipe, seed, holdout), None) if recipe in LORA_RECIPES \
         else cls_recipe(model, tok, params, recipe, seed, engine)
@@ -252,7 +253,7 @@ def run_stream(model, tok, params: Params, train: list[Challenge], holdout: list
         bank.detach()
     bad = [e for e, d in zip(log, stream) if d["bad"]]
     return {"recipe": recipe, "seed": seed, "order": cc.order, "families": families, "first": first, "A": A,
-            "b": [bare[f]["accuracy"] for f in families], **metrics(A, [bare[f]["accuracy"] for f in families], first),
+            "b": b, **metrics(A, b, first),
             "constant": [stats[f]["constant"] for f in families], "top_share_end": [stats[f]["top_share"] for f in families],
             "ppl_bare": ppl_bare, "final_ppl_increase": log[-1]["ppl"] / ppl_bare - 1,
             "final_sft_rows": rows, "final_minutes": round((time.perf_counter() - start) / 60, 2),
