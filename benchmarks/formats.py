@@ -12,6 +12,7 @@ loss that pays `colony.loss`'s.
     python benchmarks/formats.py --steps 192       # answer-only vs worked math, logic, sorting, sequence
     python benchmarks/formats.py --formats answer --loss token example   # the loss lever alone
     python benchmarks/formats.py --prose 0 0.25      # general-text replay in the same number of updates
+    python benchmarks/formats.py --formats worked --worked logic --anchor 0 3   # the KL anchor against its perplexity
 
 Writes --out (JSON) after each format, so a run cut short keeps what it measured.
 """
@@ -48,16 +49,18 @@ def main() -> None:
                     help="SFT loss: each completion token or each example weighing the same (colony.loss)")
     ap.add_argument("--prose", nargs="+", type=float, default=[0.0],
                     help="share of general-text rows in the same updates (tasks/learn.py with_prose), one cell each")
+    ap.add_argument("--anchor", nargs="+", type=float, default=[0.0],
+                    help="weight of the KL pull toward the bare host in the SFT loss (colony.anchor), one cell each")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="reports/formats.json")
     args = ap.parse_args()
     p = load_params(args.params)
     host, tok = load_host(args.host)
     cfg, out, start = p.colony, {"steps": args.steps, "seed": args.seed, "formats": {}}, time.perf_counter()
-    cells = [(f + ("" if loss == "token" else f"/{loss}") + (f"/prose {share}" if share else ""),
-              args.worked if f == "worked" else [], loss, share)
-             for f in args.formats for loss in args.loss for share in args.prose]
-    for name, shown, loss, share in cells:
+    cells = [(f + ("" if loss == "token" else f"/{loss}") + (f"/prose {share}" if share else "")
+              + (f"/anchor {anchor:g}" if anchor else ""), args.worked if f == "worked" else [], loss, share, anchor)
+             for f in args.formats for loss in args.loss for share in args.prose for anchor in args.anchor]
+    for name, shown, loss, share, anchor in cells:
         challenges = type(p.challenges).model_validate({**p.challenges.model_dump(), "worked": shown})
         splits = build_splits(challenges, p.seed)
         # The same challenges for every format (the rng draws indices, not rows).
@@ -69,7 +72,7 @@ def main() -> None:
             new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), args.seed * 101, adapter)
             t0 = time.perf_counter()
             curve = learn_gradient(host, tok, adapter, rows, args.steps, cfg.train_batch, cfg.lr, args.seed * 101,
-                                   loss=loss)
+                                   loss=loss, anchor=anchor)
             train_s = time.perf_counter() - t0
             model = copy.deepcopy(host)
             fold(model, {"cell": adapter}, {"cell": 1.0}, MergeConfig(method="task_arithmetic"))
@@ -85,7 +88,7 @@ def main() -> None:
                 m["replies"][f"{c.family}/{c.level}"].append({"prompt": c.prompt, "gold": c.answer, "reply": r})
         m.update(ppl=perplexity(engine, prose(p.gate.ppl_passages)), train_seconds=train_s, answer_seconds=answer_s,
                  last_loss=curve[-1], test_mean=statistics.fmean(m["test"].values()),
-                 transfer_mean=statistics.fmean(m["transfer"].values()), worked=shown, loss=loss, prose=share)
+                 transfer_mean=statistics.fmean(m["transfer"].values()), worked=shown, loss=loss, prose=share, anchor=anchor)
         del model, engine
         out["formats"][name] = m
         print(f"{name}: test {m['test_mean']:.3f}, transfer {m['transfer_mean']:.3f}, ppl {m['ppl']:.2f}, train "

@@ -99,7 +99,7 @@ def baseline(params: Path = PARAMS,
     from cambrian.challenges import verify_dataset
     from cambrian.checkpoint import Ref, atomic_write_text, verify
     from cambrian.ledger import checkpoint_metrics
-    from flows.generation import score_step
+    from flows.generation_steps import score_step
 
     p = _params(params)
     host_sha, data_sha = verify(host_dir), verify_dataset(p.challenges, data)

@@ -517,22 +517,44 @@ def _describe(err: ValidationError) -> str:
 
 
 class Undeclared:
-    """Stands for a params section a step did not declare: reading from it is an error."""
+    """Stands for a params section a step did not declare, or for one of which it declared some keys
+    only (`keys`, read from `values`): reading anything else is an error."""
 
-    def __init__(self, section: str):
-        self._section = section
+    def __init__(self, section: str, values: BaseModel | None = None, keys: frozenset[str] = frozenset()):
+        self._section, self._values, self._keys = section, values, keys
 
     def __getattr__(self, name: str):
-        raise ParamsError(f"params section {self._section!r} is read by a step that does not declare it "
+        if name in self._keys:
+            return getattr(self._values, name)
+        what = f"key '{self._section}.{name}'" if self._keys else f"section {self._section!r}"
+        raise ParamsError(f"params {what} is read by a step that does not declare it "
                           f"(@step(..., sections=...) in flows/): its cache key would miss it")
 
 
+def declared(data: dict, sections: tuple[str, ...]) -> dict:
+    """The seed and the parts of params data a step declares: whole sections ("gate") or single
+    keys of one ("gate.reply_tokens", so editing a threshold the step never reads keeps its cache)."""
+    out = {"seed": data["seed"]} if "seed" in data else {}
+    for name, _, key in (s.partition(".") for s in sections):
+        if name in data:
+            if key:
+                out.setdefault(name, {})[key] = data[name][key]
+            else:
+                out[name] = data[name]
+    return out
+
+
 def restricted(data: dict) -> Params:
-    """Params from a step's declared sections only (see flows/steps.py): every other section is
-    `Undeclared`, so a step cannot depend on a value its cache key does not hold."""
+    """Params from a step's declared parts only (`declared`, see flows/steps.py): every other section,
+    and every other key of a section declared key by key, is `Undeclared`, so a step cannot depend on
+    a value its cache key does not hold."""
     p = parse_params(data)
-    for name in Params.model_fields.keys() - data.keys() - {"seed"}:
-        object.__setattr__(p, name, Undeclared(name))
+    for name in Params.model_fields.keys() - {"seed"}:
+        section = getattr(p, name)
+        if name not in data:
+            object.__setattr__(p, name, Undeclared(name))
+        elif isinstance(section, BaseModel) and data[name].keys() != type(section).model_fields.keys():
+            object.__setattr__(p, name, Undeclared(name, section, frozenset(data[name])))
     return p
 
 

@@ -24,6 +24,11 @@ from pathlib import Path
 from cambrian.checkpoint import text_lines
 from cambrian.config import FileLimits
 
+# What the gate measures on conversation rows (tasks/gate.py `conversations`), as the ledger records it.
+METRICS = ("recall_loglik_parent", "recall_loglik_child", "recall_exact_parent", "recall_exact_child",
+           "heldout_loglik_parent", "heldout_loglik_child", "heldout_exact_parent", "heldout_exact_child",
+           "heldout_whole_parent", "heldout_whole_child")
+
 HELD_OUT = 5  # one conversation in HELD_OUT is held out
 SHORT_WORDS = 8  # an answer of at most this many words is also checked by exact match
 ROLES = ("system", "user", "assistant")

@@ -10,12 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from cambrian.checkpoint import CheckpointError, atomic_dir, atomic_write_text, jsonl_text, read_rows, verify, write_manifest
+from cambrian.checkpoint import (CheckpointError, Ref, atomic_dir, atomic_write_text, jsonl_text, read_rows, scratch,
+                                 share, store_put, verify, write_manifest)
+from cambrian.config import Params
+from cambrian.conversations import METRICS as CONVERSATION_METRICS
 
 COLUMNS = ["GEN_ID", "parent_sha", "child_sha", "data_delta_sha", "steps", "lr", "walltime_min", "loss_start",
            "loss_end", "eval_recall", "eval_generalization", "eval_style_drift", "ppl_parent", "ppl_child", "ppl_root", "gate_verdict", "gate_reason",
@@ -146,6 +151,118 @@ def verify_generation(checkpoint: Path, run: Path) -> str:
     """Verify a generation's checkpoint against its manifest and the sha its record holds: a
     corrupted checkpoint, or one swapped for another, is refused."""
     return verify(checkpoint, Run(run).record()["ledger"]["child_sha"])
+
+
+@dataclass
+class Parent:
+    """A generation's parent: its checkpoint (sha verified), its colony, and the records of the
+    generations before it, oldest first (the host's excluded)."""
+    ref: Ref
+    population: list[dict]
+    adapters: dict[str, str]  # each living organelle's adapter, by its sha in the store
+    history: list[dict]
+
+
+def load_parent(gid: str, params: Params, models: Path, runs: Path) -> Parent:
+    """gid's parent. Every run folder of its lineage is verified against its manifest (a damaged
+    adapter is refused, not adopted), then its checkpoint against the sha its record holds."""
+    parent = params.ladder[gid].parent
+    history = [Run(runs / g).record() for g in params.lineage(parent)]
+    run = Run(runs / parent)
+    own = history[-1] if history else run.record()
+    sha = verify(models / parent, own["ledger"]["child_sha"])
+    share(models / parent, sha)  # learn steps may run on other machines
+    population = run.population()
+    adapters = {}
+    for d in population:
+        if d["alive"]:
+            work = scratch()
+            shutil.copytree(run.adapter(d["id"]), work / "a")
+            adapters[d["id"]] = store_put(work / "a", kind="organelle")
+            shutil.rmtree(work)
+    return Parent(Ref(str(models / parent), sha), population, adapters, history)
+
+
+def host_accuracy(history: list[dict]) -> dict[str, float]:
+    """The parent host's holdout accuracy per arm (family/level), as the lineage's last gate measured
+    it: its child's if that child was accepted, else its parent's (the host kept). Empty when no gate
+    has measured it (the bare host, or a stop rule's restored checkpoint)."""
+    gated = [h for h in history if h["gate"]]
+    if not gated or gated[-1]["ledger"]["gate_verdict"] == "rolled back":
+        return {}
+    last = gated[-1]
+    return last["gate"].get("holdout_by_arm_child" if last["ledger"]["gate_verdict"] == "accepted"
+                            else "holdout_by_arm_parent", {})
+
+
+def kept(lineage: list[Path], history: list[dict]) -> list[Path]:
+    """The run folders of the accepted generations whose learning the last checkpoint of `history`
+    still holds (oldest first): tracing its checkpoint back parent by parent skips the generations a
+    stop rule's rollback discarded (their child is not on the chain)."""
+    found, current = [], history[-1]["ledger"]["child_sha"] if history else None
+    for run, h in reversed(list(zip(lineage, history))):
+        if h["ledger"]["child_sha"] != current:
+            continue
+        if h["ledger"]["gate_verdict"] == "accepted":
+            found.append(run)
+            current = h["ledger"]["parent_sha"]
+    return found[::-1]
+
+
+def recall_set(lineage: list[Path], history: list[dict]) -> list[dict]:
+    """The gate's recall test: the QA rows of every generation whose learning the parent still holds
+    (`kept`), each row once, oldest first, so accepted deltas cannot be forgotten one step at a time
+    (the gate samples `gate.recall_rows` of them)."""
+    rows = {json.dumps([r["prompt"], r["answer"]]): r for run in kept(lineage, history) for r in Run(run).qa()}
+    return list(rows.values())
+
+
+def last_walltime(lineage: list[Path], history: list[dict]) -> float | None:
+    """The wall time in minutes of the lineage's last generation that ran (a stopped one did not):
+    what the next one is expected to take. None when none recorded it."""
+    return next((minutes for run, h in zip(reversed(lineage), reversed(history))
+                 if h["ledger"]["gate_verdict"] != "stopped" and (minutes := Run(run).timing()["walltime_min"]) != ""),
+                None)
+
+
+@dataclass
+class Outcome:
+    """What became of the child: the verdict (accepted, rejected, rolled back by the stop rule,
+    unchanged, stopped) and why, the checkpoint published (the folder it is copied from and its sha)
+    and the gate's metrics (None when nothing was gated)."""
+    verdict: str
+    why: str
+    child: Ref
+    metrics: dict | None = None
+
+    @property
+    def stop(self) -> bool:
+        """The stop rule ended the ladder here (it rolled this generation back) or before it."""
+        return self.verdict in ("rolled back", "stopped")
+
+
+def record(gid: str, params: Params, parent_sha: str, outcome: Outcome, summary: dict, delta_sha: str) -> dict:
+    """The generation's record: its ledger row (but for the wall time and git revision, which
+    `Run.timing` keeps beside it), gate metrics, stop flag and DVC metrics: the same bytes each time
+    the same generation runs."""
+    curves = list(summary.get("learning_curves", {}).values())
+    firsts, lasts = [c[0] for c in curves if c], [c[-1] for c in curves if c]
+    m = outcome.metrics or {}
+    row = {"GEN_ID": gid, "parent_sha": parent_sha, "child_sha": outcome.child.sha, "data_delta_sha": delta_sha,
+           "steps": sum(map(len, curves)), "lr": params.colony.lr,
+           "loss_start": sum(firsts) / len(firsts) if firsts else "", "loss_end": sum(lasts) / len(lasts) if lasts else "",
+           "eval_recall": "" if m.get("recall_child") is None else m["recall_child"],
+           "eval_generalization": m.get("generalization_child", ""), "eval_style_drift": m.get("style_drift", ""),
+           "ppl_parent": m.get("ppl_parent", ""), "ppl_child": m.get("ppl_child", ""), "ppl_root": m.get("ppl_root", ""),
+           "gate_verdict": outcome.verdict, "gate_reason": outcome.why, "dvc_stage": f"generation@{gid}"}
+    gate = {"accepted": outcome.verdict == "accepted",
+            **{k: m.get(k) for k in ("recall_parent", "recall_child", "generalization_parent", "generalization_child",
+                                     "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", "ppl_root")},
+            **{k: m[k] for k in CONVERSATION_METRICS if k in m}}
+    colony = {"assimilated": len(summary.get("assimilated", [])), "accuracy": summary.get("accuracy", 0.0),
+              "survivors": summary.get("survivors", 0)}
+    return {"ledger": row, "gate": outcome.metrics, "stop": outcome.stop,
+            "metrics": checkpoint_metrics(summary["scores"], gate, colony)}
 
 
 def checkpoint_metrics(scores: dict, gate: dict | None = None, colony: dict | None = None) -> dict:

@@ -8,9 +8,10 @@ across processes and machines, and which computes the same bytes wherever it run
   and every repository module those import, with all that they import; a helper of the flow that
   the step never calls, the report or the CLI are not among them) and its arguments as JSON, a
   folder (`cambrian.checkpoint.Ref`) by the sha256 of its contents alone, never by where it lies. A
-  step that declares `sections` gets, and is keyed on, only those sections of its `params` argument (and the seed):
-  changing `gate.reply_tokens` re-runs the gate, not spawn or learn. It reads them with
-  `cambrian.config.restricted`, which refuses any section it did not declare.
+  step that declares `sections` gets, and is keyed on, only those parts of its `params` argument (and the seed),
+  whole sections or single keys (`cambrian.config.declared`): changing `colony.lr` re-runs learn, not
+  the gate; changing a gate threshold re-runs no step at all (the gate step declares only the keys it
+  measures with). It reads them with `cambrian.config.restricted`, which refuses anything it did not declare.
 - result: plain JSON in CAMBRIAN_HOME/results/<key>.json, written atomically with the seconds it
   took (benchmarks/ reads them for the per-step table) and signed (HMAC-SHA256 with `secret()`).
   Never a pickle, so a result file can never run code; one that is not what this module wrote and
@@ -41,6 +42,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
 
 from cambrian.checkpoint import Ref, atomic_write_text, home
+from cambrian.config import declared
 
 THREADS = 2
 _ROOT = Path(__file__).resolve().parents[1]
@@ -198,8 +200,7 @@ def step(name: str, sections: tuple[str, ...] | None = None):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             if sections is not None:
-                bound.arguments["params"] = {k: v for k, v in bound.arguments["params"].items()
-                                             if k in ("seed", *sections)}
+                bound.arguments["params"] = declared(bound.arguments["params"], sections)
             key = cache_key(fn, bound.arguments)
             path = home() / "results" / f"{key}.json"
             hit, result = _cached(path, key)
@@ -216,3 +217,19 @@ def step(name: str, sections: tuple[str, ...] | None = None):
             return result
         return task(name=name, cache_policy=NO_CACHE, persist_result=False)(run)
     return wrap
+
+
+class Progress:
+    """Logs each finished step of a generation with its elapsed time and, when the parent generation's
+    wall time is known (`expected`, minutes), an estimate of what is left; `marks` is the timeline
+    (step, minutes)."""
+
+    def __init__(self, gid: str, expected: float | None):
+        self.gid, self.expected, self.start, self.marks = gid, expected, time.perf_counter(), []
+
+    def done(self, what: str) -> None:
+        minutes = (time.perf_counter() - self.start) / 60
+        self.marks.append([what, round(minutes, 3)])
+        left = f", about {max(self.expected - minutes, 0.1):.1f} min left (the parent took {self.expected:.1f})" \
+            if self.expected else ""
+        _log().info(f"{self.gid}: {what} done, {minutes:.1f} min elapsed{left}")

@@ -26,20 +26,20 @@ whose generalization gain was below `stop_epsilon` while drift exceeded `stop_th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from cambrian.bandit import arm
 from cambrian.challenges import Challenge, credited, score
-from cambrian.config import GateConfig
-from cambrian.conversations import is_short
+from cambrian.checkpoint import Ref, store_get
+from cambrian.config import GateConfig, Params
+from cambrian.conversations import METRICS as CONVERSATION_METRICS, is_short
 from cambrian.engine import Engine, accuracy_by_family
+from cambrian.ledger import Outcome, Parent, verify_generation
 from tasks.assimilate import mcnemar_p
 
 
-CONVERSATION_METRICS = ("recall_loglik_parent", "recall_loglik_child", "recall_exact_parent", "recall_exact_child",
-                        "heldout_loglik_parent", "heldout_loglik_child", "heldout_exact_parent", "heldout_exact_child",
-                        "heldout_whole_parent", "heldout_whole_child")
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
            "style_drift", "forbidden_rate", "ppl_parent", "ppl_child", "ppl_root", *CONVERSATION_METRICS)
 
@@ -232,3 +232,26 @@ def should_stop(history: list[dict], cfg: GateConfig) -> bool:
     last = [m for m in history if m][-cfg.stop_patience:]
     return len(last) == cfg.stop_patience and all(
         m["delta_generalization"] < cfg.stop_epsilon and m["style_drift"] > cfg.stop_theta for m in last)
+
+
+def restore_point(gid: str, params: Params, history: list[dict]) -> str:
+    """The generation whose checkpoint the stop rule restores: the parent of the first of the last
+    `stop_patience` gated generations (the streak ending with `gid`)."""
+    gated = [h["ledger"]["GEN_ID"] for h in history if h["gate"]] + [gid]
+    return params.ladder[gated[-params.gate.stop_patience]].parent
+
+
+def judge(gid: str, params: Params, parent: Parent, child_sha: str, metrics: dict, models: Path, runs: Path) -> Outcome:
+    """The verdict on the measured child, then the stop rule: a streak of generations that drift
+    without gain is reverted to the checkpoint before it (`restore_point`), the last child rejected
+    or not (the streak's earlier children were adopted); a rejected child is replaced by its parent."""
+    accepted, why = verdict(metrics, params.gate)
+    if should_stop([h["gate"] for h in parent.history] + [metrics], params.gate):
+        restored = restore_point(gid, params, parent.history)
+        why += (f"; the stop rule fired ({params.gate.stop_patience} generations without gain while "
+                f"drifting): {restored}'s checkpoint restored")
+        return Outcome("rolled back", why, Ref(str(models / restored), verify_generation(models / restored, runs / restored)),
+                       metrics)
+    if not accepted:
+        return Outcome("rejected", why, parent.ref, metrics)
+    return Outcome("accepted", why, Ref(str(store_get(child_sha)), child_sha), metrics)

@@ -227,7 +227,7 @@ def test_a_ladder_learns_two_deltas_gated_on_held_out_conversations_and_recall(t
 def test_recall_reaches_only_the_deltas_the_parent_still_holds(tmp_path):
     """A stop rule's rollback discards the generations of its streak: their deltas are neither
     replayed nor recalled afterwards; a rejected generation's never were."""
-    from flows.generation import _kept
+    from cambrian.ledger import kept
 
     def rec(gid, parent, child, verdict):
         return {"ledger": {"GEN_ID": gid, "parent_sha": parent, "child_sha": child, "gate_verdict": verdict}}
@@ -235,6 +235,6 @@ def test_recall_reaches_only_the_deltas_the_parent_still_holds(tmp_path):
                rec("gen_3", "s2", "s2", "rejected"), rec("gen_4", "s2", "s4", "accepted"),
                rec("gen_5", "s4", "s2", "rolled back")]  # the stop rule restored gen_2's checkpoint
     lineage = [tmp_path / h["ledger"]["GEN_ID"] for h in history]
-    assert [p.name for p in _kept(lineage, history)] == ["gen_1", "gen_2"]
-    assert [p.name for p in _kept(lineage[:4], history[:4])] == ["gen_1", "gen_2", "gen_4"]
-    assert _kept([], []) == []
+    assert [p.name for p in kept(lineage, history)] == ["gen_1", "gen_2"]
+    assert [p.name for p in kept(lineage[:4], history[:4])] == ["gen_1", "gen_2", "gen_4"]
+    assert kept([], []) == []

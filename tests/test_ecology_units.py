@@ -8,7 +8,7 @@ from cambrian.bandit import arm, ucb1, update
 from cambrian.challenges import Challenge
 from cambrian.config import EnergyConfig
 from cambrian.organelle import Organelle, deltas, factor
-from flows.generation import host_accuracy
+from cambrian.ledger import host_accuracy
 from tasks.learn import gold_mix
 from tasks.settle import check_conservation, effective_population, gini, settle
 

@@ -191,7 +191,7 @@ def test_no_selection_step_ever_sees_a_test_challenge(repo):
     import inspect
 
     from cambrian.challenges import read_jsonl, split_of
-    from flows import generation
+    from flows import generation_steps as generation
 
     test = {c.prompt for c in read_jsonl(repo.root / "data/challenges/test.jsonl")}
     seen = []
@@ -227,7 +227,7 @@ def test_editing_the_report_reruns_no_rung_and_editing_a_flow_helper_reruns_only
 
     # `_engine_over` serves evaluate and assimilate: those two recompute (to the same results), every
     # other step of the generation is a cache hit, and the checkpoint is the same bytes.
-    flow = copy.root / "flows/generation.py"
+    flow = copy.root / "flows/generation_steps.py"
     text = flow.read_text()
     flow.write_text(text.replace("    host, tok = load_host(*parent)\n    model = load_colony(",
                                  "    host, tok = load_host(*parent)  # an edit\n    model = load_colony(", 1))
@@ -301,9 +301,12 @@ def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(re
     repo.params(strict)
     status = repo.run("dvc", "status")
     assert "generation@gen_2" in status and "generation@gen_1" not in status
-    out = repo.run("dvc", "repro")
+    out = repo.run("dvc", "repro", PREFECT_LOGGING_LEVEL="INFO")
     assert "Running stage 'generation@gen_2'" in out and "Running stage 'generation@gen_1'" not in out
     assert "Running stage 'generation@gen_3'" in out  # a descendant
+    # A threshold re-judges without re-measuring: gen_2's gate comes from the step cache (gen_3's and
+    # gen_4's, on a new parent, are measured).
+    assert "gate: from cache" in out
     ledger = repo.ledger()
     assert ledger["gen_1"] == first["gen_1"]
     assert ledger["gen_2"]["gate_verdict"] == "rejected" and "min delta 0.5" in ledger["gen_2"]["gate_reason"]
@@ -448,7 +451,7 @@ def _cambrian_with(repo, fault: str, *args, **env) -> subprocess.CompletedProces
 
 NAN = {  # where a NaN is injected (no params reach one: a diverging learner fails first, merge weights
     # are bounded) -> gen_1's verdict and what its ledger row says
-    "child": ("import flows.generation as g\nstore = g.store_model\n"
+    "child": ("import flows.generation_steps as g\nstore = g.store_model\n"
               "def nan_child(model, tok, **info):\n"
               "    next(model.parameters()).data.fill_(float('nan'))\n"
               "    return store(model, tok, **info)\n"
@@ -511,7 +514,7 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     assert len(checkpoints) == 4 and all(verify(p) for p in checkpoints)  # every visible checkpoint is whole
 
     # Killed again while publishing: the run folder and metrics are written, the checkpoint is half-way.
-    crash = "import os, flows.generation as g\ng.write_card = lambda *a, **k: os._exit(9)"
+    crash = "import os, flows.generation_steps as g\ng.write_card = lambda *a, **k: os._exit(9)"
     assert _cambrian_with(repo, crash, "generation", "gen_2", CAMBRIAN_HOME=str(home)).returncode == 9
     assert not (repo.root / "models/gen_2").exists() and list((repo.root / "models").glob(".gen_2.tmp-*"))
 
@@ -534,7 +537,7 @@ def test_ctrl_c_or_sigterm_mid_learn_exits_within_10_s_and_leaves_no_server(repo
     import psutil
 
     learning = tmp_path / "learning"
-    fault = (f"import time, flows.generation as g\n"
+    fault = (f"import time, flows.generation_steps as g\n"
              f"def learn(*a, **k):\n    open({str(learning)!r}, 'w').close()\n    time.sleep(600)\n"
              f"g.learn = learn")
     code = f"{fault}\nimport sys\nfrom cambrian.cli import main\nsys.argv = ['cambrian', 'generation', 'gen_1']\nmain()"
@@ -574,7 +577,7 @@ def test_a_prefect_server_killed_mid_generation_costs_one_warning(repo, tmp_path
         pid = next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN")
         killed = tmp_path / "killed"
         fault = (f"import cambrian.cli\n"  # first, as `cambrian` starts: its Prefect client settings precede prefect's import
-                 f"import os, signal, time, flows.generation as g\nwrite = g.write_card\n"
+                 f"import os, signal, time, flows.generation_steps as g\nwrite = g.write_card\n"
                  f"def kill_then_write(*a):\n    os.killpg({os.getpgid(pid)}, signal.SIGKILL)\n"
                  f"    open({str(killed)!r}, 'w').write(str(time.time()))\n    return write(*a)\n"
                  f"g.write_card = kill_then_write")

@@ -138,14 +138,14 @@ def test_stop_rule_needs_patience_generations_in_a_row():
 
 
 def test_the_stop_rule_restores_the_checkpoint_before_the_whole_streak():
-    from flows.generation import _before_streak
+    from tasks.gate import restore_point
 
     p = parse_params({"gate": {"stop_patience": 2}, "ladder": {f"gen_{i}": {"parent": f"gen_{i - 1}" if i > 1 else "base"}
                                                                for i in range(1, 5)}})
     history = [{"ledger": {"GEN_ID": g}, "gate": _m()} for g in ("gen_1", "gen_2", "gen_3")]
-    assert _before_streak("gen_4", p, history) == "gen_2"  # the streak is gen_3, gen_4: gen_2 came before it
+    assert restore_point("gen_4", p, history) == "gen_2"  # the streak is gen_3, gen_4: gen_2 came before it
     history[2]["gate"] = None  # gen_3 had nothing to gate: the streak reaches back to gen_2
-    assert _before_streak("gen_4", p, history) == "gen_1"
+    assert restore_point("gen_4", p, history) == "gen_1"
 
 
 def test_ladder_params_are_validated_and_overrides_apply():
@@ -381,7 +381,7 @@ def test_a_publish_that_fails_while_writing_publishes_nothing(tmp_path, monkeypa
     import errno
     import json
 
-    import flows.generation as g
+    import flows.generation_steps as g
     from cambrian.checkpoint import folder_sha
     from cambrian.ledger import Run
 
@@ -417,7 +417,7 @@ def test_the_gates_recall_set_holds_every_accepted_delta_of_the_lineage(tmp_path
     rejected generation's rows, and those of generations a stop rule's rollback discarded, are not in it."""
     import json
 
-    from flows.generation import recall_set
+    from cambrian.ledger import recall_set
 
     def gen(gid, parent, child, verdict, rows):
         (tmp_path / gid).mkdir()

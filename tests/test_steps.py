@@ -104,6 +104,29 @@ def test_a_step_is_keyed_on_its_own_params_sections_and_reads_no_other():
         step("sneaky", sections=("gate",))(_read_colony).fn(params=params)
 
 
+def _measure_like(params: dict) -> int:
+    p = restricted(params)
+    CALLS.append(p.gate.reply_tokens)
+    return p.gate.reply_tokens
+
+
+def _judge_like(params: dict) -> float:
+    return restricted(params).gate.max_kl
+
+
+def test_a_step_declaring_single_keys_is_keyed_on_those_keys_only():
+    """The gate step declares the keys it measures with, not the thresholds: editing a threshold
+    re-judges from the cached measurement; editing a key it declared measures again."""
+    run = step("measure-like", sections=("gate.reply_tokens", "gate.neutral_prompts"))(_measure_like).fn
+    CALLS.clear()
+    params = Params().for_steps()
+    assert run(params=params) == 32
+    assert run(params={**params, "gate": {**params["gate"], "max_kl": 0.01}}) == 32 and CALLS == [32]
+    assert run(params={**params, "gate": {**params["gate"], "reply_tokens": 8}}) == 8 and CALLS == [32, 8]
+    with pytest.raises(ParamsError, match="key 'gate.max_kl' is read by a step that does not declare it"):
+        step("sneaky-key", sections=("gate.reply_tokens",))(_judge_like).fn(params=params)
+
+
 FLOW = """\"\"\"A flow.\"\"\"
 import functools
 from tasks.t import g
@@ -177,7 +200,7 @@ def test_each_dvc_stage_depends_on_exactly_the_code_it_runs():
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     # stage -> the modules its command runs (through cambrian/cli.py)
     entries = {"host": ["cambrian/host.py", "cambrian/ledger.py"], "challenges": ["cambrian/challenges.py"],
-               "baseline": ["flows/generation.py"],  # the generation's score step
+               "baseline": ["flows/generation_steps.py"],  # the generation's score step
                **{flow: [f"flows/{flow}.py"] for flow in ("generation", "evomerge", "continual", "compare")},
                "ledger": ["cambrian/ledger.py"], "report": ["cambrian/report.py"]}
     for stage, modules in entries.items():
