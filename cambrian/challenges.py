@@ -46,9 +46,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from cambrian.checkpoint import (CheckpointError, atomic_dir, jsonl_text, read_manifest, read_rows, text_lines, verify,
-                                 write_manifest)
-from cambrian.config import ChallengeConfig, FileLimits
+from scipy.stats import binomtest
+
+from cambrian.checkpoint import (CheckpointError, FileLimits, atomic_dir, jsonl_text, read_manifest, read_rows,
+                                 text_lines, verify, write_manifest)
+from cambrian.config import ChallengeConfig
 
 SPLITS = ("train", "probe", "holdout", "test")
 SELECTION = ("probe", "holdout")  # splits that selection steps may read; test is never one of them
@@ -403,6 +405,14 @@ def credited(correct: list[bool], challenges: list[Challenge]) -> float | None:
         mine = [i for i, c in enumerate(challenges) if c.family == f]
         total += max(sum(correct[i] for i in mine), sum(hits[i] for i in mine))
     return total / len(challenges)
+
+
+def mcnemar_p(treatment: list[bool], control: list[bool]) -> float:
+    """One-sided exact McNemar p-value that treatment beats control on paired outcomes: a binomial
+    test of the b pairs only treatment got right among the n pairs where the two differ."""
+    b = sum(t and not c for t, c in zip(treatment, control))
+    n = b + sum(c and not t for t, c in zip(treatment, control))
+    return float(binomtest(b, n, 0.5, alternative="greater").pvalue) if n else 1.0
 
 
 def answer_stats(challenges: list[Challenge], replies: list[str]) -> dict[str, dict]:

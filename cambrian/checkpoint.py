@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from pydantic import BaseModel, ConfigDict, Field
+
 MANIFEST = "cambrian.json"
 CARD = "README.md"  # a model card (cambrian/card.py)
 
@@ -152,6 +154,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def jsonl_text(rows: list[dict]) -> str:
     """Rows as JSON Lines, keys sorted: the same rows, the same bytes."""
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+class FileLimits(BaseModel):
+    """How big an input file may be (a custom family's, a conversation delta): `cambrian check`, and
+    every reader, refuse a bigger one naming its file and line, before any work. Raise them for bigger
+    data: time and memory grow with them (a 10,000-turn conversation took ~20 minutes to tokenize).
+    A params section (cambrian/config.py): strict like the others."""
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    rows: int = Field(20_000, ge=1)  # rows (non-blank lines) per file
+    turns: int = Field(64, ge=1)  # messages per conversation
+    chars: int = Field(4_000, ge=1)  # characters per message, prompt, answer or working (~1,000 tokens)
 
 
 def text_lines(path: str | Path, max_rows: int) -> list[tuple[str, str]]:

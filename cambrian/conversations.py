@@ -21,8 +21,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from cambrian.checkpoint import text_lines
-from cambrian.config import FileLimits
+from cambrian.checkpoint import FileLimits, text_lines
 
 # What the gate measures on conversation rows (tasks/gate.py `conversations`), as the ledger records it.
 METRICS = ("recall_loglik_parent", "recall_loglik_child", "recall_exact_parent", "recall_exact_child",

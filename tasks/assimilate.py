@@ -17,20 +17,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from scipy.stats import binomtest
-
-from cambrian.challenges import Challenge, beyond_constant, constant_hits, family, sample
+from cambrian.challenges import Challenge, beyond_constant, constant_hits, family, mcnemar_p, sample
 from cambrian.config import AssimilateConfig, Params
 from cambrian.engine import Engine
 from cambrian.organelle import Organelle, families_of
-
-
-def mcnemar_p(treatment: list[bool], control: list[bool]) -> float:
-    """One-sided exact McNemar p-value that treatment beats control on paired outcomes: a binomial
-    test of the b pairs only treatment got right among the n pairs where the two differ."""
-    b = sum(t and not c for t, c in zip(treatment, control))
-    n = b + sum(c and not t for t, c in zip(treatment, control))
-    return float(binomtest(b, n, 0.5, alternative="greater").pvalue) if n else 1.0
 
 
 def _mean(xs: list[bool]) -> float:

@@ -31,13 +31,12 @@ from pathlib import Path
 import torch
 
 from cambrian.bandit import arm
-from cambrian.challenges import Challenge, credited, score
+from cambrian.challenges import Challenge, credited, mcnemar_p, score
 from cambrian.checkpoint import Ref, store_get
 from cambrian.config import GateConfig, Params
 from cambrian.conversations import METRICS as CONVERSATION_METRICS, is_short
 from cambrian.engine import Engine, accuracy_by_family
 from cambrian.ledger import Outcome, Parent, verify_generation
-from tasks.assimilate import mcnemar_p
 
 
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",

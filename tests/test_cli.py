@@ -9,7 +9,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 def cambrian(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "cambrian.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -39,7 +39,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_served_deployments_take_typed_parameters():
-    from cambrian.cli import deployments
+    from flows.cli import deployments
 
     by_name = {d.name: d for d in deployments()}
     assert set(by_name) == {"dvc-repro", "ladder", "generation", "evomerge", "continual", "compare"}
@@ -61,7 +61,7 @@ def test_a_prefect_server_down_or_silent_is_one_line_in_seconds():
         silent.listen()
         for url in (f"http://127.0.0.1:{free_port()}/api", f"http://127.0.0.1:{silent.getsockname()[1]}/api"):
             start = time.monotonic()
-            out = subprocess.run([sys.executable, "-m", "cambrian.cli", "generation", "gen_1"], cwd=REPO,
+            out = subprocess.run([sys.executable, "-m", "flows.cli", "generation", "gen_1"], cwd=REPO,
                                  capture_output=True, text=True,
                                  env={**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": url,
                                       "CAMBRIAN_API_TIMEOUT": "2"})
@@ -93,7 +93,7 @@ def test_a_deployment_triggered_through_the_api_runs_a_generation(tiny_host_dir,
     shutil.copytree(tiny_host_dir, tmp_path / "models" / "base")
     ledger.write_base(tmp_path / "runs" / "base", verify(tmp_path / "models" / "base"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    server = subprocess.Popen([sys.executable, "-m", "cambrian.cli", "serve"], cwd=tmp_path, env=env,
+    server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         run = None

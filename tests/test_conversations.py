@@ -7,7 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from cambrian.config import FileLimits, ParamsError, parse_params
+from cambrian.checkpoint import FileLimits
+from cambrian.config import ParamsError, parse_params
 from cambrian.conversations import HELD_OUT, is_short, read_delta
 from tasks.gate import verdict
 

@@ -88,7 +88,7 @@ def test_a_host_source_that_cannot_be_loaded_is_one_line(tiny_host_dir, tmp_path
     shutil.copy(tiny_host_dir / "config.json", only_config / "config.json")
     for source in (str(only_config), "../../tmp"):
         (tmp_path / "params.yaml").write_text(json.dumps({"host": {"source": source}}))
-        out = subprocess.run([sys.executable, "-m", "cambrian.cli", "host", "--out", str(tmp_path / "m"),
+        out = subprocess.run([sys.executable, "-m", "flows.cli", "host", "--out", str(tmp_path / "m"),
                               "--run", str(tmp_path / "r")], cwd=tmp_path, capture_output=True, text=True)
         assert out.returncode == 2, out.stderr[-2000:]
         lines = [line for line in out.stderr.splitlines() if line.strip()]

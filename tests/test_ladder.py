@@ -232,7 +232,7 @@ def test_editing_the_report_reruns_no_rung_and_editing_a_flow_helper_reruns_only
     flow.write_text(text.replace("    host, tok = load_host(*parent)\n    model = load_colony(",
                                  "    host, tok = load_host(*parent)  # an edit\n    model = load_colony(", 1))
     assert flow.read_text() != text
-    out = copy.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_1", PREFECT_LOGGING_LEVEL="INFO")
+    out = copy.run(sys.executable, "-m", "flows.cli", "generation", "gen_1", PREFECT_LOGGING_LEVEL="INFO")
     computed = {line.split(": computed")[0].split()[-1] for line in out.splitlines() if ": computed in" in line}
     cached = {line.split(": from cache")[0].split()[-1] for line in out.splitlines() if ": from cache" in line}
     assert computed == {"evaluate", "assimilate"}
@@ -246,7 +246,7 @@ def test_a_generation_re_run_by_hand_publishes_the_same_folder_and_leaves_its_de
     copy = Repo(tmp_path / "copy")
     shutil.copytree(repo.root, copy.root, symlinks=True)
     before, times = _run_files(copy.root / "runs/gen_1"), (copy.root / "runs/gen_1.time.json").read_text()
-    copy.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_1")
+    copy.run(sys.executable, "-m", "flows.cli", "generation", "gen_1")
     assert _run_files(copy.root / "runs/gen_1") == before
     assert (copy.root / "runs/gen_1.time.json").read_text() != times  # the new run's wall time
     stale = {line[:-1] for line in copy.run("dvc", "status").splitlines() if line[:1].strip() and line.endswith(":")}
@@ -285,7 +285,7 @@ def test_track_back_fills_mlflow_from_the_run_folders_once(repo, tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'later.db'}"  # a tracking store that saw none of the ladder
     for _ in range(2):
-        assert "4 generations are in MLflow" in repo.run(sys.executable, "-m", "cambrian.cli", "track",
+        assert "4 generations are in MLflow" in repo.run(sys.executable, "-m", "flows.cli", "track",
                                                          MLFLOW_TRACKING_URI=uri)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("cambrian").experiment_id])
@@ -316,7 +316,7 @@ def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(re
     repo.run("git", "commit", "-qm", "strict gate")
 
     # Uncommitted edits to the pipeline files are not overwritten without --force.
-    cmd = [sys.executable, "-m", "cambrian.cli", "rollback", "--to", "2", "--rev", "HEAD~1"]
+    cmd = [sys.executable, "-m", "flows.cli", "rollback", "--to", "2", "--rev", "HEAD~1"]
     for name in ("params.yaml", "dvc.yaml", "dvc.lock"):
         (repo.root / name).write_text((repo.root / name).read_text() + "# a local edit\n")
         refused = subprocess.run(cmd, cwd=repo.root, env=repo.env, capture_output=True, text=True)
@@ -351,7 +351,7 @@ def test_rollback_from_the_state_make_repro_leaves(tmp_path):
     r.run("git", "add", "-A"), r.run("git", "commit", "-qm", "gen_2")
     assert set(r.ledger()) == {"base", "gen_1", "gen_2"}
 
-    out = r.run(sys.executable, "-m", "cambrian.cli", "rollback", "--to", "1")
+    out = r.run(sys.executable, "-m", "flows.cli", "rollback", "--to", "1")
     assert "matches the ledger" in out
     assert folder_sha(r.root / "models/gen_1") == gen_1 and set(r.ledger()) == {"base", "gen_1"}
     assert not any((r.root / p).exists() for p in ("models/gen_2", "runs/gen_2", "reports/gen_2.json"))
@@ -361,12 +361,12 @@ def test_rollback_from_the_state_make_repro_leaves(tmp_path):
 
     # A checkout that cannot be done (another DVC command holds the repository's lock) changes nothing.
     import zc.lockfile
-    r.run(sys.executable, "-m", "cambrian.cli", "rollback", "--to", "2", "--force")  # forward again: gen_2's commit
+    r.run(sys.executable, "-m", "flows.cli", "rollback", "--to", "2", "--force")  # forward again: gen_2's commit
     assert r.run("git", "status", "--porcelain") == ""
     before = {p: (r.root / p).read_text() for p in ("params.yaml", "dvc.lock")}
     held = zc.lockfile.LockFile(str(r.root / ".dvc/tmp/lock"))
     try:
-        failed = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollback", "--to", "1"], cwd=r.root,
+        failed = subprocess.run([sys.executable, "-m", "flows.cli", "rollback", "--to", "1"], cwd=r.root,
                                 env=r.env, capture_output=True, text=True)
     finally:
         held.close()
@@ -410,7 +410,7 @@ def test_a_damaged_file_in_a_parent_run_folder_is_refused(repo):
         good = path.read_bytes()
         path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
         try:
-            out = subprocess.run([sys.executable, "-m", "cambrian.cli", "generation", "gen_4"], cwd=repo.root,
+            out = subprocess.run([sys.executable, "-m", "flows.cli", "generation", "gen_4"], cwd=repo.root,
                                  env=repo.env, capture_output=True, text=True)
         finally:
             path.write_bytes(good)
@@ -430,7 +430,7 @@ def test_a_generation_whose_learning_diverges_fails_in_one_line_and_publishes_no
         (tmp_path / d).mkdir()
         (tmp_path / d / "base").symlink_to(repo.root / d / "base", target_is_directory=True)
     before = folder_sha(repo.root / "models/gen_1")
-    out = subprocess.run([sys.executable, "-m", "cambrian.cli", "generation", "gen_1", "--params",
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "generation", "gen_1", "--params",
                           str(tmp_path / "params.yaml"), "--runs", str(tmp_path / "runs"), "--reports",
                           str(tmp_path / "reports"), "--models", str(tmp_path / "models")],
                          cwd=repo.root, env=repo.env, capture_output=True, text=True)
@@ -444,7 +444,7 @@ def test_a_generation_whose_learning_diverges_fails_in_one_line_and_publishes_no
 def _cambrian_with(repo, fault: str, *args, **env) -> subprocess.CompletedProcess:
     """`cambrian ARGS` in a fresh process that first runs `fault` (Python source): a fault injected
     at an exact point of the code, where a signal from outside could only hit it by chance."""
-    code = f"{fault}\nimport sys\nfrom cambrian.cli import main\nsys.argv = ['cambrian', *{list(args)!r}]\nmain()"
+    code = f"{fault}\nimport sys\nfrom flows.cli import main\nsys.argv = ['cambrian', *{list(args)!r}]\nmain()"
     return subprocess.run([sys.executable, "-c", code], cwd=repo.root, env={**repo.env, **env}, capture_output=True,
                           text=True)
 
@@ -501,7 +501,7 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
         shutil.rmtree(repo.root / out)
     home = repo.root / ".cambrian-kill"
     env = {**repo.env, "CAMBRIAN_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "cambrian.cli", "generation", "gen_2"], cwd=repo.root, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "generation", "gen_2"], cwd=repo.root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and len(list((home / "results").glob("*.json"))) < 3:  # spawn + 2 learn results
@@ -518,7 +518,7 @@ def test_killed_generation_resumes_to_the_same_bytes(repo):
     assert _cambrian_with(repo, crash, "generation", "gen_2", CAMBRIAN_HOME=str(home)).returncode == 9
     assert not (repo.root / "models/gen_2").exists() and list((repo.root / "models").glob(".gen_2.tmp-*"))
 
-    out = repo.run(sys.executable, "-m", "cambrian.cli", "generation", "gen_2", CAMBRIAN_HOME=str(home),
+    out = repo.run(sys.executable, "-m", "flows.cli", "generation", "gen_2", CAMBRIAN_HOME=str(home),
                    PREFECT_LOGGING_LEVEL="INFO")
     assert "spawn: from cache" in out and "learn: from cache" in out
     record = json.loads((repo.root / "runs/gen_2/generation.json").read_text())["ledger"]
@@ -540,7 +540,7 @@ def test_ctrl_c_or_sigterm_mid_learn_exits_within_10_s_and_leaves_no_server(repo
     fault = (f"import time, flows.generation_steps as g\n"
              f"def learn(*a, **k):\n    open({str(learning)!r}, 'w').close()\n    time.sleep(600)\n"
              f"g.learn = learn")
-    code = f"{fault}\nimport sys\nfrom cambrian.cli import main\nsys.argv = ['cambrian', 'generation', 'gen_1']\nmain()"
+    code = f"{fault}\nimport sys\nfrom flows.cli import main\nsys.argv = ['cambrian', 'generation', 'gen_1']\nmain()"
     env = {k: v for k, v in repo.env.items() if k != "PREFECT_API_URL"}
     with open(tmp_path / "out", "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=repo.root, stdout=out, stderr=subprocess.STDOUT,
@@ -576,7 +576,7 @@ def test_a_prefect_server_killed_mid_generation_costs_one_warning(repo, tmp_path
         port = int(api.split(":")[2].split("/")[0])
         pid = next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN")
         killed = tmp_path / "killed"
-        fault = (f"import cambrian.cli\n"  # first, as `cambrian` starts: its Prefect client settings precede prefect's import
+        fault = (f"import flows.cli\n"  # first, as `cambrian` starts: its Prefect client settings precede prefect's import
                  f"import os, signal, time, flows.generation_steps as g\nwrite = g.write_card\n"
                  f"def kill_then_write(*a):\n    os.killpg({os.getpgid(pid)}, signal.SIGKILL)\n"
                  f"    open({str(killed)!r}, 'w').write(str(time.time()))\n    return write(*a)\n"
@@ -711,7 +711,7 @@ def test_a_conversation_delta_is_a_dvc_input_of_its_own_generation_only(repo, mo
     outside = repo.root / "elsewhere.jsonl"
     shutil.copy(delta, outside)
     repo.params(lambda p: p["ladder"].update(gen_5={"parent": "gen_1", "delta": str(outside)}))
-    refused = subprocess.run([sys.executable, "-m", "cambrian.cli", "check", "--ok", "reports/params.ok", "--deltas",
+    refused = subprocess.run([sys.executable, "-m", "flows.cli", "check", "--ok", "reports/params.ok", "--deltas",
                               "data/ladder"], cwd=repo.root, env=repo.env, capture_output=True, text=True)
     assert refused.returncode == 2 and "is outside data/deltas/" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1

@@ -9,7 +9,7 @@ from cambrian.checkpoint import CheckpointError, scratch, store_get, store_put, 
 from cambrian.config import GateConfig, MergeConfig, ParamsError, parse_params
 from cambrian.engine import Engine
 from cambrian.organelle import lora_config, new_adapter, read_adapter, write_adapter
-from tasks.assimilate import mcnemar_p
+from cambrian.challenges import mcnemar_p
 from tasks.gate import measure, should_stop, verdict
 from tasks.merge import fold, soup_weights
 
