@@ -95,15 +95,15 @@ def compare(params_path: str = "params.yaml", host_dir: str = "models/base", out
     data_dir = str(home() / "compare" / cfg.preset / "challenges")
     host_ref = Ref(host_dir, verify(host_dir))
     data = Ref(data_dir, write_dataset(params.challenges, params.seed, data_dir))
-    pdict = params.for_steps()
-    host = score_step(host_ref, data, pdict)
+    step_params = params.for_steps()
+    host = score_step(host_ref, data, step_params)
     for recipe in set(cfg.recipes) - set(BASELINES):  # every cell's params are valid before any cell runs
         _cell_params(recipe, params.seed, params)
     cells, rows = [], budget(params)
     for recipe in cfg.recipes:
         for seed in (cfg.seeds if recipe in (*BASELINES, "ladder") else cfg.ablation_seeds):
             if recipe in BASELINES:
-                cell = baseline_step(host_ref, data, recipe, seed, rows, pdict)
+                cell = baseline_step(host_ref, data, recipe, seed, rows, step_params)
             else:
                 cell = _ladder_cell(recipe, seed, params, host_ref, data)
             cells.append({"recipe": recipe, "seed": seed, **cell})

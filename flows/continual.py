@@ -41,12 +41,12 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
     host_sha, data_sha = verify(host_dir), verify_dataset(params.challenges, data_dir)
     # The cache key leaves out which recipes and seeds this call runs (every run is keyed on its own)
     # and the preset's name (its values are in).
-    pdict = params.model_dump(include={"seed", "challenges", "eval", "colony", "assimilate", "gate", "sleep", "continual"},
+    step_params = params.model_dump(include={"seed", "challenges", "eval", "colony", "assimilate", "gate", "sleep", "continual"},
                               exclude={"continual": {"recipes", "seeds", "preset"}})
     runs = []
     for recipe in cc.recipes:
         for seed in cc.seeds:
-            run = run_step(Ref(host_dir, host_sha), Ref(data_dir, data_sha), pdict, recipe, seed)
+            run = run_step(Ref(host_dir, host_sha), Ref(data_dir, data_sha), step_params, recipe, seed)
             log.info(f"{recipe} seed {seed}: final mean {run['final_seen_acc_avg']:.3f}, largest drop "
                      f"{run['final_max_forgetting']:.3f}, perplexity {run['final_ppl_increase']:+.1%}, "
                      f"{run['final_sft_rows']} SFT rows, {run['final_minutes']:.1f} min")

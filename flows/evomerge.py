@@ -109,11 +109,11 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
     torch.set_num_threads(THREADS)  # the holdout scores and the diversity below are computed here, not in steps
     params = load_params(params_path).with_preset("evomerge")
     cfg, out, data = params.evomerge, Path(out_dir), Path(data_dir)
-    data_ref, pdict = Ref(str(data), verify_dataset(params.challenges, data)), params.for_steps()
+    data_ref, step_params = Ref(str(data), verify_dataset(params.challenges, data)), params.for_steps()
     parents = _parents(cfg.parents, Path(host_dir), data_ref, params)
     n_layers = json.loads((Path(host_dir) / "config.json").read_text())["num_hidden_layers"]
     # Rounds are read back only from a run with the same parents and params, how long it ran aside.
-    same = {**pdict, "evomerge": {k: v for k, v in pdict["evomerge"].items()
+    same = {**step_params, "evomerge": {k: v for k, v in step_params["evomerge"].items()
                                   if k not in ("generations", "patience", "threshold", "preset")}}
     rounds, run_key = [], hashlib.sha256(json.dumps([parents, same], sort_keys=True).encode()).hexdigest()
     for k in range(cfg.generations + 1):
@@ -124,7 +124,7 @@ def evomerge(params_path: str = "params.yaml", host_dir: str = "models/base", da
             continue
         rng = random.Random(f"{cfg.seed}/evomerge/{k}")
         genomes = seed_genomes(n_layers, rng) if k == 0 else next_population(rounds[-1]["ranked"], rng, cfg.mutation_std)
-        futures = [candidate_step.submit(parents, g, data_ref, pdict) for g in genomes]
+        futures = [candidate_step.submit(parents, g, data_ref, step_params) for g in genomes]
         scored = [f.result() for f in futures]
         ranked = sorted(scored, key=lambda c: (-c["fitness"], c["sha"]))
         best = max([ranked[0], *(r["best"] for r in rounds)], key=lambda c: (c["fitness"], c["sha"]))
