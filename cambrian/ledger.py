@@ -195,6 +195,16 @@ def host_accuracy(history: list[dict]) -> dict[str, float]:
                             else "holdout_by_arm_parent", {})
 
 
+def earlier_deltas(lineage: list[Path]) -> dict[str, list[dict]]:
+    """Every organelle's data deltas over the lineage's run folders, oldest first, by its id: what
+    its kin replay."""
+    earlier: dict[str, list[dict]] = {}
+    for run in lineage:
+        for oid, delta in Run(run).deltas().items():
+            earlier.setdefault(oid, []).extend(delta)
+    return earlier
+
+
 def kept(lineage: list[Path], history: list[dict]) -> list[Path]:
     """The run folders of the accepted generations whose learning the last checkpoint of `history`
     still holds (oldest first): tracing its checkpoint back parent by parent skips the generations a

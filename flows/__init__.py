@@ -1,1 +1,1 @@
-"""Prefect flows: wiring of the tasks/ steps, nothing else."""
+"""The top floor: Prefect flows that wire the tasks/ steps, their cached steps, and the `cambrian` command line."""

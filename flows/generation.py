@@ -33,7 +33,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from cambrian import ledger, tracking
 from cambrian.card import generation_card
 from cambrian.challenges import read_jsonl, verify_dataset
-from cambrian.checkpoint import Ref, file_sha, jsonl_text
+from cambrian.checkpoint import Ref, file_sha, jsonl_text, store_get
 from cambrian.cluster import configured
 from cambrian.config import Params, load_params
 from cambrian.conversations import read_delta
@@ -41,9 +41,8 @@ from cambrian.ledger import Outcome, Parent, Run
 from cambrian.organelle import Organelle, families_of
 from flows.generation_steps import (adapter_step, assimilate_step, evaluate_step, gate_step, learn_step, merge_step,
                                     publish, score_step, settle_step, sleep_step, spawn_step)
-from flows.steps import Progress
 from tasks.assimilate import gating
-from tasks.gate import judge, root_perplexity
+from tasks.gate import decide, root_perplexity
 from tasks.learn import training_rows, with_prose, with_replay
 from tasks.merge import soup_weights
 
@@ -65,6 +64,21 @@ class Learned:
     families: list[str] = field(default_factory=list)  # what the gate's generalization test covers
 
 
+class Progress:
+    """Logs each finished step with the generation's elapsed time and, when the parent generation's
+    wall time is known (`expected`, minutes), an estimate of what is left; `marks` is the timeline."""
+
+    def __init__(self, gid: str, expected: float | None):
+        self.gid, self.expected, self.start, self.marks = gid, expected, time.perf_counter(), []
+
+    def done(self, what: str) -> None:
+        minutes = (time.perf_counter() - self.start) / 60
+        self.marks.append([what, round(minutes, 3)])
+        left = f", about {max(self.expected - minutes, 0.1):.1f} min left (the parent took {self.expected:.1f})" \
+            if self.expected else ""
+        get_run_logger().info(f"{self.gid}: {what} done, {minutes:.1f} min elapsed{left}")
+
+
 def seed_of(params: Params, gen: int) -> int:
     """The seed of a generation's learning (its k-th organelle's: this + k)."""
     return params.seed * 7919 + gen * 1009
@@ -78,7 +92,9 @@ def _evolve(gen: int, params: Params, parent: Parent, lineage: list[Path], histo
     spawned = spawn_step(parent.ref, parent.population, parent.adapters, step_params, gen)
     colony, adapters = [Organelle(**d) for d in spawned["population"]], spawned["adapters"]
     progress.done("spawn")
-    deltas, rows = training_rows(colony, params, lineage, history, read_jsonl(Path(data.path) / "train.jsonl"), gen)
+    deltas, rows = training_rows(colony, params, read_jsonl(Path(data.path) / "train.jsonl"),
+                                 Run(lineage[-1]).episodes() if lineage else [], ledger.earlier_deltas(lineage),
+                                 ledger.host_accuracy(history), gen)
     living = [o for o in colony if o.alive]
     futures = {o.id: learn_step.submit(parent.ref, adapters[o.id], rows[o.id], params.colony.model_dump(), o.lr,
                                        seed_of(params, gen) + k) for k, o in enumerate(living)}
@@ -165,7 +181,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
     conversation = read_delta(delta_file, params.ladder[gid].limits) if delta_file else []
 
     # Learn: the colony evolves on the challenges, or one LoRA learns the conversation delta.
-    if history and history[-1]["stop"]:
+    if history and history[-1].get("stop", False):
         learned = Learned([Organelle(**d) for d in parent.population], parent.adapters, {})
         outcome = Outcome("stopped", "the stop rule ended the ladder before it", parent.ref)
     else:
@@ -185,7 +201,14 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
                                 [r for r in conversation if r["split"] == "heldout"])
             progress.done("gate")
             metrics = {**metrics, "ppl_root": root_perplexity(history, metrics)}
-            outcome = judge(gid, params, parent, child_sha, metrics, models, runs)
+            verdict, why, restored = decide(gid, params, history, metrics)
+            if verdict == "accepted":
+                child = Ref(str(store_get(child_sha)), child_sha)
+            elif verdict == "rejected":  # replaced by its parent, byte for byte
+                child = parent.ref
+            else:  # the stop rule's restored checkpoint, verified against its record
+                child = Ref(str(models / restored), ledger.verify_generation(models / restored, runs / restored))
+            outcome = Outcome(verdict, why, child, metrics)
         learned.summary["assimilated"] = sorted(learned.weights) if outcome.verdict == "accepted" else []
         for o in learned.colony:  # an accepted organelle's knowledge now lives in the host: it leaves the colony
             o.alive = o.alive and o.id not in learned.summary["assimilated"]

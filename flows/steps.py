@@ -42,7 +42,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
 
 from cambrian.checkpoint import Ref, atomic_write_text, home
-from cambrian.config import declared
+from cambrian.config import Params, declared
 
 THREADS = 2
 _ROOT = Path(__file__).resolve().parents[1]
@@ -192,6 +192,12 @@ def _cached(path: Path, key: str):
 
 def step(name: str, sections: tuple[str, ...] | None = None):
     """Decorator: a cached, thread-pinned Prefect task named `name` (see the module docstring)."""
+    for part in sections or ():  # a misspelt declaration fails as the module loads, not when the step runs
+        section, _, key = part.partition(".")
+        field = Params.model_fields.get(section)
+        if field is None or key and key not in getattr(field.annotation, "model_fields", {}):
+            raise ValueError(f"step {name!r} declares {part!r}: params have no such section or key")
+
     def wrap(fn):
         signature = inspect.signature(fn)
 
@@ -218,18 +224,3 @@ def step(name: str, sections: tuple[str, ...] | None = None):
         return task(name=name, cache_policy=NO_CACHE, persist_result=False)(run)
     return wrap
 
-
-class Progress:
-    """Logs each finished step of a generation with its elapsed time and, when the parent generation's
-    wall time is known (`expected`, minutes), an estimate of what is left; `marks` is the timeline
-    (step, minutes)."""
-
-    def __init__(self, gid: str, expected: float | None):
-        self.gid, self.expected, self.start, self.marks = gid, expected, time.perf_counter(), []
-
-    def done(self, what: str) -> None:
-        minutes = (time.perf_counter() - self.start) / 60
-        self.marks.append([what, round(minutes, 3)])
-        left = f", about {max(self.expected - minutes, 0.1):.1f} min left (the parent took {self.expected:.1f})" \
-            if self.expected else ""
-        _log().info(f"{self.gid}: {what} done, {minutes:.1f} min elapsed{left}")

@@ -26,17 +26,14 @@ whose generalization gain was below `stop_epsilon` while drift exceeded `stop_th
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
 from cambrian.bandit import arm
 from cambrian.challenges import Challenge, credited, mcnemar_p, score
-from cambrian.checkpoint import Ref, store_get
 from cambrian.config import GateConfig, Params
 from cambrian.conversations import METRICS as CONVERSATION_METRICS, is_short
 from cambrian.engine import Engine, accuracy_by_family
-from cambrian.ledger import Outcome, Parent, verify_generation
 
 
 METRICS = ("recall_parent", "recall_child", "generalization_parent", "generalization_child", "delta_generalization",
@@ -240,17 +237,14 @@ def restore_point(gid: str, params: Params, history: list[dict]) -> str:
     return params.ladder[gated[-params.gate.stop_patience]].parent
 
 
-def judge(gid: str, params: Params, parent: Parent, child_sha: str, metrics: dict, models: Path, runs: Path) -> Outcome:
-    """The verdict on the measured child, then the stop rule: a streak of generations that drift
-    without gain is reverted to the checkpoint before it (`restore_point`), the last child rejected
-    or not (the streak's earlier children were adopted); a rejected child is replaced by its parent."""
+def decide(gid: str, params: Params, history: list[dict], metrics: dict) -> tuple[str, str, str | None]:
+    """(verdict, why, restored): the verdict on the measured child, then the stop rule. A streak of
+    generations that drift without gain is "rolled back" to the checkpoint of `restored`
+    (`restore_point`), the last child rejected or not (the streak's earlier children were adopted);
+    otherwise the child is "accepted" or "rejected" (replaced by its parent)."""
     accepted, why = verdict(metrics, params.gate)
-    if should_stop([h["gate"] for h in parent.history] + [metrics], params.gate):
-        restored = restore_point(gid, params, parent.history)
-        why += (f"; the stop rule fired ({params.gate.stop_patience} generations without gain while "
-                f"drifting): {restored}'s checkpoint restored")
-        return Outcome("rolled back", why, Ref(str(models / restored), verify_generation(models / restored, runs / restored)),
-                       metrics)
-    if not accepted:
-        return Outcome("rejected", why, parent.ref, metrics)
-    return Outcome("accepted", why, Ref(str(store_get(child_sha)), child_sha), metrics)
+    if should_stop([h["gate"] for h in history] + [metrics], params.gate):
+        restored = restore_point(gid, params, history)
+        return "rolled back", (f"{why}; the stop rule fired ({params.gate.stop_patience} generations without gain "
+                               f"while drifting): {restored}'s checkpoint restored"), restored
+    return ("accepted" if accepted else "rejected"), why, None

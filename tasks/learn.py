@@ -32,7 +32,6 @@ from cambrian.challenges import Challenge, as_chat, as_rows, split_reply
 from cambrian.checkpoint import atomic_dir
 from cambrian.config import ColonyConfig, Params
 from cambrian.engine import Engine
-from cambrian.ledger import Run, host_accuracy
 from cambrian.organelle import Organelle, families_of, load_colony, read_adapter, save_adapter, write_adapter
 from tasks.gate import prose
 
@@ -130,18 +129,13 @@ def training_data(o: Organelle, train: list[Challenge], last_episodes: list[dict
     return delta, with_replay(delta, earlier, cfg.replay_ratio, rng)
 
 
-def training_rows(colony: list[Organelle], params: Params, lineage: list[Path], history: list[dict],
-                  train: list[Challenge], gen: int) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """Per living organelle: its new data delta (aimed by the parent host's measured accuracy per
-    arm), and its training rows (delta + replay of its kin's deltas from earlier generations).
-    `lineage` and `history`: the earlier challenge generations' run folders and records."""
-    last_episodes = Run(lineage[-1]).episodes() if lineage else []
+def training_rows(colony: list[Organelle], params: Params, train: list[Challenge], last_episodes: list[dict],
+                  earlier: dict[str, list[dict]], aim: dict[str, float], gen: int) -> tuple[dict, dict]:
+    """Per living organelle: its new data delta (its kin's correct answers in `last_episodes`, then gold
+    rows aimed by `aim`, the parent host's measured accuracy per arm) and its training rows (the delta
+    with replay of its kin's rows in `earlier`, each organelle's earlier deltas by its id)."""
     rng = random.Random(f"{params.seed}/delta/{gen}")
-    earlier: dict[str, list[dict]] = {}
-    for run in lineage:
-        for oid, delta in Run(run).deltas().items():
-            earlier.setdefault(oid, []).extend(delta)
-    deltas, rows, aim = {}, {}, host_accuracy(history)
+    deltas, rows = {}, {}
     for o in colony:
         if o.alive:
             kin = [r for k in (o.id, *o.parents) for r in earlier.get(k, [])]

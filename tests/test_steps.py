@@ -125,6 +125,8 @@ def test_a_step_declaring_single_keys_is_keyed_on_those_keys_only():
     assert run(params={**params, "gate": {**params["gate"], "reply_tokens": 8}}) == 8 and CALLS == [32, 8]
     with pytest.raises(ParamsError, match="key 'gate.max_kl' is read by a step that does not declare it"):
         step("sneaky-key", sections=("gate.reply_tokens",))(_judge_like).fn(params=params)
+    with pytest.raises(ValueError, match="declares 'gate.reply_token'"):
+        step("misspelt", sections=("gate.reply_token",))
 
 
 FLOW = """\"\"\"A flow.\"\"\"
@@ -235,10 +237,11 @@ def test_each_floor_imports_only_the_floors_below_it_and_no_module_imports_itsel
     def named(nodes) -> set[str]:
         found = set()
         for node in nodes:
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            found |= {n if n.count(".") else f"{n}.{node.names[0].name}" for n in names if n.split(".")[0] in floor}
-        return {m for m in found if (root / m.replace(".", "/")).with_suffix(".py").is_file()}
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:  # `from a import b`: module a, or a.b
+                found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        return {m for m in found if m.split(".")[0] in floor and (root / m.replace(".", "/")).with_suffix(".py").is_file()}
 
     top = {}
     for path in sorted(p for name in floor for p in (root / name).glob("*.py")):
