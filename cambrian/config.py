@@ -345,6 +345,12 @@ RECIPES = ("sequential", "replay", "joint", "ladder", "full_cls", "no_sleep", "n
 BAD_DELTAS = ("wrong", "style")
 
 
+def parse_entry(entry: str) -> tuple[str | None, str]:
+    """A stream entry, `FAMILY` or `KIND:FAMILY` (a bad delta), as (kind or None, family)."""
+    kind, _, family = entry.rpartition(":")
+    return kind or None, family
+
+
 class ContinualConfig(Strict):
     """The stream benchmark: deltas arriving one per step, learned by each recipe (tasks/continual.py)."""
     # Families of challenges.families, each arriving once, and bad deltas, KIND:FAMILY (KIND in BAD_DELTAS).
@@ -361,11 +367,12 @@ class ContinualConfig(Strict):
 
     @model_validator(mode="after")
     def _entries(self) -> "ContinualConfig":
-        good = [e for e in self.order if ":" not in e]
+        entries = [parse_entry(e) for e in self.order]
+        good = [family for kind, family in entries if kind is None]
         if len(set(good)) != len(good):
             raise ValueError("continual.order has a family twice (a family arrives once; a bad delta is KIND:FAMILY)")
-        for e in self.order:
-            if ":" in e and e.partition(":")[0] not in BAD_DELTAS:
+        for e, (kind, _) in zip(self.order, entries):
+            if kind is not None and kind not in BAD_DELTAS:
                 raise ValueError(f"continual.order: {e!r} is not FAMILY or KIND:FAMILY with KIND one of {list(BAD_DELTAS)}")
         if len(good) < 2:
             raise ValueError("continual.order needs at least two families")

@@ -16,10 +16,10 @@ from prefect import flow, get_run_logger
 from cambrian import report, tracking
 from cambrian.challenges import read_jsonl, verify_dataset
 from cambrian.checkpoint import Ref, atomic_dir, verify
-from cambrian.config import ParamsError, load_params, parse_params
+from cambrian.config import ParamsError, load_params, parse_entry, parse_params
 from cambrian.host import load_host
 from flows.steps import step
-from tasks.continual import parse_entry, run_stream
+from tasks.continual import run_stream
 
 
 @step("continual-run")

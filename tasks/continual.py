@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from cambrian.challenges import Challenge, answer_stats, as_rows
-from cambrian.config import RECIPES, MergeConfig, Params
+from cambrian.config import RECIPES, MergeConfig, Params, parse_entry
 from cambrian.engine import Engine
 from cambrian.hippocampus import LoRABank, ReplayBuffer, wake
 from cambrian.organelle import lora_config, new_adapter
@@ -58,12 +58,6 @@ from tasks.sleep import Switched, consolidate, forgetting_signal, pressure, refr
 LORA_RECIPES = RECIPES[:4]  # the rest (full_cls and its ablations) are the CLS recipes
 CHATTER = "As an AI, I'm happy to help with that! The answer is {}. I hope this helps!"
 _INT_LIST = re.compile(r"-?\d+(, -?\d+)+")
-
-
-def parse_entry(entry: str) -> tuple[str | None, str]:
-    """A stream entry, `FAMILY` or `KIND:FAMILY` (a bad delta), as (kind or None, family)."""
-    kind, _, family = entry.rpartition(":")
-    return kind or None, family
 
 
 def wrong(answer: str, rng: random.Random) -> str:
