@@ -1,6 +1,6 @@
-"""Typed view of params.yaml.
+"""Typed view of params.yaml and params/<experiment>.yaml beside it.
 
-Every knob of Cambrian lives in params.yaml and is validated here: unknown keys, wrong types and
+Every knob of Cambrian lives in those files and is validated here: unknown keys, wrong types and
 out-of-range values fail with a message that names the offending key (e.g. `eval.batch_size`).
 """
 from __future__ import annotations
@@ -250,7 +250,7 @@ class GateConfig(Strict):
 
 
 # Named budgets of the three long experiments: per section, preset name -> params sections updated
-# for the whole experiment (`ladder` is replaced whole). full is params.yaml as it is; quick is
+# for the whole experiment (`ladder` is replaced whole). full is the params files as they are; quick is
 # the default, cut down for 2 CPU cores (docs/compare.md says what has been timed).
 PRESETS: dict[str, dict[str, dict]] = {
     "compare": {  # full: 3 generations x 96 steps, 300 + 300 test challenges (about 7 h, extrapolated); quick: aims at 2 h
@@ -565,14 +565,44 @@ def parse_params(data: dict | None) -> Params:
         raise ParamsError(_describe(err)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"params file not found: {path}")
+# Sections of the side experiments, each in its own file beside params.yaml (params/<section>.yaml), so
+# that params.yaml holds the ladder's knobs. (The ladder's generations read `sleep` too: with
+# sleep.in_generation on they fold by distillation, so its DVC stage depends on params/sleep.yaml.)
+EXPERIMENTS = ("sleep", "evomerge", "continual", "compare")
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
     if data is not None and not isinstance(data, dict):
         raise ParamsError(f"{path} must hold a mapping at the top level")
+    return data or {}
+
+
+def experiment_files(path: str | Path = "params.yaml") -> dict[str, Path]:
+    """The experiments' params files that exist beside `path`: section -> params/<section>.yaml."""
+    folder = Path(path).parent / "params"
+    stray = sorted(f.name for f in folder.glob("*.y*ml") if f.stem not in EXPERIMENTS or f.suffix != ".yaml")
+    if stray:  # a misspelt file would otherwise leave its section at the defaults, silently
+        raise ParamsError(f"{folder}/{stray[0]} is not a section's file: params/ holds "
+                          f"{', '.join(f'{name}.yaml' for name in EXPERIMENTS)}")
+    return {name: folder / f"{name}.yaml" for name in EXPERIMENTS if (folder / f"{name}.yaml").is_file()}
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """params.yaml, with each experiment's section read from params/<section>.yaml beside it when that
+    file exists (a section is set in one place: both is an error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    data = _read_yaml(path)
+    for name, file in experiment_files(path).items():
+        extra = _read_yaml(file)
+        if set(extra) - {name}:
+            raise ParamsError(f"{file} may hold only the `{name}` section, not {sorted(set(extra) - {name})}")
+        if name in extra and name in data:
+            raise ParamsError(f"`{name}` is set in both {path} and {file}: keep it in {file}")
+        data.update(extra)
     return parse_params(data)

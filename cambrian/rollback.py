@@ -2,8 +2,8 @@
 
 Every commit's dvc.lock names the exact bytes of every stage it ran, and of the ledger
 (models/lineage_ledger.csv, read from the DVC cache). Rolling back to generation N picks the
-newest commit whose ledger ends at N (or the commit given), writes its dvc.yaml, dvc.lock and
-params.yaml (with data/ladder and the .gitignore files DVC keeps beside the outputs) into the work tree (the index is left alone: commit the result to make it the head),
+newest commit whose ledger ends at N (or the commit given), writes its dvc.yaml, dvc.lock,
+params.yaml and params/ (with data/ladder and the .gitignore files DVC keeps beside the outputs) into the work tree (the index is left alone: commit the result to make it the head),
 lets `dvc checkout` restore the outputs of exactly the stages that commit's dvc.lock ran (`make
 repro` never runs evomerge, continual or compare, and a checkout of every stage fails on them),
 removes outputs of generations that commit did not have, and verifies N's checkpoint against the
@@ -24,7 +24,8 @@ from cambrian import ledger
 from cambrian.checkpoint import CheckpointError, atomic_write_text
 
 LEDGER = "models/lineage_ledger.csv"
-PIPELINE = ["dvc.yaml", "dvc.lock", "params.yaml"]
+PIPELINE_FILES = ["dvc.yaml", "dvc.lock", "params.yaml"]
+PIPELINE = [*PIPELINE_FILES, "params/"]  # params/: the experiments' params files (cambrian/config.py)
 
 
 def _git(*args: str) -> str:
@@ -73,11 +74,14 @@ def rollback(gid: str, rev: str | None = None, force: bool = False) -> tuple[str
     # The pipeline files, the params stage's git-tracked record of each generation's delta
     # (data/ladder) and the .gitignore files DVC keeps beside its outputs (runs/.gitignore lists
     # runs/gen_2, and the ledger and report stages depend on the runs folder, that file included).
-    files = PIPELINE + [f for f in _git("ls-tree", "-r", "--name-only", commit).split("\n")
-                        if f.endswith("/.gitignore") or f.startswith("data/ladder/")]
-    before = {name: Path(name).read_text() if Path(name).is_file() else None for name in files}
+    tracked = _git("ls-tree", "-r", "--name-only", commit).split("\n")
+    files = PIPELINE_FILES + [f for f in tracked if f.endswith("/.gitignore") or f.startswith(("data/ladder/", "params/"))]
+    gone = [str(p) for p in Path("params").glob("*.yaml") if str(p) not in files]  # experiments' files it lacked
+    before = {name: Path(name).read_text() if Path(name).is_file() else None for name in files + gone}
     for name in files:
         atomic_write_text(name, _git("show", f"{commit}:{name}"))
+    for name in gone:
+        Path(name).unlink()
     lock = Path("dvc.lock").read_text()
     stages = sorted((yaml.safe_load(lock) or {}).get("stages", {}))
     out = subprocess.run([sys.executable, "-m", "dvc", "checkout", *stages], capture_output=True, text=True)

@@ -25,7 +25,7 @@ app = typer.Typer(help="Cambrian: evolve a small host LLM through small, gated, 
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 FLOWS = {"generation", "ladder", "evomerge", "continual", "compare", "serve"}  # commands that talk to Prefect
-PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to validate and use.")
+PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to validate and use (with the experiments' params/<section>.yaml beside it).")
 
 
 def _params(path: Path):
@@ -43,7 +43,7 @@ def check(params: Path = PARAMS,
                                                  "ladder: the sha256 of its conversation delta (or none), the file "
                                                  "its DVC stage depends on, so a changed delta re-runs its own "
                                                  "generation only. Deltas must then live in data/deltas/.")):
-    """Validate params.yaml (every generation's overrides and conversation deltas included) and print
+    """Validate params.yaml and params/ (every generation's overrides and conversation deltas included) and print
     the resolved configuration (defaults filled in)."""
     p = _params(params)
     if ok is None and deltas is None:
@@ -180,9 +180,9 @@ def rollback(to: str = typer.Option(..., "--to", help="Generation to roll back t
              rev: str = typer.Option(None, help="Git revision whose ledger to restore (default: the newest "
                                                  "commit in which the generation was the last of the ladder)."),
              force: bool = typer.Option(False, "--force", help="Overwrite uncommitted edits to params.yaml, "
-                                                                "dvc.yaml and dvc.lock.")):
+                                                                "params/, dvc.yaml and dvc.lock.")):
     """Restore the pipeline state in which generation N was the newest: git restores dvc.yaml,
-    dvc.lock, params.yaml and the ledger of that commit, `dvc checkout` restores the bytes, and
+    dvc.lock, params.yaml, params/ and the ledger of that commit, `dvc checkout` restores the bytes, and
     the checkpoint is verified against the ledger's sha256. Commit the result to make it the new head."""
     from cambrian.rollback import rollback as run
     gid = to if to.startswith("gen_") else f"gen_{to}"
@@ -233,7 +233,7 @@ def continual(params: Path = PARAMS,
     the ladder, complementary learning) for each seed; every family is tested after every step.
     Writes OUT/results.md (final mean, largest drop, BWT, perplexity, SFT rows, minutes, bad deltas
     published per recipe), OUT/results.json and OUT/stream.png. Finished runs come from the cache,
-    so an interrupted suite resumes. continual.preset=full for the 3-seed figures."""
+    so an interrupted suite resumes. continual.preset=full (params/continual.yaml) for the 3-seed figures."""
     _params(params)
     from cambrian.cluster import run_flow
     from flows.continual import continual as flow
@@ -249,7 +249,7 @@ def compare(params: Path = PARAMS,
     ladder as configured, and the ladder without each mechanism in turn. Every recipe is scored on
     the test split (trained and held-out phrasings) and general-text perplexity; mean and 95%
     interval over seeds. compare.preset names the budget: quick (the default, cut down to aim at 2 h on 2
-    cores) or full (params.yaml as it is); e.g. `dvc exp run -S compare.preset=full compare`.
+    cores) or full (params/compare.yaml as it is); e.g. `dvc exp run -S params/compare.yaml:compare.preset=full compare`.
     Every cell is cached: an interrupted comparison resumes."""
     _params(params)
     from cambrian.cluster import run_flow

@@ -23,7 +23,7 @@ from tasks.learn import learn_gradient
 from tasks.merge import fold
 
 BASELINES = ("plain", "multitask")
-# The ladder without one mechanism at a time: params.yaml's sections updated with these values.
+# The ladder without one mechanism at a time: its params' sections updated with these values.
 ABLATIONS = {
     "ladder": {},
     # Nobody pays, so nobody is culled and ROI says nothing: assimilation no longer asks for one.

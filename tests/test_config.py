@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from cambrian.config import Params, ParamsError, load_params, parse_params
+from cambrian.config import EXPERIMENTS, Params, ParamsError, experiment_files, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,8 +15,35 @@ def test_repo_params_validate():
 
 
 def test_params_yaml_holds_the_configs_defaults():
-    """params.yaml (the reference users read) and cambrian/config.py (what runs) say the same defaults."""
+    """params.yaml and params/*.yaml (the reference users read) and cambrian/config.py (what runs) say the
+    same defaults, and params.yaml holds the ladder's sections only: each experiment's is in its own file."""
     assert load_params(REPO / "params.yaml").model_dump(exclude={"ladder"}) == Params().model_dump(exclude={"ladder"})
+    assert not set(yaml.safe_load((REPO / "params.yaml").read_text())) & set(EXPERIMENTS)
+    assert {name: set(yaml.safe_load(file.read_text())) for name, file in experiment_files(REPO / "params.yaml").items()} \
+        == {name: {name} for name in EXPERIMENTS}
+
+
+def test_an_experiment_section_is_read_from_its_own_file_and_set_in_one_place(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 3\n")
+    assert load_params(tmp_path / "params.yaml").compare == Params().compare  # no file: the defaults
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "compare.yaml").write_text("compare: {preset: full}\n")
+    p = load_params(tmp_path / "params.yaml")
+    assert (p.seed, p.compare.preset) == (3, "full")
+    (tmp_path / "params.yaml").write_text("seed: 3\ncompare: {preset: quick}\n")
+    with pytest.raises(ParamsError, match="`compare` is set in both"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("seed: 3\n")
+    (tmp_path / "params" / "compare.yaml").write_text("compare: {preset: full}\nseed: 4\n")
+    with pytest.raises(ParamsError, match=r"may hold only the `compare` section, not \['seed'\]"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params" / "compare.yaml").write_text("compare: {preset: fast}\n")
+    with pytest.raises(ParamsError, match="compare.preset"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params" / "compare.yaml").write_text("compare: {preset: full}\n")
+    (tmp_path / "params" / "evomrge.yaml").write_text("evomerge: {preset: full}\n")  # misspelt: refused, not ignored
+    with pytest.raises(ParamsError, match="evomrge.yaml is not a section's file"):
+        load_params(tmp_path / "params.yaml")
 
 
 def test_defaults_fill_missing_sections():

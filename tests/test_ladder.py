@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cambrian.checkpoint import folder_sha, verify
-from cambrian.config import FAMILIES, parse_params
+from cambrian.config import EXPERIMENTS, FAMILIES, parse_params
 from cambrian.ledger import COLUMNS, flat
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,8 +69,13 @@ class Repo:
         data = json.loads(json.dumps(TINY))
         if edit:
             edit(data)
-        # DVC tracks params by key, so the file spells out every section (defaults filled in).
-        (self.root / "params.yaml").write_text(yaml.safe_dump(parse_params(data).model_dump(), sort_keys=False))
+        # DVC tracks params by key, so the files spell out every section (defaults filled in), the
+        # experiments' in params/<section>.yaml as in the repository.
+        full = parse_params(data).model_dump()
+        (self.root / "params").mkdir(exist_ok=True)
+        for name in EXPERIMENTS:
+            (self.root / "params" / f"{name}.yaml").write_text(yaml.safe_dump({name: full.pop(name)}, sort_keys=False))
+        (self.root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
 
     def ledger(self) -> dict[str, dict]:
         import csv
@@ -317,7 +322,7 @@ def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(re
 
     # Uncommitted edits to the pipeline files are not overwritten without --force.
     cmd = [sys.executable, "-m", "flows.cli", "rollback", "--to", "2", "--rev", "HEAD~1"]
-    for name in ("params.yaml", "dvc.yaml", "dvc.lock"):
+    for name in ("params.yaml", "params/sleep.yaml", "dvc.yaml", "dvc.lock"):
         (repo.root / name).write_text((repo.root / name).read_text() + "# a local edit\n")
         refused = subprocess.run(cmd, cwd=repo.root, env=repo.env, capture_output=True, text=True)
         assert refused.returncode == 2 and f"uncommitted edits to {name}" in refused.stderr
@@ -325,9 +330,11 @@ def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(re
             repo.run("git", "checkout", name)
 
     # Roll back to the accepted gen_2 of the first commit: exact bytes, as the ledger says; --force
-    # overwrites the edit to dvc.lock.
+    # overwrites the edit to dvc.lock, and params/ becomes that commit's (a file it lacked is removed).
+    (repo.root / "params" / "stray.yaml").write_text("compare: {preset: full}\n")
     out = repo.run(*cmd, "--force")
     assert "matches the ledger" in out and "# a local edit" not in (repo.root / "dvc.lock").read_text()
+    assert not (repo.root / "params" / "stray.yaml").exists()
     assert folder_sha(repo.root / "models/gen_2") == first["gen_2"]["child_sha"]
     assert repo.ledger()["gen_2"]["child_sha"] == first["gen_2"]["child_sha"]
     assert "up to date" in repo.run("dvc", "status")
@@ -426,6 +433,7 @@ def test_a_generation_whose_learning_diverges_fails_in_one_line_and_publishes_no
     data = yaml.safe_load((repo.root / "params.yaml").read_text())
     data["ladder"]["gen_1"]["overrides"] = {"colony": {"lora_alpha": 1e300}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    shutil.copytree(repo.root / "params", tmp_path / "params")
     for d in ("models", "runs"):  # the same parent, the host; the generation writes here
         (tmp_path / d).mkdir()
         (tmp_path / d / "base").symlink_to(repo.root / d / "base", target_is_directory=True)

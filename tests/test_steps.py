@@ -219,9 +219,10 @@ def test_a_generation_stage_depends_on_every_params_section_a_generation_reads()
     import yaml
 
     root = Path(__file__).resolve().parents[1]
-    params = set(yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["generation"]["do"]["params"])
-    assert {"seed", "eval", "colony", "conversations", "bandit", "energy", "assimilate", "merge", "sleep",
-            "gate", "ladder.${key}"} <= params
+    entries = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["generation"]["do"]["params"]
+    params = {key for e in entries for key in ([e] if isinstance(e, str) else [f"{f}:{k}" for f, ks in e.items() for k in ks])}
+    assert {"seed", "eval", "colony", "conversations", "bandit", "energy", "assimilate", "merge",
+            "params/sleep.yaml:sleep", "gate", "ladder.${key}"} <= params
 
 
 def test_each_floor_imports_only_the_floors_below_it_and_no_module_imports_itself_back():
