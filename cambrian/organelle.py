@@ -51,13 +51,17 @@ def lora_config(rank: int, alpha: float, targets: list[str]) -> LoraConfig:
 def save_adapter(model: PeftModel, folder: Path, **manifest) -> None:
     """peft's save_pretrained of the active adapter into `folder`, then its manifest. adapter_config.json
     is rewritten in a stable order: peft keeps target_modules as a set, so the list it writes follows
-    PYTHONHASHSEED, and the same adapter would have other bytes (and step keys) in another process."""
+    PYTHONHASHSEED, and the same adapter would have other bytes (and step keys) in another process.
+    Nor does it name the folder the host was loaded from (peft writes that path into the config and
+    into a README.md card): the same adapter trained in another project folder has the same bytes."""
     model.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)
     path = folder / "adapter_config.json"
     config = json.loads(path.read_text())
     for key in ("target_modules", "exclude_modules"):  # the fields peft keeps as sets
         if isinstance(config.get(key), list):
             config[key] = sorted(config[key])
+    config["base_model_name_or_path"] = None
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_manifest(folder, **manifest)
 

@@ -93,10 +93,12 @@ def test_generalist_survivors_have_children_whatever_the_share_cap(tiny_host, tm
     assert all(c.species == ALL and c.parents for c in colony[2:])  # clones or crossovers, not fresh
 
 
-def test_an_adapter_has_the_same_bytes_whatever_the_process_hash_seed(tiny_host_dir, tmp_path):
+def test_an_adapter_has_the_same_bytes_whatever_the_process_hash_seed_and_host_folder(tiny_host_dir, tmp_path):
     """peft keeps target_modules as a set: its order in adapter_config.json followed PYTHONHASHSEED, so
-    the same spawn stored other bytes (and every step key downstream differed) in another process."""
+    the same spawn stored other bytes (and every step key downstream differed) in another process; and
+    it wrote the host's folder into the config and a card, so a ladder in another project folder did too."""
     import os
+    import shutil
     import subprocess
     import sys
 
@@ -104,8 +106,9 @@ def test_an_adapter_has_the_same_bytes_whatever_the_process_hash_seed(tiny_host_
     code = ("import sys; from pathlib import Path; from cambrian.host import load_host; "
             "from cambrian.organelle import lora_config, new_adapter; "
             f"host, _ = load_host(sys.argv[1]); new_adapter(host, lora_config(4, 8.0, {targets!r}), 0, Path(sys.argv[2]))")
-    for hash_seed in ("1", "2", "3"):
-        subprocess.run([sys.executable, "-c", code, str(tiny_host_dir), str(tmp_path / hash_seed)], check=True,
+    elsewhere = shutil.copytree(tiny_host_dir, tmp_path / "another project" / "models" / "base")
+    for hash_seed, host in (("1", tiny_host_dir), ("2", tiny_host_dir), ("3", elsewhere)):
+        subprocess.run([sys.executable, "-c", code, str(host), str(tmp_path / hash_seed)], check=True,
                        env={**os.environ, "PYTHONHASHSEED": hash_seed})
     files = sorted(p.name for p in (tmp_path / "1").iterdir())
     for hash_seed in ("2", "3"):
