@@ -32,9 +32,8 @@ from cambrian.checkpoint import atomic_write_text
 from cambrian.config import WORKED, MergeConfig, load_params
 from cambrian.engine import Engine, test_accuracy
 from cambrian.host import load_host
-from cambrian.organelle import lora_config, new_adapter
 from tasks.gate import perplexity, prose
-from tasks.learn import learn_gradient, with_prose
+from tasks.learn import fresh_lora, with_prose
 from tasks.merge import fold
 
 
@@ -69,10 +68,9 @@ def main() -> None:
         rows = with_prose(rows, share, p.gate.ppl_passages, rng)[:args.steps * cfg.train_batch]  # the same updates
         with tempfile.TemporaryDirectory() as tmp:
             adapter = Path(tmp) / "adapter"
-            new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), args.seed * 101, adapter)
             t0 = time.perf_counter()
-            curve = learn_gradient(host, tok, adapter, rows, args.steps, cfg.train_batch, cfg.lr, args.seed * 101,
-                                   loss=loss, anchor=anchor)
+            curve = fresh_lora(host, tok, rows, args.steps, cfg.model_copy(update={"loss": loss, "anchor": anchor}),
+                               args.seed * 101, adapter)
             train_s = time.perf_counter() - t0
             model = copy.deepcopy(host)
             fold(model, {"cell": adapter}, {"cell": 1.0}, MergeConfig(method="task_arithmetic"))

@@ -17,9 +17,8 @@ from cambrian.challenges import Challenge, as_rows
 from cambrian.checkpoint import scratch
 from cambrian.config import ColonyConfig, MergeConfig, Params
 from cambrian.engine import Engine, test_accuracy
-from cambrian.organelle import lora_config, new_adapter
 from tasks.gate import perplexity, prose
-from tasks.learn import learn_gradient
+from tasks.learn import fresh_lora
 from tasks.merge import fold
 
 BASELINES = ("plain", "multitask")
@@ -69,8 +68,7 @@ def train_loras(host, tok, data: dict[str, list[dict]], steps: int, cfg: ColonyC
     out = {}
     for k, (name, rows) in enumerate(data.items()):
         out[name] = work / name
-        new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), seed * 101 + k, out[name])
-        learn_gradient(host, tok, out[name], rows, steps, cfg.train_batch, cfg.lr, seed * 101 + k, loss=cfg.loss)
+        fresh_lora(host, tok, rows, steps, cfg, seed * 101 + k, out[name])
     return out
 
 

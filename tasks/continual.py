@@ -48,10 +48,9 @@ from cambrian.challenges import Challenge, answer_stats, as_rows
 from cambrian.config import RECIPES, MergeConfig, Params, parse_entry
 from cambrian.engine import Engine
 from cambrian.hippocampus import LoRABank, ReplayBuffer, wake
-from cambrian.organelle import lora_config, new_adapter
 from tasks.assimilate import judge, probes
 from tasks.gate import measure, perplexity, prose, verdict
-from tasks.learn import learn_gradient, with_replay
+from tasks.learn import fresh_lora, with_replay
 from tasks.merge import fold
 from tasks.sleep import Switched, consolidate, forgetting_signal, pressure, refresh
 
@@ -121,11 +120,9 @@ def metrics(A: list[list[float]], b: list[float], first: list[int]) -> dict:
 def _lora(model, tok, rows: list[dict], steps: int, p: Params, seed: int) -> None:
     """One fresh LoRA of the colony's rank, trained `steps` updates at its batch, lr, loss and anchor on
     `rows`, folded into `model` in place."""
-    c = p.colony
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(tmp) / "lora"
-        new_adapter(model, lora_config(c.lora_rank, c.lora_alpha, c.target_modules), seed, adapter)
-        learn_gradient(model, tok, adapter, rows, steps, c.train_batch, c.lr, seed, loss=c.loss, anchor=c.anchor)
+        fresh_lora(model, tok, rows, steps, p.colony, seed, adapter)
         fold(model, {"lora": adapter}, {"lora": 1.0}, MergeConfig(method="task_arithmetic"))
 
 

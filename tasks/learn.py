@@ -32,7 +32,8 @@ from cambrian.challenges import Challenge, as_chat, as_rows, split_reply
 from cambrian.checkpoint import atomic_dir
 from cambrian.config import ColonyConfig, Params
 from cambrian.engine import Engine
-from cambrian.organelle import Organelle, families_of, load_colony, read_adapter, save_adapter, write_adapter
+from cambrian.organelle import (Organelle, families_of, load_colony, lora_config, new_adapter, read_adapter,
+                                save_adapter, write_adapter)
 from tasks.gate import prose
 
 
@@ -245,6 +246,15 @@ def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch
         return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft", bf16, loss, anchor))
     finally:
         model.unload()
+
+
+def fresh_lora(host, tok, rows: list[dict], steps: int, colony: ColonyConfig, seed: int, out: Path) -> list[float]:
+    """A fresh adapter of the colony's rank on `host` (A drawn from `seed`, B zero) trained `steps` updates
+    at the colony's batch, lr, loss and anchor on `rows`, saved at `out`: the one LoRA of a baseline
+    recipe (compare, the stream benchmark). Returns the loss per step."""
+    new_adapter(host, lora_config(colony.lora_rank, colony.lora_alpha, colony.target_modules), seed, out)
+    return learn_gradient(host, tok, out, rows, steps, colony.train_batch, colony.lr, seed, loss=colony.loss,
+                          anchor=colony.anchor)
 
 
 def finite(adapter: Path, curve: list[float]) -> list[float]:
