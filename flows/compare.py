@@ -1,7 +1,7 @@
 """The comparison flow: the ladder against the simple baselines and against itself without each
 mechanism, on the same host, data and test split (wiring only; recipes are in tasks/compare.py).
 
-    params                           params.yaml with the `compare.preset` applied (config.PRESETS);
+    params                           the params with the `compare.preset` applied (config.PRESETS);
                                      its challenge set is written to CAMBRIAN_HOME/compare/<preset>/challenges
     plain, multitask                 one cached step per (recipe, seed): train, fold, measure
     ladder and its ablations         the ladder flow in its own workspace CAMBRIAN_HOME/compare/<preset>/
