@@ -76,7 +76,7 @@ def rollback(gid: str, rev: str | None = None, force: bool = False) -> tuple[str
     # runs/gen_2, and the ledger and report stages depend on the runs folder, that file included).
     tracked = _git("ls-tree", "-r", "--name-only", commit).split("\n")
     files = PIPELINE_FILES + [f for f in tracked if f.endswith("/.gitignore") or f.startswith(("data/ladder/", "params/"))]
-    gone = [str(p) for p in Path("params").glob("*.yaml") if str(p) not in files]  # experiments' files it lacked
+    gone = [str(p) for p in Path("params").glob("*") if p.is_file() and str(p) not in files]  # params/ files it lacked
     before = {name: Path(name).read_text() if Path(name).is_file() else None for name in files + gone}
     for name in files:
         atomic_write_text(name, _git("show", f"{commit}:{name}"))
