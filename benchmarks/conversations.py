@@ -63,7 +63,7 @@ def main() -> None:
         steps = math.ceil(passes * len(mixed) / p.colony.train_batch)
         with tempfile.TemporaryDirectory() as tmp:
             adapter = Path(tmp) / "adapter"
-            new_adapter(host, lora_config(rank, 2.0 * rank, p.colony.target_modules),
+            new_adapter(host, lora_config(p.colony.model_copy(update={"lora_rank": rank, "lora_alpha": 2.0 * rank})),
                         args.seed * 101, adapter)
             t0 = time.perf_counter()
             mixed = rehearsed(host, tok, mixed)

@@ -18,12 +18,11 @@ import torch
 
 from cambrian.challenges import BUILTIN, as_rows, sample
 from cambrian.checkpoint import read_manifest
+from cambrian.config import ColonyConfig
 from cambrian.engine import Engine
 from cambrian.host import load_host
 from cambrian.organelle import load_colony, lora_config, new_adapter
 from tasks.learn import learn_gradient
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def fitness(host, tok, adapter: Path, rows: list[dict]) -> float:
@@ -65,7 +64,7 @@ def main() -> None:
     rows = as_rows(sample(BUILTIN["math"], 1, "train", 64, 0))
     with tempfile.TemporaryDirectory() as tmp:
         host, _ = load_host(args.host, device="cpu")
-        new_adapter(host, lora_config(8, 16.0, TARGETS), seed=0, out=Path(tmp) / "start")
+        new_adapter(host, lora_config(ColonyConfig()), seed=0, out=Path(tmp) / "start")
         result = {"host": args.host, "gpu": torch.cuda.get_device_name(),
                   "cuda": run(args.host, "cuda", Path(tmp) / "start", rows, args.steps, args.lr),
                   "cpu": run(args.host, "cpu", Path(tmp) / "start", rows, args.steps, args.lr)}

@@ -39,7 +39,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         start = Path(tmp) / "start"
-        new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), seed=0, out=start)
+        new_adapter(host, lora_config(cfg), seed=0, out=start)
         for family in args.families:
             rows = as_rows([c for c in train if c.family == family])
             rows = random.Random(0).sample(rows, 96)

@@ -51,7 +51,7 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(tmp) / "multitask"
-        new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), args.seed * 101, adapter)
+        new_adapter(host, lora_config(cfg), args.seed * 101, adapter)
         for total in sorted(args.steps):
             # Train on to `total` steps on rows drawn afresh from the train split (3000 rows by default:
             # a chunk longer than 375 steps of 8 goes over them more than once).

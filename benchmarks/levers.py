@@ -80,7 +80,7 @@ def main() -> None:
     holdout = random.Random(1).sample(read_jsonl(Path(args.data) / "holdout.jsonl"), 150)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), seed=0, out=tmp / "start")
+        new_adapter(host, lora_config(cfg), seed=0, out=tmp / "start")
 
         # trainer: building one vs one update (measured inside a 1-update run)
         from peft import PeftModel

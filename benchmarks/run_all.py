@@ -76,7 +76,7 @@ def bench_train(host_dir: str, data: str) -> dict:
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         full = copy.deepcopy(host).requires_grad_(True)  # every weight trains
-        new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), 0, Path(tmp) / "lora")
+        new_adapter(host, lora_config(cfg), 0, Path(tmp) / "lora")
         model = PeftModel.from_pretrained(host, Path(tmp) / "lora", is_trainable=True)
         for name, m in (("lora", model), ("full", full)):
             t = time.perf_counter()
@@ -99,7 +99,7 @@ def bench_merge(host_dir: str) -> dict:
         adapters = {}
         for i in range(3):
             adapters[f"o{i}"] = Path(tmp) / f"o{i}"
-            new_adapter(host, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.target_modules), i, adapters[f"o{i}"])
+            new_adapter(host, lora_config(cfg), i, adapters[f"o{i}"])
             config, state = read_adapter(adapters[f"o{i}"])
             gen = torch.Generator().manual_seed(i)
             write_adapter(adapters[f"o{i}"], config, {k: v if "lora_A" in k else 0.01 * torch.randn(v.shape, generator=gen)

@@ -15,6 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from cambrian.checkpoint import atomic_dir, atomic_write_text, verify, write_manifest
+from cambrian.config import ColonyConfig
 from cambrian.host import target_linears
 
 WEIGHTS = "adapter_model.safetensors"
@@ -44,8 +45,10 @@ def save_population(path: str | Path, organelles: list[Organelle]) -> None:
     atomic_write_text(path, json.dumps([asdict(o) for o in organelles], indent=1, sort_keys=True) + "\n")
 
 
-def lora_config(rank: int, alpha: float, targets: list[str]) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM")
+def lora_config(colony: ColonyConfig) -> LoraConfig:
+    """A LoRA of the colony's rank, alpha and target modules (no dropout: training is deterministic)."""
+    return LoraConfig(r=colony.lora_rank, lora_alpha=colony.lora_alpha, target_modules=colony.target_modules,
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
 
 
 def save_adapter(model: PeftModel, folder: Path, **manifest) -> None:

@@ -45,8 +45,7 @@ def specialist_step(parent: Ref, family: str, data: Ref, params: dict) -> str:
     host, tok = load_host(local(*parent), parent.sha, device="cpu")
     rows = as_rows([c for c in read_jsonl(local(*data) / "train.jsonl") if c.family == family][:cfg.specialist_rows])
     work = scratch()
-    new_adapter(host, lora_config(p.colony.lora_rank, p.colony.lora_alpha, p.colony.target_modules), cfg.seed,
-                work / "adapter")
+    new_adapter(host, lora_config(p.colony), cfg.seed, work / "adapter")
     learn_gradient(host, tok, work / "adapter", rows, cfg.specialist_steps, p.colony.train_batch,
                    cfg.specialist_lr, cfg.seed, loss=p.colony.loss)
     fold(host, {"s": work / "adapter"}, {"s": 1.0}, MergeConfig())

@@ -56,7 +56,7 @@ def adapter_step(parent: Ref, params: dict, seed: int) -> str:
     """A fresh LoRA adapter on the host (B = 0: it starts as the host itself), in the store."""
     host, _ = load_host(*parent)
     c, work = restricted(params).colony, scratch()
-    new_adapter(host, lora_config(c.lora_rank, c.lora_alpha, c.target_modules), seed, work / "adapter")
+    new_adapter(host, lora_config(c), seed, work / "adapter")
     sha = store_put(work / "adapter", kind="organelle")
     shutil.rmtree(work)
     return sha

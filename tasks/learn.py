@@ -252,7 +252,7 @@ def fresh_lora(host, tok, rows: list[dict], steps: int, colony: ColonyConfig, se
     """A fresh adapter of the colony's rank on `host` (A drawn from `seed`, B zero) trained `steps` updates
     at the colony's batch, lr, loss and anchor on `rows`, saved at `out`: the one LoRA of a baseline
     recipe (compare, the stream benchmark, benchmarks/formats.py). Returns the loss per step."""
-    new_adapter(host, lora_config(colony.lora_rank, colony.lora_alpha, colony.target_modules), seed, out)
+    new_adapter(host, lora_config(colony), seed, out)
     return learn_gradient(host, tok, out, rows, steps, colony.train_batch, colony.lr, seed, loss=colony.loss,
                           anchor=colony.anchor)
 

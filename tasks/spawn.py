@@ -25,7 +25,7 @@ from cambrian.organelle import ALL, Organelle, deltas, factor, lora_config, new_
 
 def _fresh(host, params: Params, oid: str, species: str, gen: int, out: Path, seed: int) -> Organelle:
     c = params.colony
-    new_adapter(host, lora_config(c.lora_rank, c.lora_alpha, c.target_modules), seed, out / oid)
+    new_adapter(host, lora_config(c), seed, out / oid)
     return Organelle(oid, species, [], gen, c.lora_rank, c.lora_alpha, c.lr, params.energy.initial)
 
 

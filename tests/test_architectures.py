@@ -9,7 +9,7 @@ import yaml
 
 from cambrian import ledger
 from cambrian.checkpoint import CheckpointError, verify
-from cambrian.config import HostConfig, ParamsError, parse_params
+from cambrian.config import ColonyConfig, HostConfig, ParamsError, parse_params
 from cambrian.host import _smollm2_tokenizer, load_host, materialize, smollm2_gguf, tiny_model
 from cambrian.organelle import lora_config, new_adapter
 from tests.test_ladder import TINY
@@ -81,5 +81,5 @@ def test_a_host_without_chat_template_or_lora_targets_is_refused(folders, tmp_pa
         materialize(HostConfig(source=str(plain)), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(ParamsError, match=r"colony.target_modules: \['gate_porj'\] name no linear layer.*Qwen3"):
-        new_adapter(model, lora_config(4, 8.0, ["q_proj", "gate_porj"]), 0, tmp_path / "adapter")
+        new_adapter(model, lora_config(ColonyConfig(target_modules=["q_proj", "gate_porj"])), 0, tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()

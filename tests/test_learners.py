@@ -9,6 +9,7 @@ from cambrian.organelle import load_colony, lora_config, new_adapter, read_adapt
 from tasks.learn import learn, learn_es, learn_gradient
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
+LORA = ColonyConfig(lora_rank=4, lora_alpha=8.0, target_modules=TARGETS)
 
 
 def _fitness(host, tok, adapter, rows):
@@ -23,7 +24,7 @@ def _fitness(host, tok, adapter, rows):
 @pytest.fixture()
 def toy(tiny_host, tmp_path):
     host, tok = tiny_host
-    new_adapter(host, lora_config(4, 8.0, TARGETS), seed=0, out=tmp_path / "org")
+    new_adapter(host, lora_config(LORA), seed=0, out=tmp_path / "org")
     rows = [{"prompt": c.prompt, "answer": c.answer} for c in sample(BUILTIN["math"], 1, "train", 16, 0)]
     return host, tok, tmp_path / "org", rows
 
@@ -143,7 +144,7 @@ def test_a_kl_anchor_keeps_the_child_nearer_its_parent_on_text_it_never_trained_
         parent = torch.log_softmax(host(input_ids=ids).logits.float(), -1)
     kl = {}
     for anchor in (0.0, 100.0):  # a random tiny model: its KL per token is small beside its NLL (~10.7)
-        new_adapter(host, lora_config(4, 8.0, TARGETS), seed=0, out=tmp_path / str(anchor))
+        new_adapter(host, lora_config(LORA), seed=0, out=tmp_path / str(anchor))
         learn_gradient(host, tok, tmp_path / str(anchor), rows, steps=16, batch=8, lr=3e-2, seed=0, anchor=anchor)
         model = load_colony(host, {"x": tmp_path / str(anchor)})
         try:

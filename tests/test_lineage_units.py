@@ -6,7 +6,7 @@ import torch
 from peft import PeftModel
 
 from cambrian.checkpoint import CheckpointError, scratch, store_get, store_put, write_manifest
-from cambrian.config import GateConfig, MergeConfig, ParamsError, parse_params
+from cambrian.config import ColonyConfig, GateConfig, MergeConfig, ParamsError, parse_params
 from cambrian.engine import Engine
 from cambrian.organelle import lora_config, new_adapter, read_adapter, write_adapter
 from cambrian.challenges import mcnemar_p
@@ -14,6 +14,7 @@ from tasks.gate import measure, should_stop, verdict
 from tasks.merge import fold, soup_weights
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
+LORA = ColonyConfig(lora_rank=4, lora_alpha=8.0, target_modules=TARGETS)
 
 
 def test_uplift_test_rejects_noise_and_accepts_a_real_improvement():
@@ -39,7 +40,7 @@ def test_soup_weights():
 @pytest.fixture()
 def trained_adapter(tiny_host, tmp_path):
     host, _ = tiny_host
-    new_adapter(host, lora_config(4, 8.0, TARGETS), seed=0, out=tmp_path / "a")
+    new_adapter(host, lora_config(LORA), seed=0, out=tmp_path / "a")
     config, state = read_adapter(tmp_path / "a")
     gen = torch.Generator().manual_seed(1)
     state = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in state.items()}  # B != 0

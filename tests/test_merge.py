@@ -2,12 +2,13 @@
 import pytest
 import torch
 
-from cambrian.config import MergeConfig
+from cambrian.config import ColonyConfig, MergeConfig
 from cambrian.host import load_host
 from cambrian.organelle import lora_config, new_adapter, read_adapter, write_adapter
 from tasks.merge import fold, passthrough, soup_delta, weight_deltas
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
+LORA = ColonyConfig(lora_rank=4, lora_alpha=8.0, target_modules=TARGETS)
 METHODS = ["soup", "linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
            "breadcrumbs", "della", "model_stock"]
 
@@ -17,7 +18,7 @@ def adapters(tiny_host, tmp_path_factory):
     host, _ = tiny_host
     root = tmp_path_factory.mktemp("adapters")
     for i in range(2):
-        new_adapter(host, lora_config(4, 8.0, TARGETS), seed=i, out=root / f"o{i}")
+        new_adapter(host, lora_config(LORA), seed=i, out=root / f"o{i}")
         config, state = read_adapter(root / f"o{i}")
         gen = torch.Generator().manual_seed(10 + i)
         write_adapter(root / f"o{i}", config, {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in state.items()})

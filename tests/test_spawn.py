@@ -5,7 +5,7 @@ import random
 import torch
 
 from cambrian.challenges import read_jsonl
-from cambrian.config import FAMILIES, parse_params
+from cambrian.config import FAMILIES, ColonyConfig, parse_params
 from cambrian.engine import Engine
 from cambrian.host import load_host
 from cambrian.organelle import ALL, Organelle, deltas, load_colony, lora_config, new_adapter, read_adapter, write_adapter
@@ -14,6 +14,7 @@ from tasks.learn import data_delta
 from tasks.spawn import spawn
 
 TARGETS = ["q_proj", "v_proj"]
+LORA = ColonyConfig(lora_rank=4, lora_alpha=8.0, target_modules=TARGETS)
 
 
 def _params(**mutation):
@@ -24,7 +25,7 @@ def _params(**mutation):
 def _parents(host, tmp_path):
     orgs = []
     for i in range(2):
-        new_adapter(host, lora_config(4, 8.0, TARGETS), seed=i, out=tmp_path / "prev" / f"p{i}")
+        new_adapter(host, lora_config(LORA), seed=i, out=tmp_path / "prev" / f"p{i}")
         config, state = read_adapter(tmp_path / "prev" / f"p{i}")
         torch.manual_seed(10 + i)
         write_adapter(tmp_path / "prev" / f"p{i}", config,
@@ -104,8 +105,10 @@ def test_an_adapter_has_the_same_bytes_whatever_the_process_hash_seed_and_host_f
 
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     code = ("import sys; from pathlib import Path; from cambrian.host import load_host; "
-            "from cambrian.organelle import lora_config, new_adapter; "
-            f"host, _ = load_host(sys.argv[1]); new_adapter(host, lora_config(4, 8.0, {targets!r}), 0, Path(sys.argv[2]))")
+            "from cambrian.config import ColonyConfig; from cambrian.organelle import lora_config, new_adapter; "
+            f"host, _ = load_host(sys.argv[1]); "
+            f"new_adapter(host, lora_config(ColonyConfig(lora_rank=4, lora_alpha=8.0, target_modules={targets!r})), 0, "
+            "Path(sys.argv[2]))")
     elsewhere = shutil.copytree(tiny_host_dir, tmp_path / "another project" / "models" / "base")
     for hash_seed, host in (("1", tiny_host_dir), ("2", tiny_host_dir), ("3", elsewhere)):
         subprocess.run([sys.executable, "-c", code, str(host), str(tmp_path / hash_seed)], check=True,
