@@ -45,12 +45,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scipy.stats import binomtest
 
 from cambrian.checkpoint import (CheckpointError, FileLimits, atomic_dir, jsonl_text, read_manifest, read_rows,
                                  text_lines, verify, write_manifest)
-from cambrian.config import ChallengeConfig
+
+if TYPE_CHECKING:  # annotations only: config imports this module to check a custom family as params load
+    from cambrian.config import ChallengeConfig
 
 SPLITS = ("train", "probe", "holdout", "test")
 SELECTION = ("probe", "holdout")  # splits that selection steps may read; test is never one of them

