@@ -5,7 +5,6 @@ out-of-range values fail with a message that names the offending key (e.g. `eval
 """
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 from pathlib import Path
@@ -88,10 +87,11 @@ class ChallengeConfig(Strict):
     probe_per_cell: int = Field(20, ge=1, le=10_000)
     """Probe split: the assimilation test's fresh challenges."""
     holdout_per_cell: int = Field(20, ge=1, le=10_000)
-    """Holdout split: the gate's generalization check."""
+    """Holdout split: the assimilation test's holdout check, the gate's generalization check and the host's
+    error rate per arm that colony.focus aims by."""
     test_per_cell: int = Field(20, ge=1, le=10_000)
-    """Test split in the trained phrasings: read by baseline, score, report and compare only, never
-    by a selection step."""
+    """Test split in the trained phrasings: read by baseline, score, report, compare and the stream
+    benchmark only, never by a selection step."""
     transfer_per_cell: int = Field(20, ge=1, le=10_000)
     """Test split in the two reserved phrasings per family that no training row uses."""
     custom: list[CustomFamily] = Field(default_factory=list)
@@ -99,8 +99,8 @@ class ChallengeConfig(Strict):
     worked: list[Literal[WORKED]] = Field(default_factory=list)
     """Built-in families (math, logic, sorting, sequence can) trained and answered with one line of
     working, then "Answer: ...", scored on that answer alone; the others answer with the answer only.
-    Off: at the ladder's budget it did not pay and cost +15% general-text perplexity
-    (docs/challenges.md "Worked solutions", benchmarks/formats.py)."""
+    A family listed here but not in `families` has no effect. Off: at the ladder's budget it did not pay
+    and cost +15% general-text perplexity (docs/challenges.md "Worked solutions", benchmarks/formats.py)."""
 
     @model_validator(mode="after")
     def _unique(self) -> "ChallengeConfig":
@@ -137,7 +137,7 @@ class MutationConfig(Strict):
     rank_choices: list[int] = Field(default_factory=lambda: [4, 8, 16], min_length=1)
     """Ranks a clone may change to."""
     rank_change_prob: float = Field(0.2, ge=0.0, le=1.0)
-    """Chance that a clone changes rank."""
+    """Chance that a child's rank is drawn again from rank_choices (it may draw its own)."""
     lr_jitter: float = Field(0.3, ge=0.0, le=0.9)
     """A clone's lr is its parent's times exp(U(-j, j))."""
     crossover_prob: float = Field(0.3, ge=0.0, le=1.0)
@@ -154,7 +154,7 @@ class ESConfig(Strict):
     lr: float = Field(0.01, gt=0.0, le=10.0)
     """Step = lr x the mean of the z-weighted noise (weight units)."""
     batch: int = Field(8, ge=1, le=512)
-    """Challenges per fitness evaluation."""
+    """Training rows per fitness evaluation."""
 
 
 class ColonyConfig(Strict):
@@ -177,13 +177,13 @@ class ColonyConfig(Strict):
     train_steps: int = Field(96, ge=0, le=100_000)
     """Learner updates per organelle per generation."""
     train_batch: int = Field(8, ge=1, le=1024)
-    """Rows per update."""
+    """Rows per update (gradient learner; es: es.batch)."""
     lr: float = Field(1e-3, gt=0.0, le=1.0)
-    """Learning rate (constant)."""
+    """Learning rate, constant (gradient learner; es: es.lr)."""
     loss: Literal["token", "example"] = "token"
     """token: trl's SFT loss, each completion token weighs the same (a one-token answer weighs a thirtieth
-    of a JSON answer) | example: each row does (no gain measured: reports/benchmarks.md,
-    benchmarks/formats.py --loss)."""
+    of a JSON answer) | example: each row's mean token loss, averaged over rows, so each row weighs the
+    same (no gain measured: reports/benchmarks.md, benchmarks/formats.py --loss)."""
     anchor: float = Field(0.0, ge=0.0, le=100.0)
     """Weight of a KL(parent || child) term over every token of a batch added to the loss (tasks/learn.py
     `_sft`, gradient learner): a pull toward how the parent predicts everything."""
@@ -212,7 +212,8 @@ class ColonyConfig(Strict):
 
 class ConversationConfig(Strict):
     """A generation that learns a conversation delta (docs/your-data.md, flows/generation.py `_converse`):
-    one LoRA of the colony's rank and batch, its budget sized by the delta, not by colony.train_steps."""
+    one LoRA of the colony's rank, alpha, targets, batch and loss, its budget sized by the delta, not by
+    colony.train_steps."""
     passes: float = Field(6.0, gt=0.0, le=1000.0)
     """Passes over its training rows (the delta's answers, replay and general text)."""
     lr: float = Field(1e-3, gt=0.0, le=1.0)
@@ -265,7 +266,8 @@ class EnergyConfig(Strict):
     gini_cap: float = Field(0.6, gt=0.0, le=1.0)
     """Above this Gini coefficient of energy, the richest are taxed toward the mean."""
     species_share_cap: float = Field(0.5, gt=0.0, le=1.0)
-    """Largest share of the colony's energy one species may hold; above it, that species is taxed down to it."""
+    """Largest share of the colony's energy one species may hold (above it, the species is taxed down to
+    it), and of the population spawn fills (floor(cap x population) slots a species, at least 1)."""
 
 
 class AssimilateConfig(Strict):
@@ -277,9 +279,10 @@ class AssimilateConfig(Strict):
     alpha: float = Field(0.05, gt=0.0, le=1.0)
     """Significance of the uplift: paired McNemar exact test, one-sided, p <= alpha."""
     min_effect: float = Field(0.1, ge=-1.0, le=1.0)
-    """Minimum accuracy uplift over the host."""
+    """Minimum accuracy uplift over the control: right where the host is or where a constant reply
+    (the family's most common gold answer) is, challenge by challenge."""
     holdout_min_effect: float = Field(0.0, ge=-1.0, le=1.0)
-    """The uplift on the species' holdout must exceed this."""
+    """The uplift over the same control on the species' holdout must exceed this."""
     snapshot_limit: int = Field(16, ge=0, le=10_000)
     """Most recent attempts (across the lineage) kept in each generation's summary."""
 
@@ -312,7 +315,8 @@ class GateConfig(Strict):
     """A child failing any threshold is rolled back to its parent (tasks/gate.py). The thresholds are
     in no measurement's cache key: editing one re-judges without re-measuring."""
     recall_drop_max: float = Field(0.05, ge=0.0, le=1.0)
-    """Most accuracy the child may lose on its parent generation's QA set..."""
+    """Most accuracy the child may lose on the QA sets of every generation whose learning the parent still
+    holds (accepted deltas cannot be forgotten one step at a time)..."""
     recall_rows: int = Field(150, ge=1, le=100_000)
     """...answered on at most this many of its rows (a fixed sample when there are more)..."""
     recall_alpha: float = Field(0.05, gt=0.0, le=1.0)
@@ -346,10 +350,11 @@ class GateConfig(Strict):
     ppl_passages: int = Field(16, ge=1, le=1000)
     """Prose paragraphs of Python's pydoc_data topics (the first ones) the perplexity is measured on."""
     stop_epsilon: float = Field(0.01, ge=0.0)
-    """Stop rule: stop the ladder after stop_patience generations in a row with delta generalization
-    below stop_epsilon..."""
+    """Stop rule: after stop_patience gated generations in a row with delta generalization below
+    stop_epsilon..."""
     stop_theta: float = Field(0.05, ge=0.0)
-    """...while delta drift is above stop_theta."""
+    """...and style drift (KL on the neutral prompts) above stop_theta, the ladder stops and restores the
+    checkpoint from before that streak."""
     stop_patience: int = Field(2, ge=1, le=100)
     """Generations in a row the stop rule waits for."""
 
@@ -397,7 +402,8 @@ class EvoMergeConfig(Strict):
     probes_per_domain: int = Field(16, ge=1, le=10_000)
     """Probe-split challenges scored per fitness domain."""
     mutation_std: float = Field(0.1, ge=0.0, le=1.0)
-    """Standard deviation of the Gaussian noise a mutation adds to a candidate's merge weights."""
+    """Standard deviation of the Gaussian noise a mutation adds to a candidate's merge weights, t, density
+    and triple mix."""
     seed: int = Field(0, ge=0)
     """Seed of the specialists' LoRAs and of the evolution's draws."""
     preset: Literal[tuple(PRESETS["evomerge"])] = "quick"
@@ -469,7 +475,7 @@ class SleepConfig(Strict):
     full_tokens: float = Field(20_000.0, gt=0.0)
     """Routed tokens at which an expert counts as saturated."""
     probe_rows: int = Field(8, ge=1, le=10_000)
-    """Replay rows per seen task for the measured-forgetting signal."""
+    """Replay rows per seen task for the measured-forgetting signal and for refresh's KL."""
     w_saturation: float = Field(1.0, ge=0.0)
     """Sleep pressure = w_saturation x saturation + w_novelty x novelty + w_forgetting x forgetting..."""
     w_novelty: float = Field(1.0, ge=0.0)
@@ -549,7 +555,7 @@ class CompareConfig(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     """Seeds of plain, multitask and the ladder."""
     ablation_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    """Seeds of each ablation of the ladder."""
+    """Seeds of each ablation of the ladder, and of the sleep and specialists recipes."""
     preset: Literal[tuple(PRESETS["compare"])] = "quick"
     """quick: 2 generations x 32 steps, 10 test + 10 transfer challenges per family and level (aims at
     2 h on 2 cores) | full: the params as they are (about 7 h, extrapolated); PRESETS in
@@ -590,7 +596,7 @@ class LadderGen(Strict):
     """Top-level sections changed for this generation only, e.g. {colony: {lr: 0.002}}."""
     delta: str | None = None
     """A conversation delta (cambrian/conversations.py, docs/your-data.md) this generation learns
-    instead of the challenges, e.g. data/deltas/week2.jsonl."""
+    instead of the challenges; it lives in data/deltas/, the folder DVC watches, e.g. data/deltas/week2.jsonl."""
     limits: FileLimits = FileLimits()
     """How big `delta` may be."""
 
@@ -613,7 +619,8 @@ def _overridden(data: dict, overrides: dict) -> dict:
 class Params(Strict):
     """Every knob of Cambrian: the ladder's in params.yaml, each side experiment's in params/<section>.yaml."""
     seed: int = Field(0, ge=0)
-    """The seed every random draw derives from: same params and seed, same checkpoint bytes."""
+    """The seed the ladder's draws derive from (challenges, spawn, data, learning): same params and seed,
+    same checkpoint bytes. merge, evomerge, compare and continual have their own seeds."""
     host: HostConfig = HostConfig()
     challenges: ChallengeConfig = ChallengeConfig()
     eval: EvalConfig = EvalConfig()
@@ -789,11 +796,18 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 WIDTH, COMMENT_AT = 118, 24  # a written params file's line width and the column its comments start at
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML that quotes, where it must, with double quotes: "i'm sorry", not 'i''m sorry'."""
+
+    def choose_scalar_style(self):
+        style = super().choose_scalar_style()
+        return '"' if style == "'" else style
+
+
 def _flow(value) -> str:
-    """`value` as one line of YAML: plain where YAML allows it, else JSON (also YAML, and easier to read)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False)
-    text = text.removesuffix("\n...\n").strip()
-    return json.dumps(value) if "'" in text else text
+    """`value` as one line of YAML (any text as it is, non-ASCII included)."""
+    text = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, width=10**6, sort_keys=False, allow_unicode=True)
+    return text.removesuffix("\n...\n").strip()
 
 
 def _commented(line: str, text: str | None) -> list[str]:
@@ -847,5 +861,13 @@ def write_params(path: str | Path, params: Params) -> None:
         atomic_write_text(path.parent / "params" / f"{name}.yaml", "\n".join(head + _yaml(params, [name])) + "\n")
 
 
-if __name__ == "__main__":  # the shipped params files: every default above, the ladder as it is
-    write_params("params.yaml", Params(ladder=load_params().ladder))
+if __name__ == "__main__":  # the shipped params files: every default above (the ladder as it is), saying what it reset
+    def flat(data: dict, prefix: str = "") -> dict:
+        return {k: v for key, value in data.items()
+                for k, v in (flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}).items()}
+    shipped = load_params()
+    write_params("params.yaml", Params(ladder=shipped.ladder))
+    defaults = flat(Params().model_dump(exclude={"ladder"}))
+    for key, value in flat(shipped.model_dump(exclude={"ladder"})).items():
+        if value != defaults[key]:
+            print(f"{key}: {value!r} -> {defaults[key]!r} (its default)")

@@ -127,12 +127,23 @@ def step_code(module_file: str | Path, name: str) -> tuple[list[str], list[Path]
             code_files(*{f for m in modules for f in _module_files(m)}))
 
 
+def _meaning(source: str) -> bytes:
+    """Python source as what it does: its syntax tree without comments, layout or bare strings (the
+    docstrings, those under params' fields in cambrian/config.py included), so rewording one re-keys no step."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(getattr(node, "body", None), list):
+            node.body = [n for n in node.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+                                                      and isinstance(n.value.value, str))] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
 @functools.cache
 def _code_sha(module_file: str, name: str) -> str:
     sources, files = step_code(module_file, name)
-    h = hashlib.sha256("\0".join(sources).encode())
+    h = hashlib.sha256(b"\0".join(_meaning(s) for s in sources))
     for p in files:
-        h.update(str(p.relative_to(_ROOT)).encode() + b"\0" + p.read_bytes())
+        h.update(str(p.relative_to(_ROOT)).encode() + b"\0" + _meaning(p.read_text()))
     return h.hexdigest()
 
 

@@ -48,10 +48,12 @@ def test_written_params_read_back_as_they_were(tmp_path):
     p = parse_params({"seed": 3, "colony": {"lr": 0.002, "target_modules": ["q_proj"]},
                       "challenges": {"families": ["math", "units"], "custom": [
                           {"name": "units", "file": str(tmp_path / "units.jsonl"), "scorer": "number", "tolerance": 0.5}]},
-                      "gate": {"neutral_prompts": ["Say it's fine.", "a: b"]},
+                      "gate": {"neutral_prompts": ["Say it's fine.", "a: b", "yes", "null", "1e-3", "# not a comment",
+                                                   "", "Café 😀 ünïcode"]},
                       "compare": {"preset": "full"}, "evomerge": {"parents": ["base", "specialist:math", "/x y"]},
                       "ladder": {"gen_1": {"parent": "base"},
-                                 "gen_2": {"parent": "gen_1", "overrides": {"colony": {"lr": 0.0005}}}}})
+                                 "gen_2": {"parent": "gen_1", "overrides": {
+                                     "colony": {"lr": 5e-05}, "gate": {"forbidden_phrases": ["i'm sorry", "1e+16"]}}}}})
     write_params(tmp_path / "params.yaml", p)
     assert load_params(tmp_path / "params.yaml") == p
 

@@ -182,6 +182,8 @@ def test_a_step_is_keyed_on_the_code_it_can_run_and_nothing_else(tmp_path, monke
         return {s for s in before if sha(flow, s) != before[s]}
 
     assert edit("cambrian/report.py", "g\n", "g\nY = 2\n") == set()  # a module no step runs
+    assert edit("flows/f.py", "def one():\n", "def one():\n    \"\"\"Says what it does.\"\"\"  # and why\n") == set()
+    assert edit("cambrian/table.py", "X = 1\n", "X = 1\n\"\"\"What X is.\"\"\"\n") == set()  # a docstring, a comment
     assert edit("flows/f.py", "g() + LIMIT", "g() - LIMIT") == {"one"}  # a flow helper: the steps that call it
     assert edit("flows/f.py", "LIMIT = 3", "LIMIT = 4") == {"one"}  # a constant of the flow
     assert edit("flows/f.py", "LIMIT += 1", "LIMIT += 2") == {"one"}  # every statement that binds it
