@@ -854,9 +854,9 @@ def write_params(path: str | Path, params: Params) -> None:
     path = Path(path)
     head = ["# Cambrian's params. What each key does, its default and its range: cambrian/config.py",
             "# (docs/params.md). `cambrian check` validates these files and prints the resolved values."]
-    ladder = [name for name in Params.model_fields if name not in EXPERIMENTS]
+    own = [name for name in Params.model_fields if name not in EXPERIMENTS]  # params.yaml's sections
     atomic_write_text(path, "\n".join(head + ["# The side experiments' sections are in params/<section>.yaml "
-                                              "beside this file."] + _yaml(params, ladder)) + "\n")
+                                              "beside this file."] + _yaml(params, own)) + "\n")
     for name in EXPERIMENTS:
         atomic_write_text(path.parent / "params" / f"{name}.yaml", "\n".join(head + _yaml(params, [name])) + "\n")
 
