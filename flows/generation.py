@@ -39,9 +39,9 @@ from cambrian.config import Params, load_params
 from cambrian.conversations import read_delta
 from cambrian.ledger import Outcome, Parent, Run
 from cambrian.organelle import Organelle, families_of
-from flows.generation_steps import (adapter_step, assimilate_step, evaluate_step, gate_step, learn_step, merge_step,
-                                    publish, score_step, settle_step, sleep_step, spawn_step)
-from tasks.assimilate import gating
+from flows.generation_steps import (adapter_step, answer_step, assimilate_step, evaluate_step, gate_step, learn_step,
+                                    merge_step, publish, score_step, settle_step, sleep_step, spawn_step)
+from tasks.assimilate import candidates, gating
 from tasks.gate import decide, root_perplexity
 from tasks.learn import training_rows, with_prose, with_replay
 from tasks.merge import soup_weights
@@ -110,7 +110,12 @@ def _evolve(gen: int, params: Params, parent: Parent, lineage: list[Path], histo
     colony = [Organelle(**d) for d in settled["population"]]
     summary = {**settled["summary"], "bandit": {o.id: o.arms for o in colony if o.alive}, "learning_curves": curves,
                "accuracy": sum(e["correct"] for e in episodes) / max(1, len(episodes))}
-    attempts = assimilate_step(parent.ref, [asdict(o) for o in colony], adapters, summary, data, step_params, gen)
+    # Holdout answers once per model: the host's are reused by the gate and the next generation.
+    held = {o.id: answer_step(parent.ref, adapters[o.id], data, "holdout", step_params)
+            for o in candidates(colony, summary, params.assimilate)}
+    host_held = answer_step(parent.ref, None, data, "holdout", step_params) if held else []
+    attempts = assimilate_step(parent.ref, [asdict(o) for o in colony], adapters, summary, data, host_held, held,
+                               step_params, gen)
     progress.done("assimilate")
     prior = Run(lineage[-1]).summary().get("gating", {}) if lineage else {}
     summary["gating"] = gating(attempts, prior.get("snapshots", []), params.assimilate.snapshot_limit)
@@ -196,14 +201,17 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
         if child_sha == parent.ref.sha:
             outcome = Outcome("unchanged", learned.unchanged, parent.ref)
         else:
+            child_ref = Ref(str(store_get(child_sha)), child_sha)
+            held = [answer_step(ref, None, data_ref, "holdout", step_params) if learned.families else []
+                    for ref in (parent.ref, child_ref)]
             metrics = gate_step(parent.ref, child_sha, ledger.recall_set(lineage, history), data_ref, learned.families,
-                                step_params, [r for r in learned_before if r["split"] == "heldout"],
+                                held, step_params, [r for r in learned_before if r["split"] == "heldout"],
                                 [r for r in conversation if r["split"] == "heldout"])
             progress.done("gate")
             metrics = {**metrics, "ppl_root": root_perplexity(history, metrics)}
             verdict, why, restored = decide(gid, params, history, metrics)
             if verdict == "accepted":
-                child = Ref(str(store_get(child_sha)), child_sha)
+                child = child_ref
             elif verdict == "rejected":  # replaced by its parent, byte for byte
                 child = parent.ref
             else:  # the stop rule's restored checkpoint, verified against its record

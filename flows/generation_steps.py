@@ -98,12 +98,26 @@ def settle_step(population: list[dict], episodes: list[dict], steps: dict[str, i
     return {"summary": summary, "population": [asdict(o) for o in colony]}
 
 
+@step("answer", sections=("eval",))
+def answer_step(model: Ref, adapter: str | None, data: Ref, split: str, params: dict) -> list[bool]:
+    """Which challenges of a split file (in file order) `model`, with `adapter` when one is named,
+    answers right. One answering per model and split, reused wherever they meet: the host's holdout
+    answers serve its assimilation test, its gate as a parent and, when the child is accepted, the
+    next generation's host; the child's serve its gate and the next generation's."""
+    p = restricted(params)
+    _, engine = _engine_over(model, {"a": adapter} if adapter else {}, p)
+    rows = read_jsonl(Path(data.path) / f"{split}.jsonl")
+    return engine.correct(rows, ["a" if adapter else None] * len(rows))
+
+
 @step("assimilate", sections=("challenges", "assimilate", "eval"))
 def assimilate_step(parent: Ref, population: list[dict], adapters: dict[str, str], settlement: dict, data: Ref,
-                    params: dict, gen: int) -> list[dict]:
+                    host_holdout: list[bool], organelle_holdout: dict[str, list[bool]], params: dict,
+                    gen: int) -> list[dict]:
     p, colony = restricted(params), _colony(population)
     _, engine = _engine_over(parent, {o.id: adapters[o.id] for o in colony if o.alive}, p)
-    return assimilate(engine, colony, settlement, read_jsonl(Path(data.path) / "holdout.jsonl"), p, gen)
+    return assimilate(engine, colony, settlement, read_jsonl(Path(data.path) / "holdout.jsonl"), host_holdout,
+                      organelle_holdout, p, gen)
 
 
 @step("merge", sections=("merge",))
@@ -129,21 +143,26 @@ def sleep_step(parent: Ref, adapters: dict[str, str], replay: list[dict], params
 
 @step("gate", sections=("eval", "gate.recall_rows", "gate.neutral_prompts", "gate.reply_tokens",
                         "gate.forbidden_phrases", "gate.ppl_passages"))  # what it measures with, no threshold
-def gate_step(parent: Ref, child_sha: str, recall_qa: list[dict], data: Ref, families: list[str], params: dict,
-              recall_conversations: list[dict], heldout_conversations: list[dict]) -> dict:
+def gate_step(parent: Ref, child_sha: str, recall_qa: list[dict], data: Ref, families: list[str],
+              holdout_ok: list[list[bool]], params: dict, recall_conversations: list[dict],
+              heldout_conversations: list[dict]) -> dict:
     """Parent and child side by side (tasks/gate.py): recall of every accepted delta (`recall_set`)
     and of the earlier conversation deltas' held-out answers, generalization to the holdout split of
-    `families` or to the new delta's held-out answers, style drift and general-text perplexity."""
+    `families` (`holdout_ok`: which of the whole split parent and child answer right, `answer_step`)
+    or to the new delta's held-out answers, style drift and general-text perplexity."""
     p = restricted(params)
     parent_model, tok = load_host(*parent)
     child, _ = load_host(store_get(child_sha), child_sha)
-    holdout = [c for c in read_jsonl(Path(data.path) / "holdout.jsonl") if c.family in families]
+    split = read_jsonl(Path(data.path) / "holdout.jsonl")
+    mine = [c.family in families for c in split]
+    holdout = [c for c, m in zip(split, mine) if m]
+    ok = tuple([x for x, m in zip(answers, mine) if m] for answers in holdout_ok)
     engines = [Engine(m, tok, p.eval) for m in (parent_model, child)]
     keep = random.Random(f"{p.seed}/recall").sample(range(len(recall_qa)), min(len(recall_qa), p.gate.recall_rows))
     qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"], scorer=r["scorer"],
                     max_tokens=r["max_tokens"])
           for r in (recall_qa[i] for i in sorted(keep))]  # recall on a fixed sample, in file order
-    return measure(*engines, qa, holdout, p.gate, recall_conversations, heldout_conversations)
+    return measure(*engines, qa, holdout, ok, p.gate, recall_conversations, heldout_conversations)
 
 
 @step("score", sections=("eval",))

@@ -27,26 +27,31 @@ def _mean(xs: list[bool]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, holdout: list[Challenge],
-               params: Params, gen: int) -> list[dict]:
-    cfg = params.assimilate
+def candidates(organelles: list[Organelle], settlement: dict, cfg: AssimilateConfig) -> list[Organelle]:
+    """The living organelles whose ROI in this generation's settlement reached `min_roi`."""
     per_org = settlement["organelles"]
-    candidates = [o for o in organelles if o.alive and per_org.get(o.id, {}).get("roi", 0.0) >= cfg.min_roi]
-    jobs: list[tuple[str, Organelle, Challenge]] = []  # (kind, organelle, challenge), host and organelle paired
-    for o in candidates:
-        mine = families_of(o.species, params.challenges.families)
-        jobs += [("probe", o, c) for c in probes(params, mine, f"{params.seed}/assimilate/{gen}/{o.id}")]
-        jobs += [("holdout", o, c) for c in holdout if c.family in mine]
-    # Host and organelles answer in one mixed-adapter batch.
-    challenges = [c for _, _, c in jobs] * 2
-    ok = engine.correct(challenges, [None] * len(jobs) + [o.id for _, o, _ in jobs])
+    return [o for o in organelles if o.alive and per_org.get(o.id, {}).get("roi", 0.0) >= cfg.min_roi]
+
+
+def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, holdout: list[Challenge],
+               host_holdout: list[bool], organelle_holdout: dict[str, list[bool]], params: Params,
+               gen: int) -> list[dict]:
+    """Every candidate's attempt. The probes are answered here (host and organelles in one
+    mixed-adapter batch); which of `holdout` the host and each candidate answer right comes answered
+    (`host_holdout`, `organelle_holdout`: flows/generation_steps.py `answer_step`, shared with the gate)."""
+    per_org = settlement["organelles"]
+    chosen = candidates(organelles, settlement, params.assimilate)
+    jobs = [(o, c) for o in chosen for c in probes(params, families_of(o.species, params.challenges.families),
+                                                   f"{params.seed}/assimilate/{gen}/{o.id}")]
+    ok = engine.correct([c for _, c in jobs] * 2, [None] * len(jobs) + [o.id for o, _ in jobs])
     host_ok, org_ok = ok[:len(jobs)], ok[len(jobs):]
     attempts = []
-    for o in candidates:
-        probe = [(c, h, t) for (k, p, c), h, t in zip(jobs, host_ok, org_ok) if p is o and k == "probe"]
-        held = [(c, h, t) for (k, p, c), h, t in zip(jobs, host_ok, org_ok) if p is o and k == "holdout"]
+    for o in chosen:
+        mine = families_of(o.species, params.challenges.families)
+        probe = [(c, h, t) for (p, c), h, t in zip(jobs, host_ok, org_ok) if p is o]
+        held = [(c, h, t) for c, h, t in zip(holdout, host_holdout, organelle_holdout[o.id]) if c.family in mine]
         attempts.append({"gen": gen, "organelle": o.id, "species": o.species, "roi": per_org[o.id]["roi"],
-                         "topup": per_org[o.id]["topup"] > 0, **judge(probe, held, cfg)})
+                         "topup": per_org[o.id]["topup"] > 0, **judge(probe, held, params.assimilate)})
     return attempts
 
 

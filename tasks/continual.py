@@ -155,7 +155,8 @@ def lora_recipe(model, tok, p: Params, recipe: str, seed: int, holdout: list[Cha
                          p.assimilate)
             ok, why = test["passed"], f"not assimilated: {test['reason']}"
             if ok:
-                m = measure(*engines, rng.sample(learned, min(len(learned), p.gate.recall_rows)), own, p.gate)
+                m = measure(*engines, rng.sample(learned, min(len(learned), p.gate.recall_rows)), own,
+                            (parent_ok[len(probe):], child_ok[len(probe):]), p.gate)
                 root_ppl[:] = root_ppl or [m["ppl_parent"]]
                 ok, why = verdict({**m, "ppl_root": root_ppl[0]}, p.gate)
             if not ok:

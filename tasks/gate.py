@@ -89,12 +89,11 @@ def perplexity(engine: Engine, texts: list[str], max_tokens: int = 256) -> float
     return math.exp(nll / count)
 
 
-def _by_arm(engine: Engine, rows: list[Challenge]) -> tuple[float | None, dict[str, float]]:
-    """(generalization on `rows`, accuracy per arm family/level). Generalization counts each family at
-    the better of the model and a constant reply (`credited`), so a child whose replies collapsed to
-    one value gains nothing over a parent that answers in sentences; the accuracy per arm, what the
-    next generation aims its data at, is the model's own."""
-    ok = engine.correct(rows)
+def _by_arm(rows: list[Challenge], ok: list[bool]) -> tuple[float | None, dict[str, float]]:
+    """(generalization on `rows` answered right where `ok`, accuracy per arm family/level).
+    Generalization counts each family at the better of the model and a constant reply (`credited`),
+    so a child whose replies collapsed to one value gains nothing over a parent that answers in
+    sentences; the accuracy per arm, what the next generation aims its data at, is the model's own."""
     table = accuracy_by_family(rows, ok)
     return credited(ok, rows), {arm(f, int(lv)): a for f, v in table.items() for lv, a in v["by_level"].items()}
 
@@ -125,9 +124,12 @@ def conversations(engines: tuple[Engine, Engine], recall: list[dict], heldout: l
 
 
 def measure(parent_engine: Engine, child_engine: Engine, prior_qa: list[Challenge], holdout: list[Challenge],
-            cfg: GateConfig, recall_conversations: list[dict] = (), heldout_conversations: list[dict] = ()) -> dict:
+            holdout_ok: tuple[list[bool], list[bool]], cfg: GateConfig, recall_conversations: list[dict] = (),
+            heldout_conversations: list[dict] = ()) -> dict:
+    """The gate's figures for parent and child; `holdout_ok`: which of `holdout` each answered right
+    (answered once per model and split: flows/generation_steps.py `answer_step`)."""
     drift = style_drift(parent_engine, child_engine, cfg)
-    (gen_parent, arms_parent), (gen_child, arms_child) = _by_arm(parent_engine, holdout), _by_arm(child_engine, holdout)
+    (gen_parent, arms_parent), (gen_child, arms_child) = (_by_arm(holdout, ok) for ok in holdout_ok)
     recalled = [engine.correct(prior_qa) for engine in (parent_engine, child_engine)]
     m = {"recall_parent": sum(recalled[0]) / len(prior_qa) if prior_qa else None,
          "recall_child": sum(recalled[1]) / len(prior_qa) if prior_qa else None,

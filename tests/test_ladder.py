@@ -226,7 +226,7 @@ def test_editing_the_report_reruns_no_rung_and_editing_a_flow_helper_reruns_only
     assert "report" not in before and "report" in after
     assert after - before <= {"report", "compare", "continual"}  # those two write tables with it
 
-    # `_engine_over` serves evaluate and assimilate: those two recompute (to the same results), every
+    # `_engine_over` serves evaluate, answer and assimilate: those three recompute (to the same results), every
     # other step of the generation is a cache hit, and the checkpoint is the same bytes. (An edit of
     # its code; one of a comment or docstring would re-key nothing: test_steps.py.)
     flow = copy.root / "flows/generation_steps.py"
@@ -237,7 +237,7 @@ def test_editing_the_report_reruns_no_rung_and_editing_a_flow_helper_reruns_only
     out = copy.run(sys.executable, "-m", "flows.cli", "generation", "gen_1", PREFECT_LOGGING_LEVEL="INFO")
     computed = {line.split(": computed")[0].split()[-1] for line in out.splitlines() if ": computed in" in line}
     cached = {line.split(": from cache")[0].split()[-1] for line in out.splitlines() if ": from cache" in line}
-    assert computed == {"evaluate", "assimilate"}
+    assert computed == {"evaluate", "answer", "assimilate"}
     assert {"spawn", "learn", "settle-energy", "sleep-consolidate", "gate", "score"} <= cached
     assert folder_sha(copy.root / "models/gen_1") == repo.built["gen_1"]["child_sha"]
 

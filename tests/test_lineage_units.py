@@ -70,7 +70,7 @@ def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge
     child, _ = load_host(tiny_host_dir)
     cfg = GateConfig(neutral_prompts=["Hello.", "Describe the sea."], reply_tokens=6)
     holdout = sample(BUILTIN["math"], 1, "holdout", 3, 0)
-    same = measure(Engine(parent, tok), Engine(child, tok), [], holdout, cfg)
+    same = measure(Engine(parent, tok), Engine(child, tok), [], holdout, [Engine(parent, tok).correct(holdout)] * 2, cfg)
     assert same["style_drift"] == pytest.approx(0.0, abs=1e-6) and same["recall_child"] is None
     assert same["ppl_child"] == same["ppl_parent"] > 1.0 and same["nonfinite_tensors"] == 0
     assert same["recall_drop_p"] == 1.0 and list(same["holdout_by_arm_child"]) == ["math/1"]
@@ -78,7 +78,8 @@ def test_gate_measures_no_drift_between_identical_models_and_drift_after_a_merge
     assert len({c.answer for c in holdout}) == 3
     assert same["generalization_child"] == max(same["holdout_by_arm_child"]["math/1"], 1 / 3)
     fold(child, {"a": trained_adapter}, {"a": 3.0}, MergeConfig())
-    moved = measure(Engine(parent, tok), Engine(child, tok), holdout, holdout, cfg)
+    moved = measure(Engine(parent, tok), Engine(child, tok), holdout, holdout,
+                    [Engine(m, tok).correct(holdout) for m in (parent, child)], cfg)
     assert moved["style_drift"] > 1e-3 and moved["n_recall"] == 3 and moved["ppl_child"] != moved["ppl_parent"]
 
 
@@ -332,17 +333,15 @@ def test_format_alone_passes_neither_the_assimilation_test_nor_the_gate():
     o = Organelle("o", "all", [], 0, 8, 16.0, 1e-3, 5.0)
     settlement = {"organelles": {"o": {"roi": 5.0, "topup": 0.0}}}
     for reply, passes in ((lambda c: "true", False), (lambda c: c.answer, True)):
-        attempt, = assimilate(_Answers(reply), [o], settlement, holdout, p, 1)
+        engine = _Answers(reply)
+        attempt, = assimilate(engine, [o], settlement, holdout, engine.correct(holdout),
+                              {"o": engine.correct(holdout, ["o"] * len(holdout))}, p, 1)
         assert attempt["host_mean"] == 0.0 and 0.4 < attempt["constant_mean"] < 0.7
         assert attempt["control_mean"] == attempt["constant_mean"] and attempt["passed"] == passes, attempt
     # The gate's generalization: a child collapsed to either answer gains nothing over a parent in sentences.
-    parent = _Answers(None)
-    parent.correct = lambda rows: [False] * len(rows)
-    gen_parent, _ = _by_arm(parent, holdout)
+    gen_parent, _ = _by_arm(holdout, [False] * len(holdout))
     for reply in ("true", "false"):
-        child = _Answers(None)
-        child.correct = lambda rows, reply=reply: [c.answer == reply for c in rows]
-        gen_child, arms = _by_arm(child, holdout)
+        gen_child, arms = _by_arm(holdout, [c.answer == reply for c in holdout])
         assert gen_child == gen_parent and any(arms.values())  # its own accuracy per arm still aims the data
 
 

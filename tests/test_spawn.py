@@ -80,7 +80,9 @@ def test_generalists_learn_and_are_tested_on_every_family(tiny_host_dir, tiny_da
     assert {r["family"] for r in delta} == set(FAMILIES)
     engine = Engine(load_colony(host, {o.id: tmp_path / "g0" / o.id for o in colony}), tok)
     settlement = {"organelles": {o.id: {"roi": 1.0, "topup": 0.0} for o in colony}}
-    attempts = assimilate(engine, colony, settlement, read_jsonl(tiny_data_dir / "holdout.jsonl"), p, 0)
+    holdout = read_jsonl(tiny_data_dir / "holdout.jsonl")
+    attempts = assimilate(engine, colony, settlement, holdout, engine.correct(holdout),
+                          {o.id: engine.correct(holdout, [o.id] * len(holdout)) for o in colony}, p, 0)
     # Probed on 2 challenges per level of every family, against the host on the same challenges.
     assert [a["n_probe"] for a in attempts] == [2 * len(p.challenges.levels) * len(FAMILIES)] * 2
 
