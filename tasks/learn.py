@@ -191,7 +191,7 @@ def _sft(model, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr
                          disable_tqdm=not sys.stderr.isatty(),  # a bar at a terminal, quiet in CI logs
                          # trl defaults to bf16 autocast, gradient checkpointing and a chunked loss: on a
                          # CPU that is ~20x slower (97 s a step on the real host, not 5) for nothing. bf16
-                         # autocast alone is faster on a CPU with AVX512-BF16 but learns less (levers.py).
+                         # autocast alone is ~36% faster on a CPU with AVX512-BF16 (levers.py): colony.bf16.
                          gradient_checkpointing=False, loss_type="nll", bf16=bf16,
                          use_cpu=model.device.type != "cuda", dataloader_num_workers=0)
         tok.padding_side = "right"
@@ -225,12 +225,19 @@ def _sft_unsloth(host_dir: str, adapter: Path, rows: list[dict], steps: int, bat
     return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "unsloth", loss=loss, anchor=anchor)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively (oneDNN on a CPU with AVX512-BF16 or AMX; a bf16 GPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
-                   bf16: bool = False, loss: str = "token", anchor: float = 0.0) -> list[float]:
+                   bf16: bool | str = False, loss: str = "token", anchor: float = 0.0) -> list[float]:
     """SFT steps on the adapter at `adapter` (rewritten atomically); returns the loss per step.
     A host on CUDA trains through unsloth when it is installed (`pip install .[gpu]`). A non-finite
-    loss or weight raises (`finite`). `bf16`: peft's updates under bf16 autocast, which only
-    benchmarks/levers.py asks for (the ladder trains in float32: see reports/benchmarks.md). `loss`:
+    loss or weight raises (`finite`). `bf16`: peft's updates under bf16 autocast (colony.bf16; "auto":
+    where `native_bf16`). `loss`:
     colony.loss, each token or each example weighing the same (`per_example_loss`). `anchor`: the
     weight of a KL term toward the host (`_sft`)."""
     if steps == 0 or not rows:
@@ -241,6 +248,7 @@ def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch
                                 loss, anchor).result()
         return finite(adapter, curve)
     from peft import PeftModel
+    bf16 = native_bf16(host.device) if bf16 == "auto" else bf16
     model = PeftModel.from_pretrained(host, adapter, is_trainable=True)
     try:
         return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft", bf16, loss, anchor))
@@ -253,8 +261,8 @@ def fresh_lora(host, tok, rows: list[dict], steps: int, colony: ColonyConfig, se
     at the colony's batch, lr, loss and anchor on `rows`, saved at `out`: the one LoRA of a baseline
     recipe (compare, the stream benchmark, benchmarks/formats.py). Returns the loss per step."""
     new_adapter(host, lora_config(colony), seed, out)
-    return learn_gradient(host, tok, out, rows, steps, colony.train_batch, colony.lr, seed, loss=colony.loss,
-                          anchor=colony.anchor)
+    return learn_gradient(host, tok, out, rows, steps, colony.train_batch, colony.lr, seed, colony.bf16,
+                          colony.loss, colony.anchor)
 
 
 def finite(adapter: Path, curve: list[float]) -> list[float]:
@@ -314,6 +322,6 @@ def learn(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, lr: flo
     on a NaN organelle."""
     rows = rehearsed(host, tok, rows)
     if cfg.learner == "gradient":
-        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed, loss=cfg.loss,
-                              anchor=cfg.anchor)
+        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed, cfg.bf16,
+                              cfg.loss, cfg.anchor)
     return finite(adapter, learn_es(host, tok, adapter, rows, cfg, seed))

@@ -39,6 +39,27 @@ def test_gradient_learner_improves_fitness(toy):
     assert after > before + 0.15  # deterministic: a learner that does nothing moves it by 0
 
 
+def test_bf16_updates_learn_the_same_bytes_twice_and_auto_follows_the_hardware(toy, tmp_path):
+    """colony.bf16: updates under bf16 autocast learn (not float32's bytes), the same bytes every run;
+    "auto" is bf16 exactly where the device computes it natively."""
+    import shutil
+
+    from tasks.learn import native_bf16
+
+    host, tok, adapter, rows = toy
+    before = _fitness(host, tok, adapter, rows)
+    states = {}
+    for name, bf16 in (("a", True), ("b", True), ("fp32", False), ("auto", "auto")):
+        shutil.copytree(adapter, tmp_path / name)
+        learn_gradient(host, tok, tmp_path / name, rows, steps=8, batch=8, lr=3e-2, seed=0, bf16=bf16)
+        states[name] = read_adapter(tmp_path / name)[1]
+    assert all(torch.equal(states["a"][k], states["b"][k]) for k in states["a"])
+    assert not all(torch.equal(states["a"][k], states["fp32"][k]) for k in states["a"])
+    native = native_bf16(host.device)
+    assert all(torch.equal(states["auto"][k], states["a" if native else "fp32"][k]) for k in states["a"])
+    assert _fitness(host, tok, tmp_path / "a", rows) > before + 0.1
+
+
 def test_a_loss_per_example_weighs_every_row_alike_and_learns(toy):
     """colony.loss example: each row's mean completion-token loss, then the mean over rows (trl's loss
     is the mean over all completion tokens, so a long answer outweighs a short one)."""
