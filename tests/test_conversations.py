@@ -239,3 +239,19 @@ def test_recall_reaches_only_the_deltas_the_parent_still_holds(tmp_path):
     assert [p.name for p in kept(lineage, history)] == ["gen_1", "gen_2"]
     assert [p.name for p in kept(lineage[:4], history[:4])] == ["gen_1", "gen_2", "gen_4"]
     assert kept([], []) == []
+
+
+def test_the_example_deltas_state_todays_defaults():
+    """data/deltas/params-{1,2,3}.jsonl teach Cambrian's defaults ("What is the default value of
+    colony.train_steps?"): they are what data/examples/conversations.py writes from the config, so a
+    default changed without rewriting them fails here instead of teaching a false answer."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("example_conversations", root / "data/examples/conversations.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    for week in example.WEEKS:
+        assert (root / f"data/deltas/params-{week}.jsonl").read_text() == example.delta_text(week), \
+            f"params-{week}.jsonl is stale: run python data/examples/conversations.py"

@@ -85,10 +85,14 @@ def conversations(week: int, rng: random.Random) -> list[dict]:
     return rows
 
 
+def delta_text(week: int) -> str:
+    """The file data/deltas/params-WEEK.jsonl (tests/test_conversations.py keeps the shipped ones equal to it)."""
+    return "".join(json.dumps(r) + "\n" for r in conversations(week, random.Random(week)))
+
+
 if __name__ == "__main__":
     out = Path(__file__).resolve().parents[1] / "deltas"
     out.mkdir(exist_ok=True)
     for week in WEEKS:
-        rows = conversations(week, random.Random(week))
-        (out / f"params-{week}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        print(f"{out / f'params-{week}.jsonl'}: {len(rows)} conversations")
+        (out / f"params-{week}.jsonl").write_text(delta_text(week))
+        print(f"{out / f'params-{week}.jsonl'}: {delta_text(week).count(chr(10))} conversations")
