@@ -70,7 +70,7 @@ def _plt():
 
 def _save(plt, fig, path: Path, dpi: int = 100) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")  # long titles and outside legends whole
     plt.close(fig)
 
 
