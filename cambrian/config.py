@@ -370,7 +370,7 @@ class GateConfig(Strict):
 # for the whole experiment (`ladder` is replaced whole). full is the params files as they are; quick is
 # the default, cut down for 2 CPU cores (docs/compare.md says what has been timed).
 PRESETS: dict[str, dict[str, dict]] = {
-    "compare": {  # full: 3 generations x 96 steps, 300 + 300 test challenges (about 7 h, extrapolated); quick: aims at 2 h
+    "compare": {  # full: params.yaml's ladder (one generation x 192 updates), 300 + 300 test challenges; quick: aims at 2 h
         "full": {},
         "quick": {"challenges": {"probe_per_cell": 10, "holdout_per_cell": 10, "test_per_cell": 10,
                                  "transfer_per_cell": 10},
