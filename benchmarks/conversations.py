@@ -71,7 +71,7 @@ def main() -> None:
             train_s = time.perf_counter() - t0
             model = copy.deepcopy(host)
             fold(model, {"cell": adapter}, {"cell": 1.0}, MergeConfig(method="task_arithmetic"))
-        m = measure(parent, Engine(model, tok, p.eval), [], [], p.gate, heldout_conversations=heldout)
+        m = measure(parent, Engine(model, tok, p.eval), [], [], ([], []), p.gate, heldout_conversations=heldout)
         m = {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
         m.update(passes=passes, lr=lr, prose=share, rehearse=own, rank=rank, anchor=anchor, steps=steps, rows=len(mixed),
                  train_seconds=train_s,

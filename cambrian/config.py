@@ -101,8 +101,9 @@ class ChallengeConfig(Strict):
     working, then "Answer: ...", scored on that answer alone; the others answer with the answer only.
     A family listed here but not in `families` has no effect. Logic: answer-only it was a constant
     guess at every budget measured, worked (with colony.anchor 0.3, 192 updates) it is learned in two
-    seeds of three; math, sequence and sorting worked did not pay at this budget and cost +15%
-    general-text perplexity (reports/benchmarks.md, benchmarks/formats.py)."""
+    seeds of three. Math, sequence and sorting worked at 192 updates (without the anchor; not measured
+    with it): math +0.15, sequence and sorting lower, +21% general-text perplexity (docs/challenges.md,
+    benchmarks/formats.py)."""
 
     @model_validator(mode="after")
     def _unique(self) -> "ChallengeConfig":
@@ -157,6 +158,16 @@ class ESConfig(Strict):
     """Step = lr x the mean of the z-weighted noise (weight units)."""
     batch: int = Field(8, ge=1, le=512)
     """Training rows per fitness evaluation."""
+
+
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively where Cambrian trains: the GPU when there is one
+    (cambrian/host.py `default_device`), else oneDNN on a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class ColonyConfig(Strict):
@@ -565,8 +576,8 @@ class CompareConfig(Strict):
     """Seeds of each ablation of the ladder, and of the sleep and specialists recipes."""
     preset: Literal[tuple(PRESETS["compare"])] = "quick"
     """quick: 2 generations x 32 steps, 10 test + 10 transfer challenges per family and level (aims at
-    2 h on 2 cores) | full: the params as they are (about 7 h, extrapolated); PRESETS in
-    cambrian/config.py."""
+    2 h on 2 cores) | full: the params as they are (not timed with today's one-generation default);
+    PRESETS in cambrian/config.py."""
 
 
 class Tracking(Strict):
@@ -671,8 +682,11 @@ class Params(Strict):
         return self
 
     def for_steps(self) -> dict:
-        """The params a step's result depends on (its cache key): all but the ladder and scale."""
-        return self.model_dump(exclude={"ladder", "scale"})
+        """The params a step's result depends on (its cache key): all but the ladder and scale, with
+        colony.bf16 "auto" decided on this machine (`native_bf16`), so a key says how it trains."""
+        data = self.model_dump(exclude={"ladder", "scale"})
+        data["colony"]["bf16"] = native_bf16() if self.colony.bf16 == "auto" else self.colony.bf16
+        return data
 
     def with_preset(self, experiment: str) -> "Params":
         """These params with the experiment's (compare, evomerge, continual) preset applied, validated."""

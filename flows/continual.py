@@ -41,8 +41,10 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
     host_sha, data_sha = verify(host_dir), verify_dataset(params.challenges, data_dir)
     # The cache key leaves out which recipes and seeds this call runs (every run is keyed on its own)
     # and the preset's name (its values are in).
-    step_params = params.model_dump(include={"seed", "challenges", "eval", "colony", "assimilate", "gate", "sleep",
-                                             "continual"}, exclude={"continual": {"recipes", "seeds", "preset"}})
+    step_params = {k: v for k, v in params.for_steps().items()
+                   if k in ("seed", "challenges", "eval", "colony", "assimilate", "gate", "sleep", "continual")}
+    step_params["continual"] = {k: v for k, v in step_params["continual"].items() if k not in ("recipes", "seeds",
+                                                                                                "preset")}
     runs = []
     for recipe in cc.recipes:
         for seed in cc.seeds:

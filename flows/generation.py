@@ -1,7 +1,10 @@
 """The generation flow — one rung of the ladder — and the ladder flow. Wiring only.
 
-    spawn -> learn (one task per organelle) -> evaluate -> settle energy -> assimilate
+    spawn -> learn (one task per organelle) -> evaluate -> settle energy -> answer (holdout) -> assimilate
           -> merge (or sleep-consolidate) -> gate / rollback -> score (test split per family) -> publish
+
+(answer: one answering of the holdout split per model, which the assimilation test, the gate and
+the next generation share.)
 
 A ladder entry with a conversation `delta` (cambrian/conversations.py) learns that file instead:
 
@@ -96,7 +99,7 @@ def _evolve(gen: int, params: Params, parent: Parent, lineage: list[Path], histo
                                  Run(lineage[-1]).episodes() if lineage else [], ledger.earlier_deltas(lineage),
                                  ledger.host_accuracy(history), gen)
     living = [o for o in colony if o.alive]
-    futures = {o.id: learn_step.submit(parent.ref, adapters[o.id], rows[o.id], params.colony.model_dump(), o.lr,
+    futures = {o.id: learn_step.submit(parent.ref, adapters[o.id], rows[o.id], step_params["colony"], o.lr,
                                        seed_of(params, gen) + k) for k, o in enumerate(living)}
     curves = {}
     for k, (oid, future) in enumerate(futures.items()):
@@ -111,9 +114,9 @@ def _evolve(gen: int, params: Params, parent: Parent, lineage: list[Path], histo
     summary = {**settled["summary"], "bandit": {o.id: o.arms for o in colony if o.alive}, "learning_curves": curves,
                "accuracy": sum(e["correct"] for e in episodes) / max(1, len(episodes))}
     # Holdout answers once per model: the host's are reused by the gate and the next generation.
-    held = {o.id: answer_step(parent.ref, adapters[o.id], data, "holdout", step_params)
+    held = {o.id: answer_step(parent.ref, adapters[o.id], data, step_params)
             for o in candidates(colony, summary, params.assimilate)}
-    host_held = answer_step(parent.ref, None, data, "holdout", step_params) if held else []
+    host_held = answer_step(parent.ref, None, data, step_params) if held else []
     attempts = assimilate_step(parent.ref, [asdict(o) for o in colony], adapters, summary, data, host_held, held,
                                step_params, gen)
     progress.done("assimilate")
@@ -151,7 +154,7 @@ def _converse(gen: int, gid: str, params: Params, parent: Parent, conversation: 
                       params.gate.ppl_passages, rng, rehearse=True)  # the parent answers in the learn step
     steps = math.ceil(cfg.passes * len(rows) / params.colony.train_batch)  # sized by the delta
     fresh = adapter_step(parent.ref, step_params, seed_of(params, gen))
-    colony = {**params.colony.model_dump(), "train_steps": steps, "anchor": cfg.anchor}
+    colony = {**step_params["colony"], "train_steps": steps, "anchor": cfg.anchor}
     result = learn_step(parent.ref, fresh, rows, colony, cfg.lr, seed_of(params, gen))
     progress.done("learn the delta")
     exact = {**step_params, "merge": {**step_params["merge"], "method": "soup", "rank": 0}}  # one LoRA: folded in exactly
@@ -202,7 +205,7 @@ def generation(gid: str, params_path: str = "params.yaml", models_dir: str = "mo
             outcome = Outcome("unchanged", learned.unchanged, parent.ref)
         else:
             child_ref = Ref(str(store_get(child_sha)), child_sha)
-            held = [answer_step(ref, None, data_ref, "holdout", step_params) if learned.families else []
+            held = [answer_step(ref, None, data_ref, step_params) if learned.families else []
                     for ref in (parent.ref, child_ref)]
             metrics = gate_step(parent.ref, child_sha, ledger.recall_set(lineage, history), data_ref, learned.families,
                                 held, step_params, [r for r in learned_before if r["split"] == "heldout"],

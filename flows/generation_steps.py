@@ -99,14 +99,14 @@ def settle_step(population: list[dict], episodes: list[dict], steps: dict[str, i
 
 
 @step("answer", sections=("eval",))
-def answer_step(model: Ref, adapter: str | None, data: Ref, split: str, params: dict) -> list[bool]:
-    """Which challenges of a split file (in file order) `model`, with `adapter` when one is named,
-    answers right. One answering per model and split, reused wherever they meet: the host's holdout
-    answers serve its assimilation test, its gate as a parent and, when the child is accepted, the
-    next generation's host; the child's serve its gate and the next generation's."""
+def answer_step(model: Ref, adapter: str | None, data: Ref, params: dict) -> list[bool]:
+    """Which challenges of the holdout split (in file order) `model`, with `adapter` when one is named,
+    answers right. One answering per model, reused wherever it is asked: the host's answers serve its
+    assimilation test, its gate as a parent and, when the child is accepted, the next generation's
+    host; the child's serve its gate and the next generation's."""
     p = restricted(params)
     _, engine = _engine_over(model, {"a": adapter} if adapter else {}, p)
-    rows = read_jsonl(Path(data.path) / f"{split}.jsonl")
+    rows = read_jsonl(Path(data.path) / "holdout.jsonl")
     return engine.correct(rows, ["a" if adapter else None] * len(rows))
 
 
@@ -156,7 +156,7 @@ def gate_step(parent: Ref, child_sha: str, recall_qa: list[dict], data: Ref, fam
     split = read_jsonl(Path(data.path) / "holdout.jsonl")
     mine = [c.family in families for c in split]
     holdout = [c for c, m in zip(split, mine) if m]
-    ok = tuple([x for x, m in zip(answers, mine) if m] for answers in holdout_ok)
+    ok = tuple([x for x, m in zip(answers, mine, strict=True) if m] for answers in holdout_ok) if holdout else ([], [])
     engines = [Engine(m, tok, p.eval) for m in (parent_model, child)]
     keep = random.Random(f"{p.seed}/recall").sample(range(len(recall_qa)), min(len(recall_qa), p.gate.recall_rows))
     qa = [Challenge("", r["family"], r["level"], "train", r["prompt"], r["answer"], scorer=r["scorer"],

@@ -49,7 +49,8 @@ def assimilate(engine: Engine, organelles: list[Organelle], settlement: dict, ho
     for o in chosen:
         mine = families_of(o.species, params.challenges.families)
         probe = [(c, h, t) for (p, c), h, t in zip(jobs, host_ok, org_ok) if p is o]
-        held = [(c, h, t) for c, h, t in zip(holdout, host_holdout, organelle_holdout[o.id]) if c.family in mine]
+        held = [(c, h, t) for c, h, t in zip(holdout, host_holdout, organelle_holdout[o.id], strict=True)
+                if c.family in mine]
         attempts.append({"gen": gen, "organelle": o.id, "species": o.species, "roi": per_org[o.id]["roi"],
                          "topup": per_org[o.id]["topup"] > 0, **judge(probe, held, params.assimilate)})
     return attempts

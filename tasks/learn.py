@@ -30,7 +30,7 @@ import torch
 from cambrian.bandit import arm
 from cambrian.challenges import Challenge, as_chat, as_rows, split_reply
 from cambrian.checkpoint import atomic_dir
-from cambrian.config import ColonyConfig, Params
+from cambrian.config import ColonyConfig, Params, native_bf16
 from cambrian.engine import Engine
 from cambrian.organelle import (Organelle, families_of, load_colony, lora_config, new_adapter, read_adapter,
                                 save_adapter, write_adapter)
@@ -225,13 +225,6 @@ def _sft_unsloth(host_dir: str, adapter: Path, rows: list[dict], steps: int, bat
     return _sft(model, tok, adapter, rows, steps, batch, lr, seed, "unsloth", loss=loss, anchor=anchor)
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 natively (oneDNN on a CPU with AVX512-BF16 or AMX; a bf16 GPU)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch: int, lr: float, seed: int,
                    bf16: bool | str = False, loss: str = "token", anchor: float = 0.0) -> list[float]:
     """SFT steps on the adapter at `adapter` (rewritten atomically); returns the loss per step.
@@ -248,7 +241,7 @@ def learn_gradient(host, tok, adapter: Path, rows: list[dict], steps: int, batch
                                 loss, anchor).result()
         return finite(adapter, curve)
     from peft import PeftModel
-    bf16 = native_bf16(host.device) if bf16 == "auto" else bf16
+    bf16 = native_bf16() if bf16 == "auto" else bf16
     model = PeftModel.from_pretrained(host, adapter, is_trainable=True)
     try:
         return finite(adapter, _sft(model, tok, adapter, rows, steps, batch, lr, seed, "peft", bf16, loss, anchor))

@@ -186,7 +186,7 @@ def test_repro_builds_the_ladder_with_a_verified_ledger(repo):
 
 
 def test_no_selection_step_ever_sees_a_test_challenge(repo):
-    """Every prompt that spawn, learn, evaluate, assimilate, merge, sleep and gate worked on is
+    """Every prompt that spawn, learn, evaluate, answer, assimilate, merge, sleep and gate worked on is
     logged in the run folders; none is a test prompt. Of the generation's steps only `score` names
     the test split's file."""
     import inspect
@@ -201,7 +201,8 @@ def test_no_selection_step_ever_sees_a_test_challenge(repo):
             seen += [json.loads(x)["prompt"] for x in f.read_text().splitlines()]
     assert len(seen) > 50 and not set(seen) & test and {split_of(p) for p in seen} == {"train"}
     steps = [generation.spawn_step, generation.learn_step, generation.evaluate_step, generation.settle_step,
-             generation.assimilate_step, generation.merge_step, generation.sleep_step, generation.gate_step]
+             generation.answer_step, generation.assimilate_step, generation.merge_step, generation.sleep_step,
+             generation.gate_step]
     for s in steps:
         assert "test" not in inspect.getsource(s.fn.__wrapped__), s.name
     assert "test.jsonl" in inspect.getsource(generation.score_step.fn.__wrapped__)

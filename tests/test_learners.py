@@ -41,10 +41,11 @@ def test_gradient_learner_improves_fitness(toy):
 
 def test_bf16_updates_learn_the_same_bytes_twice_and_auto_follows_the_hardware(toy, tmp_path):
     """colony.bf16: updates under bf16 autocast learn (not float32's bytes), the same bytes every run;
-    "auto" is bf16 exactly where the device computes it natively."""
+    "auto" is bf16 exactly where the device computes it natively, and the params a step is keyed on
+    say which (`Params.for_steps`)."""
     import shutil
 
-    from tasks.learn import native_bf16
+    from cambrian.config import native_bf16, parse_params
 
     host, tok, adapter, rows = toy
     before = _fitness(host, tok, adapter, rows)
@@ -55,7 +56,9 @@ def test_bf16_updates_learn_the_same_bytes_twice_and_auto_follows_the_hardware(t
         states[name] = read_adapter(tmp_path / name)[1]
     assert all(torch.equal(states["a"][k], states["b"][k]) for k in states["a"])
     assert not all(torch.equal(states["a"][k], states["fp32"][k]) for k in states["a"])
-    native = native_bf16(host.device)
+    native = native_bf16()
+    assert [parse_params({"colony": {"bf16": v}}).for_steps()["colony"]["bf16"] for v in ("auto", True, False)] == \
+        [native, True, False]
     assert all(torch.equal(states["auto"][k], states["a" if native else "fp32"][k]) for k in states["a"])
     assert _fitness(host, tok, tmp_path / "a", rows) > before + 0.1
 

@@ -94,5 +94,6 @@ if __name__ == "__main__":
     out = Path(__file__).resolve().parents[1] / "deltas"
     out.mkdir(exist_ok=True)
     for week in WEEKS:
-        (out / f"params-{week}.jsonl").write_text(delta_text(week))
-        print(f"{out / f'params-{week}.jsonl'}: {delta_text(week).count(chr(10))} conversations")
+        text = delta_text(week)
+        (out / f"params-{week}.jsonl").write_text(text)
+        print(f"{out / f'params-{week}.jsonl'}: {text.count(chr(10))} conversations")
