@@ -101,9 +101,9 @@ def settle_step(population: list[dict], episodes: list[dict], steps: dict[str, i
 @step("answer", sections=("eval",))
 def answer_step(model: Ref, adapter: str | None, data: Ref, params: dict) -> list[bool]:
     """Which challenges of the holdout split (in file order) `model`, with `adapter` when one is named,
-    answers right. One answering per model, reused wherever it is asked: the host's answers serve its
-    assimilation test, its gate as a parent and, when the child is accepted, the next generation's
-    host; the child's serve its gate and the next generation's."""
+    answers right. One answering per model, reused wherever it is asked: the host's answers serve the
+    assimilation of its organelles, its gate as a parent and, when the child is accepted, the next
+    generation's host; the child's serve its gate and the next generation's."""
     p = restricted(params)
     _, engine = _engine_over(model, {"a": adapter} if adapter else {}, p)
     rows = read_jsonl(Path(data.path) / "holdout.jsonl")

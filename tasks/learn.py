@@ -254,8 +254,8 @@ def fresh_lora(host, tok, rows: list[dict], steps: int, colony: ColonyConfig, se
     at the colony's batch, lr, loss and anchor on `rows`, saved at `out`: the one LoRA of a baseline
     recipe (compare, the stream benchmark, benchmarks/formats.py). Returns the loss per step."""
     new_adapter(host, lora_config(colony), seed, out)
-    return learn_gradient(host, tok, out, rows, steps, colony.train_batch, colony.lr, seed, colony.bf16,
-                          colony.loss, colony.anchor)
+    return learn_gradient(host, tok, out, rows, steps, colony.train_batch, colony.lr, seed, bf16=colony.bf16,
+                          loss=colony.loss, anchor=colony.anchor)
 
 
 def finite(adapter: Path, curve: list[float]) -> list[float]:
@@ -315,6 +315,6 @@ def learn(host, tok, adapter: Path, rows: list[dict], cfg: ColonyConfig, lr: flo
     on a NaN organelle."""
     rows = rehearsed(host, tok, rows)
     if cfg.learner == "gradient":
-        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed, cfg.bf16,
-                              cfg.loss, cfg.anchor)
+        return learn_gradient(host, tok, adapter, rows, cfg.train_steps, cfg.train_batch, lr, seed, bf16=cfg.bf16,
+                              loss=cfg.loss, anchor=cfg.anchor)
     return finite(adapter, learn_es(host, tok, adapter, rows, cfg, seed))

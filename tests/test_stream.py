@@ -173,7 +173,7 @@ def test_the_ladder_rolls_a_refused_delta_back_to_the_parent_exactly(tiny_host_d
 
 
 def test_the_lora_recipes_train_with_the_colonys_knobs(tiny_host_dir, tiny_data_dir, monkeypatch, tmp_path):
-    """rank, batch, lr, loss and the KL anchor all come from the colony section, as in a generation: in
+    """rank, batch, lr, bf16, loss and the KL anchor all come from the colony section, as in a generation: in
     the stream benchmark's recipes and in compare's baselines alike (tasks/learn.py fresh_lora)."""
     from cambrian.host import load_host
     from tasks.compare import train_loras
@@ -183,11 +183,11 @@ def test_the_lora_recipes_train_with_the_colonys_knobs(tiny_host_dir, tiny_data_
     monkeypatch.setattr("tasks.learn.learn_gradient", lambda *a, **k: calls.append((a, k)) or [])
     model, tok = load_host(tiny_host_dir)
     p = parse_params({"colony": {"anchor": 2.0, "loss": "example", "lr": 0.003, "train_batch": 4, "lora_rank": 4,
-                                 "target_modules": ["q_proj"]}, "continual": {"passes": 1.0}})
+                                 "bf16": True, "target_modules": ["q_proj"]}, "continual": {"passes": 1.0}})
     train = read_jsonl(tiny_data_dir / "train.jsonl")
     delta = deltas(train, ["math", "logic"], 6, 0.0, seed=7)[0]
     lora_recipe(model, tok, p, "sequential", 7, [])(0, delta)
     train_loras(model, tok, {"all": [{"prompt": "1 + 1", "answer": "2"}]}, 3, p.colony, 5, tmp_path)
     (args, kwargs), (compared, compared_kwargs) = calls
-    assert args[4:7] == (2, 4, 0.003) and kwargs == {"loss": "example", "anchor": 2.0}  # ceil(6 / 4) updates of 4
+    assert args[4:7] == (2, 4, 0.003) and kwargs == {"bf16": True, "loss": "example", "anchor": 2.0}  # ceil(6 / 4) x 4
     assert compared[4:] == (3, 4, 0.003, 505) and compared_kwargs == kwargs  # seed 5 * 101 + 0
