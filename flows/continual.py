@@ -40,11 +40,10 @@ def continual(params_path: str = "params.yaml", host_dir: str = "models/base", d
         raise ParamsError(f"continual.order: {unknown[0]!r} is not a family of challenges.families")
     host_sha, data_sha = verify(host_dir), verify_dataset(params.challenges, data_dir)
     # The cache key leaves out which recipes and seeds this call runs (every run is keyed on its own)
-    # and the preset's name (its values are in).
-    step_params = {k: v for k, v in params.for_steps().items()
-                   if k in ("seed", "challenges", "eval", "colony", "assimilate", "gate", "sleep", "continual")}
-    step_params["continual"] = {k: v for k, v in step_params["continual"].items() if k not in ("recipes", "seeds",
-                                                                                                "preset")}
+    # and the preset's name (its values are in); colony.bf16 as `for_steps` decides it.
+    step_params = {**params.model_dump(include={"seed", "challenges", "eval", "colony", "assimilate", "gate", "sleep",
+                                                "continual"}, exclude={"continual": {"recipes", "seeds", "preset"}}),
+                   "colony": params.for_steps()["colony"]}
     runs = []
     for recipe in cc.recipes:
         for seed in cc.seeds:

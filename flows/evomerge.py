@@ -47,7 +47,7 @@ def specialist_step(parent: Ref, family: str, data: Ref, params: dict) -> str:
     work = scratch()
     new_adapter(host, lora_config(p.colony), cfg.seed, work / "adapter")
     learn_gradient(host, tok, work / "adapter", rows, cfg.specialist_steps, p.colony.train_batch,
-                   cfg.specialist_lr, cfg.seed, p.colony.bf16, p.colony.loss)
+                   cfg.specialist_lr, cfg.seed, bf16=p.colony.bf16, loss=p.colony.loss)
     fold(host, {"s": work / "adapter"}, {"s": 1.0}, MergeConfig())
     sha = store_model(host, tok, kind="host", specialist=family)
     shutil.rmtree(work)
